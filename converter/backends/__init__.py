@@ -1,0 +1,39 @@
+"""Engine backends behind one seam; `get_backend("auto")` picks full TensorRT when it imports."""
+
+from __future__ import annotations
+
+from converter.backends.base import Backend, BuildConfig, EngineArtifact, ShapeProfile, load_sidecar
+from converter.backends.tensorrt import TensorRTBackend
+from converter.backends.tensorrt_rtx import TensorRTRTXBackend
+from converter.errors import BackendUnavailableError, InvalidInputError
+
+BACKENDS = {"tensorrt": TensorRTBackend, "tensorrt-rtx": TensorRTRTXBackend}
+BACKEND_CHOICES = ["auto", *BACKENDS]
+
+__all__ = [
+    "Backend",
+    "BuildConfig",
+    "EngineArtifact",
+    "ShapeProfile",
+    "get_backend",
+    "load_sidecar",
+    "BACKEND_CHOICES",
+]
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """The named backend, or for "auto" the first importable of tensorrt, tensorrt-rtx."""
+    name = name.replace("_", "-")
+    if name == "auto":
+        for candidate in BACKENDS.values():
+            backend = candidate()
+            if backend.available():
+                return backend
+        raise BackendUnavailableError(
+            "no TensorRT backend importable: pip install tensorrt-rtx-cu13 (or full tensorrt on a GPU machine)"
+        )
+    if name not in BACKENDS:
+        raise InvalidInputError(f"unknown backend '{name}' (choose from {', '.join(BACKEND_CHOICES)})")
+    backend = BACKENDS[name]()
+    backend.module()  # raises BackendUnavailableError with the import failure
+    return backend

@@ -1,0 +1,117 @@
+"""The Backend seam: what every engine builder offers, and the data it exchanges.
+
+Two implementations share one nvinfer code path (backends/nvinfer.py):
+- `tensorrt` (full TensorRT): needs a GPU to build; supports plugins and runs engines;
+- `tensorrt-rtx` (TensorRT for RTX): builds ahead of time on a CPU-only machine for
+  chosen compute capabilities; strongly typed; no plugin API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass
+class ShapeProfile:
+    """min/opt/max shapes for one input (an optimization profile entry)."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build needs besides the ONNX file."""
+
+    profiles: dict[str, ShapeProfile] = field(default_factory=dict)
+    target_gpus: list[str] = field(default_factory=list)  # e.g. ["sm86", "sm120"]; [] = backend default
+    timing_cache: str | None = None  # path; read if present, written after the build
+    workspace_mb: int | None = None
+    builder_optimization_level: int | None = None
+    precision: str = "fp32"  # recorded only: strongly typed builds take precision from the graph
+
+
+@dataclass
+class LayerInfo:
+    """One layer of the parsed network definition (known without a GPU)."""
+
+    name: str
+    type: str
+    precision: str
+    outputs: list[dict[str, Any]]
+
+
+@dataclass
+class NetworkSummary:
+    """What the parser made of the ONNX graph: counted layer types and tensor dtypes."""
+
+    num_layers: int
+    layer_types: dict[str, int]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    tensor_dtypes: dict[str, int]
+    layers: list[LayerInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EngineArtifact:
+    """A built engine on disk plus the facts recorded beside it (the sidecar)."""
+
+    path: Path
+    sidecar: dict[str, Any]
+
+    @property
+    def sidecar_path(self) -> Path:
+        return sidecar_path_for(self.path)
+
+
+def sidecar_path_for(engine_path: str | Path) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
+
+
+def load_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
+    path = sidecar_path_for(engine_path)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+class Backend(Protocol):
+    """Engine builder/runtime. `name` is what `--backend` takes."""
+
+    name: str
+
+    def available(self) -> bool:
+        """True when the Python module and its builder libraries import."""
+
+    def version(self) -> str: ...
+
+    def parse(self, onnx_path: Path) -> NetworkSummary:
+        """Parse into a network definition and summarise it (no GPU needed)."""
+
+    def build(self, onnx_path: Path, engine_path: Path, config: BuildConfig) -> EngineArtifact:
+        """Build and write the engine atomically, with its JSON sidecar."""
+
+    def can_run(self) -> tuple[bool, str]:
+        """(True, "") when engines can be deserialised and run here, else (False, why)."""
+
+    def run(self, engine_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute the engine (needs a GPU)."""
+
+    def inspect(self, engine_path: Path) -> dict[str, Any]:
+        """Per-layer engine information from the engine inspector (needs a GPU)."""

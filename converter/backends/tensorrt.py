@@ -1,0 +1,42 @@
+"""Full TensorRT backend: builds on (and for) the GPU it runs on; plugins; runs engines.
+
+Chosen automatically when `import tensorrt` works. Full TensorRT's builder needs a
+GPU, so on machines without one (CI here) this backend is unavailable or fails at
+build time, and trtforge uses TensorRT-RTX instead. Networks are created strongly
+typed, like TensorRT-RTX's, so a recipe produces the same precision on both.
+A timing cache file is read before and written after each build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from converter.backends.base import BuildConfig
+from converter.backends.nvinfer import NvinferBackend
+from converter.errors import UnsupportedError
+from converter.model_io import atomic_write_bytes
+
+
+class TensorRTBackend(NvinferBackend):
+    name = "tensorrt"
+    module_name = "tensorrt"
+
+    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+        if any(t.lower() not in ("", "current") for t in config.target_gpus):
+            raise UnsupportedError(
+                "full TensorRT builds for the GPU it runs on: --target-gpu needs the tensorrt-rtx backend"
+            )
+        facts: dict[str, Any] = {"targets": ["current"], "strongly_typed": True}
+        if config.timing_cache:
+            path = Path(config.timing_cache)
+            cache = builder_config.create_timing_cache(path.read_bytes() if path.exists() else b"")
+            builder_config.set_timing_cache(cache, ignore_mismatch=False)
+            facts["timing_cache"] = str(path)
+        return facts
+
+    def after_build(self, trt: ModuleType, builder_config, config: BuildConfig) -> None:
+        if config.timing_cache:
+            cache = builder_config.get_timing_cache()
+            atomic_write_bytes(config.timing_cache, bytes(memoryview(cache.serialize())))

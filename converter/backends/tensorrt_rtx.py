@@ -1,0 +1,60 @@
+"""TensorRT-RTX backend: ahead-of-time engine builds on a machine without a GPU.
+
+`tensorrt-rtx-cu13` (import `tensorrt_rtx`) builds for chosen compute capabilities
+(Turing to Blackwell: sm75, sm80, sm86, sm89, sm120, sm121), several in one engine.
+What it cannot do, by design of TensorRT-RTX:
+- it is strongly typed: precision comes from the graph (see passes/precision.py);
+- it has no timing cache (kernels are tuned at run time; a runtime cache lives there);
+- it has no plugin API: trtforge custom ops reach it as ONNX local functions, which
+  its parser inlines;
+- Hopper (sm90) and Jetson (sm87, sm110) need full TensorRT.
+Running or inspecting an engine needs a GPU; building does not.
+"""
+
+from __future__ import annotations
+
+import re
+from types import ModuleType
+from typing import Any
+
+from converter.backends.base import BuildConfig
+from converter.backends.nvinfer import NvinferBackend
+from converter.errors import InvalidInputError, UnsupportedError
+
+# RTX boxes of the last three generations: Ampere, Ada, Blackwell.
+DEFAULT_TARGETS = ["sm86", "sm89", "sm120"]
+
+
+def normalize_target(text: str) -> str:
+    """'sm86', 'SM_86', '86', '8.6' -> 'sm86'."""
+    cleaned = text.strip().lower().replace("_", "").removeprefix("sm").replace(".", "")
+    if not re.fullmatch(r"\d{2,3}", cleaned):
+        raise InvalidInputError(f"--target-gpu '{text}': expected a compute capability like sm86 or 8.6")
+    return f"sm{cleaned}"
+
+
+class TensorRTRTXBackend(NvinferBackend):
+    name = "tensorrt-rtx"
+    module_name = "tensorrt_rtx"
+
+    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+        targets = [normalize_target(t) for t in (config.target_gpus or DEFAULT_TARGETS)]
+        supported = {m.lower(): m for m in trt.ComputeCapability.__members__ if m.startswith("SM")}
+        missing = [t for t in targets if t not in supported]
+        if missing:
+            raise UnsupportedError(
+                f"TensorRT-RTX cannot target {', '.join(missing)} (supported: {', '.join(sorted(supported))}); "
+                "Hopper and Jetson need the full TensorRT backend"
+            )
+        builder_config.num_compute_capabilities = len(targets)
+        for index, target in enumerate(targets):
+            builder_config.set_compute_capability(getattr(trt.ComputeCapability, supported[target]), index)
+        notes = []
+        if config.timing_cache:
+            notes.append("timing cache ignored: TensorRT-RTX tunes kernels at run time (runtime cache)")
+        return {
+            "targets": targets,
+            "strongly_typed": True,
+            "plugins": "none (ONNX functions inlined)",
+            "notes": notes,
+        }

@@ -1,0 +1,442 @@
+"""The `trtforge` command line: parse flags, call converter.api, print.
+
+Flags follow trtexec/Polygraphy naming (--shapes, --atol/--rtol, --fp16-style
+precision, --load-inputs/--save-inputs). Errors print one line and exit with the
+codes in converter.errors.ExitCode; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from converter import api
+from converter.backends import BACKEND_CHOICES
+from converter.errors import AccuracyError, ExitCode, TrtforgeError
+from converter.export import EXPORTERS
+from converter.models import DEFAULT_DEMO, parse_profiles
+from converter.recipe import PRECISIONS, Tolerances
+from converter.report import new_report, print_summary, to_json, write_report
+from passes.registry import DESCRIPTIONS
+
+# Captured output (CI logs, pipes) gets a wide console so tables do not truncate.
+console = Console() if sys.stdout.isatty() else Console(width=130)
+err_console = Console(stderr=True)
+
+
+def output_options(func):
+    """--json and --quiet, shared by every command."""
+    func = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(func)
+    return func
+
+
+def shapes_option(func):
+    return click.option(
+        "--shapes",
+        multiple=True,
+        metavar="NAME:MIN/OPT/MAX",
+        help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
+    )(func)
+
+
+def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> None:
+    """Print a command's result as JSON, as a rich summary, or not at all."""
+    if as_json:
+        click.echo(to_json(result))
+    elif not quiet:
+        (summary or (lambda r: console.print_json(to_json(r))))(result)
+
+
+def fail_on_accuracy(passed: bool) -> None:
+    if not passed:
+        raise AccuracyError("accuracy check failed: see the verification table/report")
+
+
+class TrtforgeGroup(click.Group):
+    """Maps TrtforgeError to one line + exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrtforgeError as exc:
+            if ctx.meta.get("trtforge.debug"):
+                raise
+            if not isinstance(exc, AccuracyError):
+                err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            else:
+                err_console.print(f"[red]{exc}[/red]", highlight=False)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: one line, or the traceback with --debug
+            if ctx.meta.get("trtforge.debug"):
+                raise
+            err_console.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            ctx.exit(ExitCode.INTERNAL)
+
+
+@click.group(cls=TrtforgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option("0.1.0", prog_name="trtforge")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """trtforge: PyTorch/ONNX -> optimized ONNX -> TensorRT engine, verified at every stage.
+
+    \b
+    Examples:
+      trtforge convert                      # the embedded default: all-MiniLM-L6-v2
+      trtforge convert efficientnet-lite0 --precision fp16 -o out/effnet
+      trtforge export minilm -o minilm.onnx
+      trtforge optimize minilm.onnx -o minilm.opt.onnx --passes cleanup,fold-constants
+      trtforge build minilm.opt.onnx -o minilm.engine --shapes input_ids:1x8/4x64/16x256 ...
+      trtforge verify minilm minilm.onnx minilm.engine
+      trtforge inspect minilm.engine
+
+    \b
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 accuracy check failed,
+    4 invalid input, 5 unsupported (op/option), 6 backend unavailable.
+    """
+    ctx.meta["trtforge.debug"] = debug
+
+
+# --------------------------------------------------------------------------- convert
+@main.command()
+@click.argument("model", required=False)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("trtforge_out"),
+    show_default=True,
+    help="Output folder (model.onnx, model.opt.onnx, model.engine + .json, report.json).",
+)
+@click.option(
+    "--recipe", type=click.Path(path_type=Path), help="Recipe YAML/JSON (or a previous report.json)."
+)
+@click.option(
+    "--precision", type=click.Choice(PRECISIONS), help="Compute precision (default: recipe's, else fp32)."
+)
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), help="Engine backend (default: auto).")
+@click.option(
+    "--target-gpu",
+    "target_gpus",
+    multiple=True,
+    metavar="SM",
+    help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx only).",
+)
+@click.option("--load-inputs", type=click.Path(path_type=Path), help=".npz of inputs to verify with.")
+@shapes_option
+@output_options
+def convert(model, out, recipe, precision, backend, target_gpus, load_inputs, shapes, as_json, quiet):
+    """Convert MODEL (default: minilm) to a verified TensorRT engine.
+
+    MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
+    'package.module:factory' spec.
+
+    \b
+    Examples:
+      trtforge convert
+      trtforge convert efficientnet-lite0 --precision fp16 --target-gpu sm89 -o out/effnet
+      trtforge convert model.onnx --shapes x:1x3x224x224 -o out/model
+      trtforge convert minilm --recipe out/minilm/report.json     # reproduce a run
+    """
+    log = (lambda msg: None) if (quiet or as_json) else (lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+    with console.status("converting...") if not (quiet or as_json) else _null():
+        result = api.convert(
+            model or DEFAULT_DEMO,
+            out,
+            recipe,
+            precision,
+            backend,
+            list(target_gpus),
+            parse_profiles(shapes),
+            load_inputs,
+            log,
+        )
+    emit(result.report, as_json, quiet, print_summary)
+    if not (as_json or quiet):
+        console.print(f"report: {result.paths['report']}")
+    fail_on_accuracy(result.passed)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------- export
+@main.command()
+@click.argument("model")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True)
+@click.option("--opset", type=int, help="ONNX opset (default 17 torchscript, 18 dynamo).")
+@click.option(
+    "--static", is_flag=True, help="No dynamic axes (default: dynamic batch, and sequence for text)."
+)
+@click.option("--dtypes", multiple=True, metavar="NAME:DTYPE", help="Input dtype for module:factory specs.")
+@shapes_option
+@output_options
+def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
+    """Export a torch MODEL (demo name or module:factory) to ONNX.
+
+    \b
+    Examples:
+      trtforge export minilm -o minilm.onnx
+      trtforge export efficientnet-lite0 -o effnet.onnx --exporter dynamo
+      trtforge export mypkg.models:make_net --shapes x:1x3x224x224 -o net.onnx
+    """
+    static_shapes = {name: prof.opt for name, prof in parse_profiles(shapes).items()}
+    dtype_map = dict(item.split(":", 1) for item in dtypes)
+    result = api.export(model, out, exporter, opset, static_shapes, dtype_map, dynamic=not static)
+    data = {
+        "path": str(result.path),
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "nodes": result.num_nodes,
+        "seconds": result.seconds,
+        "external_data": result.external_data,
+        "sha256": result.sha256,
+    }
+    emit(
+        data,
+        as_json,
+        quiet,
+        lambda d: console.print(
+            f"exported {model} -> {d['path']} ({d['nodes']} nodes, opset {d['opset']}, {d['exporter']}, {d['seconds']} s)"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- optimize
+@main.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
+@click.option(
+    "--passes",
+    default="cleanup,fold-constants,cleanup",
+    show_default=True,
+    help="Comma-separated pass names (see `trtforge passes`).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="fp16/bf16 append the precision pass.",
+)
+@click.option("--save-report", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@output_options
+def optimize(onnx_file, out, passes, precision, save_report, as_json, quiet):
+    """Rewrite ONNX_FILE through graph passes.
+
+    \b
+    Examples:
+      trtforge optimize model.onnx -o model.opt.onnx
+      trtforge optimize model.onnx -o model.fp16.onnx --precision fp16
+    """
+    names = [p.strip() for p in passes.split(",") if p.strip()]
+    result = api.optimize(onnx_file, out, names, precision)
+    report = new_report("optimize")
+    report["passes"] = [r.to_dict() for r in result.records]
+    report["stages"]["optimize"] = {
+        "seconds": round(sum(r.seconds for r in result.records), 3),
+        "summary": f"{result.nodes_before} -> {result.nodes_after} nodes",
+    }
+    if save_report:
+        write_report(report, save_report)
+    emit(report, as_json, quiet, print_summary)
+
+
+# --------------------------------------------------------------------------- build
+@main.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output engine file.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option(
+    "--target-gpu",
+    "target_gpus",
+    multiple=True,
+    metavar="SM",
+    help="Compute capability, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
+)
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (full TensorRT).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    help="Recorded in the sidecar; the graph's types decide (run `optimize --precision` first).",
+)
+@click.option("--verbose", is_flag=True, help="Print the builder's log.")
+@shapes_option
+@output_options
+def build(onnx_file, out, backend, target_gpus, timing_cache, precision, verbose, shapes, as_json, quiet):
+    """Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json).
+
+    \b
+    Examples:
+      trtforge build model.onnx -o model.engine --shapes image:1x3x224x224/4x3x224x224/16x3x224x224
+      trtforge build model.onnx -o model.engine --backend tensorrt-rtx --target-gpu sm89 --target-gpu sm120
+    """
+    engine = api.build(
+        onnx_file, out, backend, parse_profiles(shapes), list(target_gpus), timing_cache, precision, verbose
+    )
+    data = {k: v for k, v in engine.sidecar.items() if k != "network"}
+    data["network"] = {
+        k: engine.sidecar["network"][k] for k in ("num_layers", "layer_types", "tensor_dtypes")
+    }
+    data["engine"] = str(engine.path)
+    emit(
+        data,
+        as_json,
+        quiet,
+        lambda d: console.print(
+            f"built {d['engine']} ({d['engine_bytes'] / 1e6:.1f} MB) with {d['backend']} {d['backend_version']} "
+            f"for {', '.join(d.get('targets') or [])} in {d['build_seconds']} s; "
+            f"{d['network']['num_layers']} network layers"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("reference")
+@click.argument("candidates", nargs=-1, required=True)
+@click.option("--load-inputs", type=click.Path(path_type=Path), help=".npz of inputs (one array per input).")
+@click.option("--save-inputs", type=click.Path(path_type=Path), help="Write the inputs used to this .npz.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Selects the default tolerances.",
+)
+@click.option("--atol", type=float, help="Absolute tolerance (default by precision).")
+@click.option("--rtol", type=float, help="Relative tolerance (default by precision).")
+@click.option("--min-cosine", type=float, help="Minimum cosine similarity (default by precision).")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@shapes_option
+@output_options
+def verify(
+    reference,
+    candidates,
+    load_inputs,
+    save_inputs,
+    precision,
+    atol,
+    rtol,
+    min_cosine,
+    backend,
+    out,
+    shapes,
+    as_json,
+    quiet,
+):
+    """Compare CANDIDATES (.onnx / .engine) against REFERENCE (torch model or .onnx) on real inputs.
+
+    REFERENCE is a demo name (minilm, efficientnet-lite0), a 'package.module:factory'
+    spec or an .onnx file.
+    Exit code 0 when every comparison passes, 3 when one fails.
+
+    \b
+    Examples:
+      trtforge verify minilm out/model.onnx out/model.opt.onnx
+      trtforge verify ref.onnx cand.onnx --atol 1e-3 --min-cosine 0.999 --json
+    """
+    tol = Tolerances.for_precision(precision, {"atol": atol, "rtol": rtol, "min_cosine": min_cosine})
+    static = {name: prof.opt for name, prof in parse_profiles(shapes).items()}
+    result = api.verify(reference, list(candidates), load_inputs, tol, backend, static)
+    report = new_report("verify")
+    report["input"] = {
+        "reference": reference,
+        "candidates": list(candidates),
+        "samples": {"source": result.inputs_source, "count": result.samples},
+    }
+    report["verification"] = [c.to_dict() for c in result.comparisons]
+    report["passed"] = result.passed
+    if out:
+        write_report(report, out)
+    if save_inputs:
+        api.save_feeds(result.sample, save_inputs)
+    emit(report, as_json, quiet, print_summary)
+    fail_on_accuracy(result.passed)
+
+
+# --------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Write the summary as JSON here.")
+@click.option("--layers", is_flag=True, help="List every network layer recorded for an engine.")
+@output_options
+def inspect(path, out, layers, as_json, quiet):
+    """Summarise an ONNX file or a TensorRT engine.
+
+    \b
+    Examples:
+      trtforge inspect model.onnx
+      trtforge inspect model.engine --layers
+    """
+    info = api.inspect(path)
+    if out:
+        write_report(info, out)
+    emit(info, as_json, quiet, functools.partial(_print_inspect, layers=layers))
+
+
+def _print_inspect(info: dict[str, Any], layers: bool) -> None:
+    if info["kind"] == "onnx":
+        console.print(
+            f"[bold]{info['path']}[/bold]: ONNX, {info['num_nodes']} nodes, {info['num_params']:,} params "
+            f"({info['weight_bytes'] / 1e6:.1f} MB), opsets {info['opsets']}"
+        )
+        for label in ("inputs", "outputs"):
+            for io in info[label]:
+                console.print(f"  {label[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
+        console.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+        console.print("  weight dtypes: " + json.dumps(info["weight_dtypes"]))
+        return
+    console.print(f"[bold]{info['path']}[/bold]: engine, {info['engine_bytes'] / 1e6:.1f} MB")
+    side = info.get("sidecar")
+    if side:
+        net = side["network"]
+        console.print(
+            f"  backend {side['backend']} {side['backend_version']}, targets {side.get('targets')}, "
+            f"precision {side['precision']}"
+        )
+        for name, prof in side["profiles"].items():
+            console.print(f"  profile {name}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
+        console.print(f"  network (recorded at build): {net['num_layers']} layers")
+        console.print("    layer types: " + ", ".join(f"{k} {v}" for k, v in net["layer_types"].items()))
+        console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))
+        if layers:
+            for layer in net["layers"]:
+                console.print(
+                    f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False
+                )
+    if "engine_detail" in info:
+        console.print(f"  [yellow]{info['engine_detail']}[/yellow]")
+
+
+# --------------------------------------------------------------------------- passes
+@main.command(name="passes")
+def list_passes():
+    """List the registered graph passes."""
+    for name, text in DESCRIPTIONS.items():
+        console.print(f"{name:<16} {text}")
+
+
+if __name__ == "__main__":
+    main()

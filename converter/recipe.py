@@ -1,0 +1,135 @@
+"""Recipe: the written-down form of one conversion (passes, precision, target, tolerances).
+
+A recipe is YAML or JSON (read with yaml.safe_load, which reads both). Every run
+writes the recipe it actually used into its report, so
+`trtforge convert MODEL --recipe report.json` (the `recipe` key is picked out)
+reproduces a result. Unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from converter.backends.base import ShapeProfile
+from converter.errors import InvalidInputError
+from passes.manager import PassSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+DEFAULT_PASSES = ["cleanup", "fold-constants", "cleanup"]
+
+# Per precision: elementwise |a - b| <= atol + rtol * |b|, and cosine >= min_cosine.
+DEFAULT_TOLERANCES = {
+    "fp32": {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999},
+    "fp16": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999},
+    "bf16": {"atol": 1e-1, "rtol": 5e-2, "min_cosine": 0.99},
+}
+
+
+@dataclass
+class Tolerances:
+    atol: float
+    rtol: float
+    min_cosine: float
+
+    @classmethod
+    def for_precision(cls, precision: str, overrides: dict[str, float] | None = None) -> Tolerances:
+        values = dict(DEFAULT_TOLERANCES[precision])
+        values.update({k: float(v) for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class Recipe:
+    passes: list[PassSpec] = field(default_factory=lambda: [PassSpec(n) for n in DEFAULT_PASSES])
+    precision: str = "fp32"
+    backend: str = "auto"
+    target_gpus: list[str] = field(default_factory=list)
+    shapes: dict[str, ShapeProfile] = field(default_factory=dict)
+    exporter: str = "torchscript"
+    opset: int | None = None
+    tolerances: dict[str, float] = field(default_factory=dict)
+    verify_batches: int = 2
+    verify_batch_size: int = 4
+
+    def effective_passes(self) -> list[PassSpec]:
+        """The recipe's passes, plus the precision pass at the end when precision is not fp32."""
+        passes = list(self.passes)
+        if self.precision != "fp32" and not any(p.name == "precision" for p in passes):
+            passes.append(PassSpec("precision", {"target": self.precision}))
+        return passes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passes": [{"name": p.name, "options": p.options} if p.options else p.name for p in self.passes],
+            "precision": self.precision,
+            "backend": self.backend,
+            "target_gpus": list(self.target_gpus),
+            "shapes": {k: v.to_dict() for k, v in self.shapes.items()},
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "tolerances": dict(self.tolerances),
+            "verify_batches": self.verify_batches,
+            "verify_batch_size": self.verify_batch_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        if "recipe" in data and isinstance(data["recipe"], dict):  # a trtforge report
+            data = data["recipe"]
+        known = set(cls().to_dict())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"{source}: unknown key(s) {unknown} (known: {sorted(known)})")
+        recipe = cls()
+        if "passes" in data:
+            recipe.passes = [_pass_spec(item, source) for item in data["passes"] or []]
+        for key in ("precision", "backend", "exporter"):
+            if key in data:
+                setattr(recipe, key, str(data[key]))
+        if recipe.precision not in PRECISIONS:
+            raise InvalidInputError(f"{source}: precision '{recipe.precision}' not in {PRECISIONS}")
+        recipe.target_gpus = [str(t) for t in data.get("target_gpus") or []]
+        recipe.shapes = {
+            k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()
+        }
+        recipe.opset = data.get("opset")
+        recipe.tolerances = {k: float(v) for k, v in (data.get("tolerances") or {}).items()}
+        bad = sorted(set(recipe.tolerances) - {"atol", "rtol", "min_cosine"})
+        if bad:
+            raise InvalidInputError(f"{source}: unknown tolerance(s) {bad}")
+        recipe.verify_batches = int(data.get("verify_batches", recipe.verify_batches))
+        recipe.verify_batch_size = int(data.get("verify_batch_size", recipe.verify_batch_size))
+        return recipe
+
+
+def _pass_spec(item: Any, source: str) -> PassSpec:
+    if isinstance(item, str):
+        return PassSpec(item)
+    if isinstance(item, dict) and "name" in item:
+        return PassSpec(str(item["name"]), dict(item.get("options") or {}))
+    raise InvalidInputError(f"{source}: a pass must be a name or {{name, options}}, got {item!r}")
+
+
+def _profile(value: Any, where: str) -> ShapeProfile:
+    try:
+        return ShapeProfile(tuple(value["min"]), tuple(value["opt"]), tuple(value["max"]))
+    except (KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{where}: expected {{min, opt, max}} lists") from exc
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: a recipe must be a mapping")
+    return Recipe.from_dict(data, str(path))

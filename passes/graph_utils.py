@@ -1,0 +1,45 @@
+"""Small graph-surgery helpers shared by passes (onnx-graphsurgeon graphs)."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_io(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs) or any(t is tensor for t in graph.outputs)
+
+
+def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
+    """Remove a single-input pass-through node (Identity-like) by rewiring its consumers.
+
+    Graph input/output names are part of the model's interface and must not change.
+    When the node's output is a graph output, its input tensor takes over that name,
+    unless the input is itself graph I/O or a constant (then we cannot, and say why).
+    Returns None on success, else the reason the node was kept.
+    """
+    src, dst = node.inputs[0], node.outputs[0]
+    if any(t is dst for t in graph.outputs):
+        if is_graph_io(graph, src) or isinstance(src, gs.Constant):
+            return "its output is a graph output fed directly by graph I/O or a constant"
+        # Other consumers of `src` keep reading it under its new name: still exact.
+        index = next(i for i, t in enumerate(graph.outputs) if t is dst)
+        name = dst.name
+        node.outputs.clear()
+        dst.name = name + "__removed"
+        src.name = name
+        graph.outputs[index] = src
+        if src.dtype is None:
+            src.dtype, src.shape = dst.dtype, dst.shape
+        node.inputs.clear()
+        return None
+    for consumer in consumers(dst):
+        for i, t in enumerate(consumer.inputs):
+            if t is dst:
+                consumer.inputs[i] = src
+    node.inputs.clear()
+    node.outputs.clear()
+    return None

@@ -1,0 +1,38 @@
+"""Pass registry: name -> factory taking the pass's options as keyword arguments.
+
+Recipes and the `optimize --passes` flag refer to passes by these names. A new pass
+module adds one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from converter.errors import InvalidInputError
+from passes.base import Pass
+from passes.cleanup import Cleanup
+from passes.constant_fold import ConstantFold
+from passes.precision import ConvertPrecision
+
+PASSES: dict[str, Callable[..., Pass]] = {
+    "cleanup": Cleanup,
+    "fold-constants": ConstantFold,
+    "precision": ConvertPrecision,
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "cleanup": "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)",
+    "fold-constants": "evaluate constant subgraphs and static shape arithmetic (exact)",
+    "precision": "convert float32 compute to fp16/bf16 for strongly typed builders (lossy)",
+}
+
+
+def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
+    """Instantiate a registered pass, or raise InvalidInputError naming the bad name/option."""
+    if name not in PASSES:
+        raise InvalidInputError(f"unknown pass '{name}' (known: {', '.join(sorted(PASSES))})")
+    try:
+        return PASSES[name](**(options or {}))
+    except TypeError as exc:
+        raise InvalidInputError(f"pass '{name}': bad options {options} ({exc})") from exc

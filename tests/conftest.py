@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY = "tests.tiny_models:conv_net"
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    """module:factory specs ('tests.tiny_models:...') import relative to the repo root."""
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    from converter import api
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    os.chdir(REPO)
+    api.export(TINY, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_onnx) -> Path:
+    from converter import api
+    from converter.models import resolve_spec
+
+    path = tmp_path_factory.mktemp("tiny_engine") / "tiny.engine"
+    api.build(tiny_onnx, path, "tensorrt-rtx", resolve_spec(TINY).profiles, ["sm86"])
+    return path
