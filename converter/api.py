@@ -11,10 +11,8 @@ over these; a deployment build step calls them directly:
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,13 @@ import onnx
 
 from converter import inspection
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
+from converter.convert import ConvertResult, convert
 from converter.errors import InvalidInputError
 from converter.export import ExportResult, export_model
 from converter.inputs import SampleInputs, check_against_graph, resolve_inputs
-from converter.model_io import load_model, save_model
-from converter.models import DEFAULT_DEMO, ModelSpec, is_torch_spec, resolve_spec, spec_from_metadata
-from converter.recipe import Recipe, Tolerances, load_recipe
-from converter.report import artifact, new_report, write_report
+from converter.model_io import load_model, opset_of, save_model
+from converter.models import ModelSpec, is_torch_spec, resolve_spec
+from converter.recipe import Recipe, Tolerances
 from converter.verify import (
     Comparison,
     EngineRunner,
@@ -42,11 +40,18 @@ from converter.verify import (
 from passes.base import PassContext
 from passes.manager import PassRecord, PassSpec, run_passes
 
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+__all__ = [
+    "export",
+    "optimize",
+    "build",
+    "verify",
+    "inspect",
+    "convert",
+    "ConvertResult",
+    "OptimizeResult",
+    "VerifyResult",
+    "save_feeds",
+]
 
 
 # --------------------------------------------------------------------------- export
@@ -73,10 +78,6 @@ class OptimizeResult:
     nodes_after: int
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def optimize(
     onnx_path: str | Path,
     out: str | Path,
@@ -89,7 +90,9 @@ def optimize(
     if passes is not None:
         recipe.passes = [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
     model = load_model(onnx_path)
-    result, records = run_passes(model, recipe.effective_passes(), PassContext(opset=_opset(model)), on_stage)
+    result, records = run_passes(
+        model, recipe.effective_passes(), PassContext(opset=opset_of(model)), on_stage
+    )
     save_model(result, out)
     return OptimizeResult(Path(out), records, len(model.graph.node), len(result.graph.node))
 
@@ -206,236 +209,6 @@ def verify(
 def inspect(path: str | Path) -> dict[str, Any]:
     """Summary of an ONNX file or of an engine (sidecar, size; per-layer detail with a GPU)."""
     return inspection.inspect_path(Path(path))
-
-
-# --------------------------------------------------------------------------- convert
-@dataclass
-class ConvertResult:
-    report: dict[str, Any]
-    out_dir: Path
-    engine: Path | None = None
-    onnx: Path | None = None
-    paths: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.report.get("passed"))
-
-
-def _as_recipe(recipe: Recipe | str | Path | None) -> Recipe:
-    if recipe is None:
-        return Recipe()
-    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-
-
-def convert(
-    model: str | None = None,
-    out: str | Path = "trtforge_out",
-    recipe: Recipe | str | Path | None = None,
-    precision: str | None = None,
-    backend: str | None = None,
-    target_gpus: list[str] | None = None,
-    shapes: dict[str, ShapeProfile] | None = None,
-    inputs: str | Path | None = None,
-    log: Log = _quiet,
-) -> ConvertResult:
-    """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
-
-    Flags given here override the recipe; the recipe actually used is in the report.
-    """
-    model = model or DEFAULT_DEMO
-    rec = _as_recipe(recipe)
-    if precision:
-        rec.precision = precision
-    if backend:
-        rec.backend = backend
-    if target_gpus:
-        rec.target_gpus = list(target_gpus)
-    if shapes:
-        rec.shapes.update(shapes)
-    Recipe.from_dict(rec.to_dict())  # validates the merged recipe
-
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInputError(f"{out_dir}: exists and is not a folder")
-    if not is_torch_spec(model):
-        load_model(model, load_weights=False)  # fail before anything is written
-    created_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return _convert(model, out_dir, rec, inputs, log)
-    except BaseException:
-        # Never leave a half-finished output behind: remove what this run wrote.
-        if created_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        else:
-            for name in CONVERT_OUTPUTS:
-                (out_dir / name).unlink(missing_ok=True)
-        raise
-
-
-CONVERT_OUTPUTS = (
-    "model.onnx",
-    "model.onnx.data",
-    "model.opt.onnx",
-    "model.opt.onnx.data",
-    "model.engine",
-    "model.engine.json",
-    "report.json",
-)
-
-
-def _convert(model: str, out_dir: Path, rec: Recipe, inputs: str | Path | None, log: Log) -> ConvertResult:
-    report = new_report("convert")
-    report["recipe"] = rec.to_dict()
-    result = ConvertResult(report=report, out_dir=out_dir)
-    stages = report["stages"]
-
-    # 1. source: torch (export) or ONNX file
-    spec = None
-    if is_torch_spec(model):
-        spec = resolve_spec(model, {k: v.opt for k, v in rec.shapes.items()})
-        log(f"exporting {spec.name} ({rec.exporter})")
-        exported = export_model(spec, out_dir / "model.onnx", exporter=rec.exporter, opset=rec.opset)
-        source_path = exported.path
-        stages["export"] = {
-            "seconds": exported.seconds,
-            "summary": f"{exported.num_nodes} nodes, opset {exported.opset}",
-            "exporter": exported.exporter,
-            "opset": exported.opset,
-            "nodes": exported.num_nodes,
-        }
-        report["artifacts"].append(artifact(source_path, "onnx"))
-    else:
-        source_path = Path(model)
-    source = load_model(source_path)
-    report["input"] = {"model": model, "kind": "torch" if spec else "onnx"}
-
-    sample = resolve_inputs(source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes)
-    check_against_graph(sample, source, str(source_path))
-    report["input"]["samples"] = {"source": sample.source, "count": sample.count}
-    classify = (
-        spec.task if spec else {p.key: p.value for p in source.metadata_props}.get("trtforge.task")
-    ) == "classification"
-
-    ref_label = "torch" if spec else "source.onnx"
-    ref_runner = (
-        TorchRunner(spec.module(), spec.input_names, spec.output_names)
-        if spec
-        else OnnxRunner(source, "source.onnx")
-    )
-    ref_out = collect(ref_runner, sample.feeds)
-    fp32_tol = Tolerances.for_precision("fp32", rec.tolerances)
-    final_tol = Tolerances.for_precision(rec.precision, rec.tolerances)
-    if spec:
-        report["verification"].append(
-            compare_results(
-                ref_label,
-                ref_out,
-                "model.onnx",
-                collect(OnnxRunner(source), sample.feeds),
-                fp32_tol,
-                classify,
-                sample.count,
-            ).to_dict()
-        )
-
-    # 2. passes, with accuracy after each one
-    def measure(record: PassRecord, stage_model: onnx.ModelProto) -> None:
-        record_tol = final_tol if record.name == "precision" else fp32_tol
-        try:
-            comp = compare_results(
-                ref_label,
-                ref_out,
-                record.name,
-                collect(OnnxRunner(stage_model, record.name), sample.feeds),
-                record_tol,
-                classify,
-                sample.count,
-            )
-            record.accuracy = {
-                "min_cosine": min(o.cosine for o in comp.outputs),
-                "max_abs": max(o.max_abs for o in comp.outputs),
-                "passed": comp.passed,
-            }
-        except InvalidInputError as exc:
-            record.accuracy = {"skipped": str(exc)}
-        log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
-
-    start = time.perf_counter()
-    optimized, records = run_passes(
-        source, rec.effective_passes(), PassContext(opset=_opset(source)), measure
-    )
-    opt_path = save_model(optimized, out_dir / "model.opt.onnx")
-    stages["optimize"] = {
-        "seconds": round(time.perf_counter() - start, 3),
-        "summary": f"{len(source.graph.node)} -> {len(optimized.graph.node)} nodes",
-    }
-    report["passes"] = [r.to_dict() for r in records]
-    report["artifacts"].append(artifact(opt_path, "onnx"))
-    result.onnx = opt_path
-    try:
-        final = compare_results(
-            ref_label,
-            ref_out,
-            "model.opt.onnx",
-            collect(OnnxRunner(opt_path, "model.opt.onnx"), sample.feeds),
-            final_tol,
-            classify,
-            sample.count,
-        )
-    except InvalidInputError as exc:
-        final = skipped(ref_label, "model.opt.onnx", final_tol, f"onnxruntime CPU cannot run it: {exc}")
-    report["verification"].append(final.to_dict())
-
-    # 3. engine
-    log(f"building engine ({rec.backend}, {rec.precision})")
-    default_spec = spec or spec_from_metadata(source)
-    profiles = dict(default_spec.profiles) if default_spec else {}
-    profiles.update(rec.shapes)
-    engine = build(
-        opt_path, out_dir / "model.engine", rec.backend, profiles, rec.target_gpus, precision=rec.precision
-    )
-    network = engine.sidecar["network"]
-    stages["build"] = {
-        "seconds": engine.sidecar["build_seconds"],
-        "backend": engine.sidecar["backend"],
-        "targets": engine.sidecar.get("targets"),
-        "engine_bytes": engine.sidecar["engine_bytes"],
-        "summary": f"{engine.sidecar['backend']} {engine.sidecar.get('targets')}, "
-        f"{network['num_layers']} network layers, {engine.sidecar['engine_bytes'] / 1e6:.1f} MB",
-    }
-    report["network"] = {
-        k: network[k] for k in ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
-    }
-    report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
-    result.engine = engine.path
-
-    # 4. engine accuracy, where it can run
-    backend_obj = get_backend(engine.sidecar["backend"])
-    ok, why = backend_obj.can_run()
-    if ok:
-        report["verification"].append(
-            compare_results(
-                ref_label,
-                ref_out,
-                "model.engine",
-                collect(EngineRunner(backend_obj, engine.path), sample.feeds),
-                final_tol,
-                classify,
-                sample.count,
-            ).to_dict()
-        )
-    else:
-        report["verification"].append(
-            skipped(ref_label, "model.engine", final_tol, f"engine not executed: {why}").to_dict()
-        )
-
-    ran = [c for c in report["verification"] if not c["skipped"]]
-    report["passed"] = bool(ran) and all(c["passed"] for c in ran)
-    result.paths = {"onnx": opt_path, "engine": engine.path, "report": out_dir / "report.json"}
-    write_report(report, result.paths["report"])
-    return result
 
 
 def save_feeds(sample: SampleInputs, path: str | Path) -> None:

@@ -8,7 +8,6 @@ codes in converter.errors.ExitCode; --debug shows the traceback.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from converter.errors import AccuracyError, ExitCode, TrtforgeError
 from converter.export import EXPORTERS
 from converter.models import DEFAULT_DEMO, parse_profiles
 from converter.recipe import PRECISIONS, Tolerances
-from converter.report import new_report, print_summary, to_json, write_report
+from converter.report import new_report, print_inspect, print_summary, to_json, write_report
 from passes.registry import DESCRIPTIONS
 
 # Captured output (CI logs, pipes) gets a wide console so tables do not truncate.
@@ -43,6 +42,16 @@ def shapes_option(func):
         multiple=True,
         metavar="NAME:MIN/OPT/MAX",
         help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
+    )(func)
+
+
+def target_gpu_option(func):
+    return click.option(
+        "--target-gpu",
+        "target_gpus",
+        multiple=True,
+        metavar="SM",
+        help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
     )(func)
 
 
@@ -128,13 +137,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     "--precision", type=click.Choice(PRECISIONS), help="Compute precision (default: recipe's, else fp32)."
 )
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), help="Engine backend (default: auto).")
-@click.option(
-    "--target-gpu",
-    "target_gpus",
-    multiple=True,
-    metavar="SM",
-    help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx only).",
-)
+@target_gpu_option
 @click.option("--load-inputs", type=click.Path(path_type=Path), help=".npz of inputs to verify with.")
 @shapes_option
 @output_options
@@ -266,13 +269,7 @@ def optimize(onnx_file, out, passes, precision, save_report, as_json, quiet):
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output engine file.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
-@click.option(
-    "--target-gpu",
-    "target_gpus",
-    multiple=True,
-    metavar="SM",
-    help="Compute capability, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
-)
+@target_gpu_option
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (full TensorRT).")
 @click.option(
     "--precision",
@@ -393,41 +390,7 @@ def inspect(path, out, layers, as_json, quiet):
     info = api.inspect(path)
     if out:
         write_report(info, out)
-    emit(info, as_json, quiet, functools.partial(_print_inspect, layers=layers))
-
-
-def _print_inspect(info: dict[str, Any], layers: bool) -> None:
-    if info["kind"] == "onnx":
-        console.print(
-            f"[bold]{info['path']}[/bold]: ONNX, {info['num_nodes']} nodes, {info['num_params']:,} params "
-            f"({info['weight_bytes'] / 1e6:.1f} MB), opsets {info['opsets']}"
-        )
-        for label in ("inputs", "outputs"):
-            for io in info[label]:
-                console.print(f"  {label[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
-        console.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
-        console.print("  weight dtypes: " + json.dumps(info["weight_dtypes"]))
-        return
-    console.print(f"[bold]{info['path']}[/bold]: engine, {info['engine_bytes'] / 1e6:.1f} MB")
-    side = info.get("sidecar")
-    if side:
-        net = side["network"]
-        console.print(
-            f"  backend {side['backend']} {side['backend_version']}, targets {side.get('targets')}, "
-            f"precision {side['precision']}"
-        )
-        for name, prof in side["profiles"].items():
-            console.print(f"  profile {name}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
-        console.print(f"  network (recorded at build): {net['num_layers']} layers")
-        console.print("    layer types: " + ", ".join(f"{k} {v}" for k, v in net["layer_types"].items()))
-        console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))
-        if layers:
-            for layer in net["layers"]:
-                console.print(
-                    f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False
-                )
-    if "engine_detail" in info:
-        console.print(f"  [yellow]{info['engine_detail']}[/yellow]")
+    emit(info, as_json, quiet, functools.partial(print_inspect, console=console, layers=layers))
 
 
 # --------------------------------------------------------------------------- passes

@@ -195,3 +195,8 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if not path.exists():
         raise InvalidInputError(f"{path}: no such {what}")
     return path
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset a model imports (0 when it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

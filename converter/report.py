@@ -136,3 +136,38 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     if report.get("passed") is not None:
         verdict = "[green]PASSED[/green]" if report["passed"] else "[red]ACCURACY CHECK FAILED[/red]"
         console.print(f"verification: {verdict}")
+
+
+def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) -> None:
+    """Terminal form of `inspect`'s result (ONNX or engine)."""
+    if info["kind"] == "onnx":
+        console.print(
+            f"[bold]{info['path']}[/bold]: ONNX, {info['num_nodes']} nodes, {info['num_params']:,} params "
+            f"({info['weight_bytes'] / 1e6:.1f} MB), opsets {info['opsets']}"
+        )
+        for label in ("inputs", "outputs"):
+            for io in info[label]:
+                console.print(f"  {label[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
+        console.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+        console.print("  weight dtypes: " + json.dumps(info["weight_dtypes"]))
+        return
+    console.print(f"[bold]{info['path']}[/bold]: engine, {info['engine_bytes'] / 1e6:.1f} MB")
+    side = info.get("sidecar")
+    if side:
+        net = side["network"]
+        console.print(
+            f"  backend {side['backend']} {side['backend_version']}, targets {side.get('targets')}, "
+            f"precision {side['precision']}"
+        )
+        for name, prof in side["profiles"].items():
+            console.print(f"  profile {name}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
+        console.print(f"  network (recorded at build): {net['num_layers']} layers")
+        console.print("    layer types: " + ", ".join(f"{k} {v}" for k, v in net["layer_types"].items()))
+        console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))
+        if layers:
+            for layer in net["layers"]:
+                console.print(
+                    f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False
+                )
+    if "engine_detail" in info:
+        console.print(f"  [yellow]{info['engine_detail']}[/yellow]")

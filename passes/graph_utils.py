@@ -9,6 +9,14 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
+def redirect(tensor: gs.Tensor, replacement: gs.Tensor, readers: list[gs.Node]) -> None:
+    """Make `readers` read `replacement` wherever they read `tensor`."""
+    for reader in readers:
+        for i, t in enumerate(reader.inputs):
+            if t is tensor:
+                reader.inputs[i] = replacement
+
+
 def is_graph_io(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.inputs) or any(t is tensor for t in graph.outputs)
 
@@ -36,10 +44,7 @@ def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
             src.dtype, src.shape = dst.dtype, dst.shape
         node.inputs.clear()
         return None
-    for consumer in consumers(dst):
-        for i, t in enumerate(consumer.inputs):
-            if t is dst:
-                consumer.inputs[i] = src
+    redirect(dst, src, consumers(dst))
     node.inputs.clear()
     node.outputs.clear()
     return None

@@ -25,6 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
+from passes.graph_utils import redirect
 
 _ONNX_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 
@@ -148,10 +149,7 @@ class ConvertPrecision:
                 if not low_consumers:
                     continue
                 lowered = _cast(graph, tensor, onnx_low, low_dtype, f"{tensor.name}_to_{self.target}")
-                for consumer in low_consumers:
-                    for i, t in enumerate(consumer.inputs):
-                        if t is tensor:
-                            consumer.inputs[i] = lowered
+                redirect(tensor, lowered, low_consumers)
             result.count("nodes_kept_fp32", node.name)
 
     def _convert_interface(self, graph: gs.Graph, result: PassResult, onnx_low: int, low_dtype) -> None:
@@ -165,10 +163,7 @@ class ConvertPrecision:
                 result.count("inputs_retyped", tensor.name)
                 continue
             lowered = _cast(graph, tensor, onnx_low, low_dtype, f"{tensor.name}_{self.target}")
-            for consumer in readers:
-                for i, t in enumerate(consumer.inputs):
-                    if t is tensor:
-                        consumer.inputs[i] = lowered
+            redirect(tensor, lowered, readers)
             result.count("input_casts_added", tensor.name)
         for tensor in graph.outputs:
             if not _is_float32(tensor):
