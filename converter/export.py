@@ -44,7 +44,9 @@ def _example_args(spec: ModelSpec):
     return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
 
 
-def _export_torchscript(module, args, spec: ModelSpec, path: Path, opset: int, dynamic: bool) -> None:
+def _export_torchscript(
+    module, args, spec: ModelSpec, path: Path, opset: int, dynamic: bool, constant_folding: bool = True
+) -> None:
     import torch
 
     output_names = spec.output_names or None
@@ -58,7 +60,7 @@ def _export_torchscript(module, args, spec: ModelSpec, path: Path, opset: int, d
         output_names=output_names,
         dynamic_axes=axes if dynamic else None,
         opset_version=opset,
-        do_constant_folding=True,
+        do_constant_folding=constant_folding,
     )
 
 
@@ -116,8 +118,13 @@ def export_model(
     opset: int | None = None,
     dynamic: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    constant_folding: bool = True,
 ) -> ExportResult:
-    """Export `spec`'s module to `out_path` (atomic; external data when weights exceed the threshold)."""
+    """Export `spec`'s module to `out_path` (atomic; external data when weights exceed the threshold).
+
+    `constant_folding=False` keeps the TorchScript exporter's raw graph (what
+    benchmarks of our own folding passes start from); the dynamo exporter ignores it.
+    """
     if exporter not in EXPORTERS:
         raise InvalidInputError(f"unknown exporter '{exporter}' (choose from {', '.join(EXPORTERS)})")
     opset = opset or (17 if exporter == "torchscript" else 18)
@@ -135,7 +142,7 @@ def export_model(
         try:
             with torch.no_grad():
                 if exporter == "torchscript":
-                    _export_torchscript(module, args, spec, raw, opset, dynamic)
+                    _export_torchscript(module, args, spec, raw, opset, dynamic, constant_folding)
                 else:
                     _export_dynamo(module, args, spec, raw, opset, dynamic)
         except Exception as exc:  # exporters raise many types; the user needs one line

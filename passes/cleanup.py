@@ -66,8 +66,6 @@ class Cleanup:
                 kind = "noop_cast_removed"
             else:
                 continue
-            if len(node.inputs) > 1:
-                node.inputs[1:] = []
             reason = bypass(graph, node)
             if reason:
                 result.reject(node.name, f"{node.op} kept: {reason}")

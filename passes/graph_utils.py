@@ -9,6 +9,12 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
+def drop_inputs_after_first(node: gs.Node) -> None:
+    """Detach all inputs but the first (gs lists do not support slice assignment)."""
+    while len(node.inputs) > 1:
+        node.inputs.pop()
+
+
 def redirect(tensor: gs.Tensor, replacement: gs.Tensor, readers: list[gs.Node]) -> None:
     """Make `readers` read `replacement` wherever they read `tensor`."""
     for reader in readers:
@@ -30,9 +36,10 @@ def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
     Returns None on success, else the reason the node was kept.
     """
     src, dst = node.inputs[0], node.outputs[0]
+    if any(t is dst for t in graph.outputs) and (is_graph_io(graph, src) or isinstance(src, gs.Constant)):
+        return "its output is a graph output fed directly by graph I/O or a constant"
+    drop_inputs_after_first(node)
     if any(t is dst for t in graph.outputs):
-        if is_graph_io(graph, src) or isinstance(src, gs.Constant):
-            return "its output is a graph output fed directly by graph I/O or a constant"
         # Other consumers of `src` keep reading it under its new name: still exact.
         index = next(i for i, t in enumerate(graph.outputs) if t is dst)
         name = dst.name

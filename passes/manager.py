@@ -112,13 +112,18 @@ def run_passes(
     current = infer_types(model)
     for spec in specs:
         pass_ = create_pass(spec.name, spec.options)
-        graph = gs.import_onnx(current)
         previous = current
+        ctx.opset = next((o.version for o in current.opset_import if o.domain in ("", "ai.onnx")), ctx.opset)
         start = time.perf_counter()
         try:
-            result = pass_.run(graph, ctx)
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            current = graph_to_model(graph, current)
+            if hasattr(pass_, "run_model"):  # model-level passes (e.g. opset conversion)
+                current, result = pass_.run_model(current, ctx)
+                current = infer_types(current)
+            else:
+                graph = gs.import_onnx(current)
+                result = pass_.run(graph, ctx)
+                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                current = graph_to_model(graph, current)
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise PassError(f"pass '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
         record = _record(spec, pass_.exact, time.perf_counter() - start, previous, current, result)

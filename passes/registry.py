@@ -13,17 +13,32 @@ from converter.errors import InvalidInputError
 from passes.base import Pass
 from passes.cleanup import Cleanup
 from passes.constant_fold import ConstantFold
+from passes.dedupe import Dedupe
+from passes.fold_shapes import FoldShapes
+from passes.fuse_gelu import FuseGelu
+from passes.fuse_norms import FuseNorms
 from passes.precision import ConvertPrecision
+from passes.upgrade_opset import UpgradeOpset
 
 PASSES: dict[str, Callable[..., Pass]] = {
     "cleanup": Cleanup,
     "fold-constants": ConstantFold,
+    "fold-shapes": FoldShapes,
+    "dedupe": Dedupe,
+    "fuse-gelu": FuseGelu,
+    "fuse-norms": FuseNorms,
+    "upgrade-opset": UpgradeOpset,
     "precision": ConvertPrecision,
 }
 
 DESCRIPTIONS: dict[str, str] = {
     "cleanup": "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)",
     "fold-constants": "evaluate constant subgraphs and static shape arithmetic (exact)",
+    "fold-shapes": "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)",
+    "dedupe": "merge identical initializers and common subexpressions (exact)",
+    "fuse-gelu": "erf/tanh GELU subgraphs -> Gelu (opset >= 20; exact)",
+    "fuse-norms": "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)",
+    "upgrade-opset": "convert the model to a newer opset (option target, default 20; exact)",
     "precision": "convert float32 compute to fp16/bf16 for strongly typed builders (lossy)",
 }
 

@@ -1,0 +1,108 @@
+"""Deduplication: identical initializers and common subexpressions (exact).
+
+- Initializers with the same dtype, shape and bytes become one (exporters often
+  emit the same small constant per layer, e.g. the 1.0 of every GELU);
+- two nodes with the same op, domain, attributes and the *same* input tensors
+  compute the same thing: the second one's readers are pointed at the first one's
+  outputs. Repeated until nothing merges, so whole duplicated chains collapse
+  (Shape(x) -> Gather(0) written three times becomes one). Nodes with random
+  outputs or side effects, and nodes with subgraph attributes, are never merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.base import PassContext, PassResult
+from passes.graph_utils import redirect
+
+NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Dropout",
+}
+MAX_DEDUPE_BYTES = 64 << 20
+
+
+def _constant_key(const: gs.Constant) -> tuple | None:
+    values = np.asarray(const.values)
+    if values.nbytes > MAX_DEDUPE_BYTES:
+        return None
+    return (str(values.dtype), values.shape, hashlib.sha256(values.tobytes()).hexdigest())
+
+
+def _attr_key(value) -> object:
+    if isinstance(value, gs.Constant):
+        return ("const", _constant_key(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_attr_key(v) for v in value)
+    if isinstance(value, gs.Graph):
+        raise TypeError("subgraph")
+    return value if isinstance(value, (int, float, str, bytes, type(None))) else repr(value)
+
+
+def _node_key(node: gs.Node) -> tuple | None:
+    if node.op in NONDETERMINISTIC or not node.outputs:
+        return None
+    try:
+        attrs = tuple(sorted((k, _attr_key(v)) for k, v in node.attrs.items()))
+    except TypeError:
+        return None
+    return (node.op, node.domain, attrs, tuple(id(t) for t in node.inputs), len(node.outputs))
+
+
+@dataclass
+class Dedupe:
+    """Merge identical initializers, then common subexpressions, to a fixed point."""
+
+    name: str = "dedupe"
+    exact: bool = True
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        self._merge_constants(graph, result)
+        while self._merge_nodes(graph, result):
+            pass
+        return result
+
+    def _merge_constants(self, graph: gs.Graph, result: PassResult) -> None:
+        canonical: dict[tuple, gs.Constant] = {}
+        outputs = {id(t) for t in graph.outputs}
+        for tensor in list(graph.tensors().values()):
+            if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
+                continue
+            key = _constant_key(tensor)
+            if key is None:
+                continue
+            keep = canonical.setdefault(key, tensor)
+            if keep is not tensor:
+                redirect(tensor, keep, list(tensor.outputs))
+                result.count("initializers_merged")
+
+    def _merge_nodes(self, graph: gs.Graph, result: PassResult) -> bool:
+        seen: dict[tuple, gs.Node] = {}
+        graph_outputs = {id(t) for t in graph.outputs}
+        merged = False
+        for node in list(graph.nodes):
+            key = _node_key(node)
+            if key is None:
+                continue
+            first = seen.setdefault(key, node)
+            if first is node or any(id(t) in graph_outputs for t in node.outputs):
+                continue
+            for mine, theirs in zip(node.outputs, first.outputs, strict=True):
+                redirect(mine, theirs, list(mine.outputs))
+            node.inputs.clear()
+            node.outputs.clear()
+            result.count("nodes_merged", node.name)
+            merged = True
+        if merged:
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return merged

@@ -1,0 +1,260 @@
+"""Simplify dynamic shape arithmetic using symbolic shapes (exact).
+
+Exporters compute reshape targets at run time: `x.view(B, S, 12, 32)` becomes
+Shape(x) -> Gather(0), Gather(1) -> Unsqueeze -> Concat(.., 12, 32) -> Reshape. The
+dims are dynamic, so plain constant folding cannot remove that subgraph. With
+symbolic shapes (onnxruntime's symbolic shape inference names every dim, e.g.
+'batch', 'sequence', and proves equalities through MatMul/Transpose/...), we know
+that entry 0 of the target *is* dim 0 of the Reshape's own input, and Reshape's
+"0 = copy this dim" rule expresses exactly that: the target becomes the constant
+[0, 0, 12, 32]. What this pass rewrites:
+
+- Reshape whose target's entries are all known (ints, or dims of some tensor): an
+  entry equal to the data input's dim at the same position becomes 0, static dims
+  their value, and at most one remaining dynamic entry becomes -1 (only when the
+  target has no -1 already; allowzero=1 targets qualify when they hold no literal 0);
+- Expand whose target shape leaves its input unchanged (every entry 1 or equal to
+  the input's dim) is removed;
+- Slice on a dim from 0 to that dim's own size (read through Shape), step 1, is
+  removed;
+- any shape-arithmetic tensor whose value is fully static becomes a constant.
+The subgraphs that computed the old targets die and are cleaned up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import PassContext, PassResult
+from passes.graph_utils import bypass, redirect
+
+Dim = int | str  # an int, or the name of a symbolic dim
+
+
+@dataclass
+class ShapeValue:
+    """The symbolic content of a small int64 tensor (a shape or a dim)."""
+
+    dims: list[Dim]
+    scalar: bool = False
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.dims)
+
+
+def symbolic_dims(graph: gs.Graph) -> dict[str, list[Dim]]:
+    """Tensor name -> dims (ints or symbol names) from onnxruntime's symbolic inference."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    del model.graph.value_info[:]
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+    except Exception:  # inference is best effort; without it we only lose rewrites
+        inferred = None
+    if inferred is None:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[Dim]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if not info.type.tensor_type.HasField("shape"):
+            continue
+        dims: list[Dim] = []
+        for d in info.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(f"?{info.name}")  # unknown and unnamed: equal to nothing else
+        shapes[info.name] = dims
+    return shapes
+
+
+def _const_ints(tensor: gs.Tensor) -> ShapeValue | None:
+    if not isinstance(tensor, gs.Constant):
+        return None
+    values = np.asarray(tensor.values)
+    if values.dtype.kind not in "iu" or values.ndim > 1:
+        return None
+    return ShapeValue([int(v) for v in values.ravel()], scalar=values.ndim == 0)
+
+
+class ShapeEvaluator:
+    """Evaluates int64 shape subgraphs to ShapeValues, memoised per tensor."""
+
+    def __init__(self, shapes: dict[str, list[Dim]]):
+        self.shapes = shapes
+        self.cache: dict[str, ShapeValue | None] = {}
+
+    def value(self, tensor: gs.Tensor) -> ShapeValue | None:
+        if tensor.name not in self.cache:
+            self.cache[tensor.name] = None  # guards cycles
+            self.cache[tensor.name] = self._evaluate(tensor)
+        return self.cache[tensor.name]
+
+    def _evaluate(self, tensor: gs.Tensor) -> ShapeValue | None:
+        const = _const_ints(tensor)
+        if const is not None or not tensor.inputs:
+            return const
+        node = tensor.inputs[0]
+        handler = getattr(self, f"_op_{node.op}", None)
+        return handler(node) if handler and len(node.outputs) == 1 else None
+
+    def _op_Shape(self, node: gs.Node) -> ShapeValue | None:
+        dims = self.shapes.get(node.inputs[0].name)
+        if dims is None:
+            return None
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+        return ShapeValue(list(dims[start:end]))
+
+    def _op_Gather(self, node: gs.Node) -> ShapeValue | None:
+        data, index = self.value(node.inputs[0]), _const_ints(node.inputs[1])
+        if data is None or index is None or node.attrs.get("axis", 0) != 0 or data.scalar:
+            return None
+        try:
+            return ShapeValue([data.dims[i] for i in index.dims], scalar=index.scalar)
+        except IndexError:
+            return None
+
+    def _op_Unsqueeze(self, node: gs.Node) -> ShapeValue | None:
+        data = self.value(node.inputs[0])
+        axes = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else ShapeValue(node.attrs.get("axes", []))
+        if data is None or not data.scalar or axes is None or axes.dims not in ([0], [-1]):
+            return None
+        return ShapeValue(list(data.dims))
+
+    def _op_Squeeze(self, node: gs.Node) -> ShapeValue | None:
+        data = self.value(node.inputs[0])
+        return ShapeValue(list(data.dims), scalar=True) if data is not None and len(data.dims) == 1 else None
+
+    def _op_Concat(self, node: gs.Node) -> ShapeValue | None:
+        parts = [self.value(t) for t in node.inputs]
+        if node.attrs.get("axis", 0) not in (0, -1) or any(p is None or p.scalar for p in parts):
+            return None
+        return ShapeValue([d for p in parts for d in p.dims])
+
+    def _op_Cast(self, node: gs.Node) -> ShapeValue | None:
+        if node.attrs.get("to") not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            return None
+        return self.value(node.inputs[0])
+
+    def _op_Slice(self, node: gs.Node) -> ShapeValue | None:
+        data = self.value(node.inputs[0])
+        bounds = [_const_ints(t) for t in node.inputs[1:]]
+        if data is None or data.scalar or any(b is None for b in bounds) or len(bounds) < 2:
+            return None
+        starts, ends = bounds[0].dims, bounds[1].dims
+        steps = bounds[3].dims if len(bounds) > 3 else [1]
+        if len(starts) != 1 or len(ends) != 1 or steps != [1]:
+            return None
+        return ShapeValue(data.dims[starts[0] : ends[0]])
+
+
+def _reshape_target(data_dims: list[Dim] | None, target: ShapeValue) -> list[int] | str:
+    """A constant Reshape target equivalent to `target`, or the reason there is none."""
+    result: list[int] = []
+    unknown = []
+    for j, dim in enumerate(target.dims):
+        if isinstance(dim, int):
+            result.append(dim)
+        elif data_dims is not None and j < len(data_dims) and data_dims[j] == dim:
+            result.append(0)
+        else:
+            unknown.append(j)
+            result.append(-1)
+    if len(unknown) > 1:
+        return f"{len(unknown)} target dims are dynamic and not dims of the input at the same position"
+    if unknown and result.count(-1) > 1:
+        return "target already has a -1 and another dynamic dim"
+    return result
+
+
+@dataclass
+class FoldShapes:
+    """Replace dynamic shape subgraphs by constants where symbolic shapes prove them."""
+
+    name: str = "fold-shapes"
+    exact: bool = True
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        shapes = symbolic_dims(graph)
+        evaluator = ShapeEvaluator(shapes)
+        for node in list(graph.nodes):
+            if node.op == "Reshape":
+                self._reshape(node, evaluator, shapes, result)
+            elif node.op == "Expand":
+                self._expand(graph, node, evaluator, shapes, result)
+            elif node.op == "Slice":
+                self._slice(graph, node, evaluator, shapes, result)
+        self._freeze_static(graph, evaluator, result)
+        return result
+
+    def _reshape(self, node, evaluator, shapes, result) -> None:
+        target_tensor = node.inputs[1]
+        if isinstance(target_tensor, gs.Constant):
+            return
+        target = evaluator.value(target_tensor)
+        if target is None:
+            result.reject(node.name, "Reshape target is not a known shape expression")
+            return
+        folded = _reshape_target(shapes.get(node.inputs[0].name), target)
+        if isinstance(folded, str):
+            result.reject(node.name, f"Reshape kept dynamic: {folded}")
+            return
+        if node.attrs.get("allowzero", 0) and 0 in target.dims:
+            result.reject(node.name, "Reshape kept dynamic: allowzero=1 with a literal 0 in the target")
+            return
+        # allowzero=1 only changes the meaning of literal zeros, and there are none:
+        # the new target's zeros must mean "copy", so allowzero goes back to 0.
+        node.attrs["allowzero"] = 0
+        node.inputs[1] = gs.Constant(f"{node.name}_shape", np.array(folded, dtype=np.int64))
+        result.count("reshape_targets_folded", node.name)
+
+    def _expand(self, graph, node, evaluator, shapes, result) -> None:
+        data_dims = shapes.get(node.inputs[0].name)
+        target = evaluator.value(node.inputs[1])
+        if data_dims is None or target is None or len(target.dims) > len(data_dims):
+            return
+        tail = data_dims[len(data_dims) - len(target.dims) :]
+        noop = all(t == 1 or t == d for t, d in zip(target.dims, tail, strict=True))
+        if noop and bypass(graph, node) is None:
+            result.count("noop_expands_removed", node.name)
+
+    def _slice(self, graph, node, evaluator, shapes, result) -> None:
+        data_dims = shapes.get(node.inputs[0].name)
+        if data_dims is None or len(node.inputs) < 3:
+            return
+        starts, ends = _const_ints(node.inputs[1]), evaluator.value(node.inputs[2])
+        axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 else ShapeValue([0])
+        steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 else ShapeValue([1])
+        if None in (starts, ends, axes, steps) or isinstance(node.inputs[2], gs.Constant):
+            return
+        full = all(
+            s == 0 and st == 1 and -len(data_dims) <= a < len(data_dims) and data_dims[a] == e
+            for s, e, a, st in zip(starts.dims, ends.dims, axes.dims, steps.dims, strict=False)
+        )
+        full = full and len(starts.dims) == len(ends.dims) == len(axes.dims)
+        if full and bypass(graph, node) is None:
+            result.count("noop_slices_removed", node.name)
+
+    def _freeze_static(self, graph, evaluator, result) -> None:
+        """Shape expressions that turned out fully static become constants."""
+        for node in list(graph.nodes):
+            if node.op not in ("Shape", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast"):
+                continue
+            out = node.outputs[0] if len(node.outputs) == 1 else None
+            if out is None or not out.outputs or any(t is out for t in graph.outputs):
+                continue
+            value = evaluator.value(out)
+            if value is None or not value.static:
+                continue
+            dtype = np.int32 if out.dtype is not None and np.dtype(out.dtype) == np.int32 else np.int64
+            array = np.array(value.dims[0] if value.scalar else value.dims, dtype=dtype)
+            redirect(out, gs.Constant(f"{out.name}_static", array), list(out.outputs))
+            result.count("static_shapes_frozen", node.name)

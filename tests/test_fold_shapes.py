@@ -1,0 +1,118 @@
+"""fold-shapes: dynamic reshape targets proven by symbolic shapes become constants."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.base import PassContext
+from passes.manager import PassSpec, run_passes
+
+CTX = PassContext(opset=17)
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def split_heads_graph(
+    heads: int, dim: int, use_minus_one: bool, allowzero: int, with_expand: bool
+) -> onnx.ModelProto:
+    """x[B,S,heads*dim] -> Relu -> view(B, S, heads, dim) computed from Shape(x), as exporters write it."""
+    tail = [-1, dim] if use_minus_one else [heads, dim]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Shape", ["r"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "i0"], ["b"], name="gather_b", axis=0),
+        helper.make_node("Gather", ["shape", "i1"], ["s"], name="gather_s", axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes0"], ["b1"], name="unsq_b"),
+        helper.make_node("Unsqueeze", ["s", "axes0"], ["s1"], name="unsq_s"),
+        helper.make_node("Concat", ["b1", "s1", "tail"], ["target"], name="concat", axis=0),
+        helper.make_node("Reshape", ["r", "target"], ["heads"], name="split_heads", allowzero=allowzero),
+    ]
+    out = "heads"
+    if with_expand:
+        nodes += [
+            helper.make_node("Shape", ["heads"], ["hshape"], name="shape2"),
+            helper.make_node("Expand", ["heads", "hshape"], ["expanded"], name="noop_expand"),
+        ]
+        out = "expanded"
+    nodes.append(helper.make_node("Sigmoid", [out], ["y"], name="sigmoid"))
+    graph = helper.make_graph(
+        nodes,
+        "split_heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", heads * dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", heads, dim])],
+        initializer=[_ints("i0", 0), _ints("i1", 1), _ints("axes0", [0]), _ints("tail", tail)],
+    )
+    graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0, np.int64), "i0"))
+    graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(1, np.int64), "i1"))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+
+
+def _check_equal(model, folded, heads, dim, shapes):
+    rng = np.random.default_rng(0)
+    for b, s in shapes:
+        x = rng.standard_normal((b, s, heads * dim)).astype(np.float32)
+        np.testing.assert_array_equal(_run(folded, x), _run(model, x))
+
+
+def test_split_heads_target_becomes_constant():
+    model = split_heads_graph(4, 8, use_minus_one=False, allowzero=0, with_expand=True)
+    folded, records = run_passes(model, [PassSpec("fold-shapes")], CTX)
+    assert records[0].changed == {"reshape_targets_folded": 1, "noop_expands_removed": 1}
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops == ["Relu", "Reshape", "Sigmoid"]
+    target = next(i for i in folded.graph.initializer if i.name.endswith("_shape"))
+    assert numpy_helper.to_array(target).tolist() == [0, 0, 4, 8]
+    _check_equal(model, folded, 4, 8, [(1, 3), (2, 7), (5, 1)])
+
+
+def test_allowzero_target_without_literal_zero_is_folded():
+    model = split_heads_graph(2, 3, use_minus_one=True, allowzero=1, with_expand=False)
+    folded, records = run_passes(model, [PassSpec("fold-shapes")], CTX)
+    assert records[0].changed == {"reshape_targets_folded": 1}
+    reshape = next(n for n in folded.graph.node if n.op_type == "Reshape")
+    assert all(a.i == 0 for a in reshape.attribute if a.name == "allowzero")
+    _check_equal(model, folded, 2, 3, [(3, 2), (1, 1)])
+
+
+def test_unprovable_target_is_rejected_with_reason():
+    # target [S, B, ...] from Shape(x): the dims are not at their own positions
+    model = split_heads_graph(2, 3, use_minus_one=False, allowzero=0, with_expand=False)
+    concat = next(n for n in model.graph.node if n.op_type == "Concat")
+    concat.input[0], concat.input[1] = concat.input[1], concat.input[0]
+    folded, records = run_passes(model, [PassSpec("fold-shapes")], CTX)
+    assert records[0].changed == {}
+    assert "not dims of the input" in records[0].rejected[0]["reason"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    heads=st.integers(1, 4),
+    dim=st.integers(1, 5),
+    minus_one=st.booleans(),
+    allowzero=st.integers(0, 1),
+    expand=st.booleans(),
+    batch=st.integers(1, 3),
+    seq=st.integers(1, 4),
+)
+def test_property_equal_outputs_and_idempotent(heads, dim, minus_one, allowzero, expand, batch, seq):
+    model = split_heads_graph(heads, dim, minus_one, allowzero, expand)
+    folded, records = run_passes(model, [PassSpec("fold-shapes")], CTX)
+    assert not any(n.op_type in ("Shape", "Concat", "Gather") for n in folded.graph.node)
+    _check_equal(model, folded, heads, dim, [(batch, seq), (batch + 1, seq + 2)])
+    _, again = run_passes(folded, [PassSpec("fold-shapes")], CTX)
+    assert again[0].changed == {}
