@@ -25,8 +25,8 @@ from converter.convert import ConvertResult, convert
 from converter.errors import InvalidInputError
 from converter.export import ExportResult, export_model
 from converter.inputs import SampleInputs, check_against_graph, resolve_inputs
-from converter.model_io import load_model, opset_of, save_model
-from converter.models import ModelSpec, is_torch_spec, resolve_spec
+from converter.model_io import atomic_path, load_model, opset_of, save_model
+from converter.models import is_torch_spec, resolve_spec
 from converter.recipe import Recipe, Tolerances
 from converter.verify import (
     Comparison,
@@ -90,9 +90,7 @@ def optimize(
     if passes is not None:
         recipe.passes = [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
     model = load_model(onnx_path)
-    result, records = run_passes(
-        model, recipe.effective_passes(), PassContext(opset=opset_of(model)), on_stage
-    )
+    result, records = run_passes(model, recipe.effective_passes(), PassContext(opset=opset_of(model)), on_stage)
     save_model(result, out)
     return OptimizeResult(Path(out), records, len(model.graph.node), len(result.graph.node))
 
@@ -148,23 +146,19 @@ class VerifyResult:
         }
 
 
-def _runner_for(path_or_model: str, spec: ModelSpec | None, backend: str, label: str):
-    """(runner, reason-it-cannot-run) for a torch spec, an ONNX file or an engine file."""
-    if spec is not None and path_or_model == spec.name:
-        return TorchRunner(spec.module(), spec.input_names, spec.output_names, name=label), ""
-    path = Path(path_or_model)
-    if path.suffix in (".engine", ".plan"):
-        if not path.exists():
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def _candidate_runner(path: Path, backend: str):
+    """(runner, reason-it-cannot-run) for an ONNX file or an engine file."""
+    if path.suffix in ENGINE_SUFFIXES:
+        if not path.is_file():
             raise InvalidInputError(f"{path}: no such engine file")
         engine_backend = get_backend(backend)
         ok, why = engine_backend.can_run()
-        return (
-            (EngineRunner(engine_backend, path, name=label), "")
-            if ok
-            else (None, f"engine not executed: {why}")
-        )
+        return (EngineRunner(engine_backend, path, name=path.name), "") if ok else (None, f"engine not executed: {why}")
     load_model(path, load_weights=False)
-    return OnnxRunner(path, name=label), ""
+    return OnnxRunner(path, name=path.name), ""
 
 
 def verify(
@@ -176,32 +170,34 @@ def verify(
     shapes: dict[str, tuple[int, ...]] | None = None,
     num_batches: int = 2,
     batch_size: int = 4,
+    trust_model_code: bool = False,
 ) -> VerifyResult:
     """Compare each candidate (ONNX or engine) against the reference (torch spec or ONNX) on real inputs."""
     if not candidates:
         raise InvalidInputError("verify needs at least one candidate (an .onnx or .engine file)")
+    if Path(reference).suffix in ENGINE_SUFFIXES:
+        raise InvalidInputError(f"{reference}: the reference must be a torch model or an ONNX file, not an engine")
     tol = tolerances or Tolerances.for_precision("fp32")
     spec = resolve_spec(reference, shapes) if is_torch_spec(reference) else None
     first_onnx = next((c for c in [reference, *candidates] if str(c).endswith(".onnx")), None)
     graph = load_model(first_onnx, load_weights=False) if first_onnx else None
-    sample = resolve_inputs(graph, spec, inputs, num_batches, batch_size)
+    sample = resolve_inputs(graph, spec, inputs, num_batches, batch_size, trust_model_code=trust_model_code)
     if graph is not None:
         check_against_graph(sample, graph, first_onnx)
-    ref_label = "torch" if spec else Path(reference).name
-    ref_runner, _ = _runner_for(reference, spec, backend, ref_label)
+    if spec is not None:
+        ref_label, ref_runner = "torch", TorchRunner(spec.module(), spec.input_names, spec.output_names)
+    else:
+        ref_label, (ref_runner, _) = Path(reference).name, _candidate_runner(Path(reference), backend)
     ref_out = collect(ref_runner, sample.feeds)
     classify = spec.task == "classification" if spec else False
     comparisons = []
-    for cand in candidates:
-        runner, why = _runner_for(cand, None, backend, Path(cand).name)
+    for cand in map(Path, candidates):
+        runner, why = _candidate_runner(cand, backend)
         if runner is None:
-            comparisons.append(skipped(ref_label, Path(cand).name, tol, why))
+            comparisons.append(skipped(ref_label, cand.name, tol, why))
             continue
-        comparisons.append(
-            compare_results(
-                ref_label, ref_out, runner.name, collect(runner, sample.feeds), tol, classify, sample.count
-            )
-        )
+        cand_out = collect(runner, sample.feeds)
+        comparisons.append(compare_results(ref_label, ref_out, runner.name, cand_out, tol, classify, sample.count))
     return VerifyResult(comparisons, sample)
 
 
@@ -212,5 +208,6 @@ def inspect(path: str | Path) -> dict[str, Any]:
 
 
 def save_feeds(sample: SampleInputs, path: str | Path) -> None:
-    """Write the first batch of sample inputs as .npz (for --load-inputs elsewhere)."""
-    np.savez(path, **sample.feeds[0])
+    """Write the first batch of sample inputs as .npz (for --load-inputs elsewhere), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **sample.feeds[0])

@@ -63,9 +63,23 @@ def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> No
         (summary or (lambda r: console.print_json(to_json(r))))(result)
 
 
-def fail_on_accuracy(passed: bool) -> None:
-    if not passed:
+def fail_on_accuracy(report: dict[str, Any]) -> None:
+    if report.get("verified") == "not verified":
+        raise AccuracyError("not verified: nothing could be checked on this machine (see the skipped reasons)")
+    if not report.get("passed"):
         raise AccuracyError("accuracy check failed: see the verification table/report")
+
+
+def summary(report: dict[str, Any]) -> None:
+    print_summary(report, console)
+
+
+def trust_option(func):
+    return click.option(
+        "--trust-model-code",
+        is_flag=True,
+        help="Let an ONNX file's metadata name a module:factory to import for sample data/profiles.",
+    )(func)
 
 
 class TrtforgeGroup(click.Group):
@@ -130,18 +144,15 @@ def main(ctx: click.Context, debug: bool) -> None:
     show_default=True,
     help="Output folder (model.onnx, model.opt.onnx, model.engine + .json, report.json).",
 )
-@click.option(
-    "--recipe", type=click.Path(path_type=Path), help="Recipe YAML/JSON (or a previous report.json)."
-)
-@click.option(
-    "--precision", type=click.Choice(PRECISIONS), help="Compute precision (default: recipe's, else fp32)."
-)
+@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe YAML/JSON (or a previous report.json).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Compute precision (default: recipe's, else fp32).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), help="Engine backend (default: auto).")
 @target_gpu_option
 @click.option("--load-inputs", type=click.Path(path_type=Path), help=".npz of inputs to verify with.")
 @shapes_option
+@trust_option
 @output_options
-def convert(model, out, recipe, precision, backend, target_gpus, load_inputs, shapes, as_json, quiet):
+def convert(model, out, recipe, precision, backend, target_gpus, load_inputs, shapes, trust_model_code, as_json, quiet):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 
     MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
@@ -166,11 +177,12 @@ def convert(model, out, recipe, precision, backend, target_gpus, load_inputs, sh
             parse_profiles(shapes),
             load_inputs,
             log,
+            trust_model_code,
         )
-    emit(result.report, as_json, quiet, print_summary)
+    emit(result.report, as_json, quiet, summary)
     if not (as_json or quiet):
         console.print(f"report: {result.paths['report']}")
-    fail_on_accuracy(result.passed)
+    fail_on_accuracy(result.report)
 
 
 class _null:
@@ -187,9 +199,7 @@ class _null:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True)
 @click.option("--opset", type=int, help="ONNX opset (default 17 torchscript, 18 dynamo).")
-@click.option(
-    "--static", is_flag=True, help="No dynamic axes (default: dynamic batch, and sequence for text)."
-)
+@click.option("--static", is_flag=True, help="No dynamic axes (default: dynamic batch, and sequence for text).")
 @click.option("--dtypes", multiple=True, metavar="NAME:DTYPE", help="Input dtype for module:factory specs.")
 @shapes_option
 @output_options
@@ -261,7 +271,7 @@ def optimize(onnx_file, out, passes, precision, save_report, as_json, quiet):
     }
     if save_report:
         write_report(report, save_report)
-    emit(report, as_json, quiet, print_summary)
+    emit(report, as_json, quiet, summary)
 
 
 # --------------------------------------------------------------------------- build
@@ -292,9 +302,7 @@ def build(onnx_file, out, backend, target_gpus, timing_cache, precision, verbose
         onnx_file, out, backend, parse_profiles(shapes), list(target_gpus), timing_cache, precision, verbose
     )
     data = {k: v for k, v in engine.sidecar.items() if k != "network"}
-    data["network"] = {
-        k: engine.sidecar["network"][k] for k in ("num_layers", "layer_types", "tensor_dtypes")
-    }
+    data["network"] = {k: engine.sidecar["network"][k] for k in ("num_layers", "layer_types", "tensor_dtypes")}
     data["engine"] = str(engine.path)
     emit(
         data,
@@ -327,6 +335,7 @@ def build(onnx_file, out, backend, target_gpus, timing_cache, precision, verbose
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @shapes_option
+@trust_option
 @output_options
 def verify(
     reference,
@@ -340,6 +349,7 @@ def verify(
     backend,
     out,
     shapes,
+    trust_model_code,
     as_json,
     quiet,
 ):
@@ -356,7 +366,9 @@ def verify(
     """
     tol = Tolerances.for_precision(precision, {"atol": atol, "rtol": rtol, "min_cosine": min_cosine})
     static = {name: prof.opt for name, prof in parse_profiles(shapes).items()}
-    result = api.verify(reference, list(candidates), load_inputs, tol, backend, static)
+    result = api.verify(
+        reference, list(candidates), load_inputs, tol, backend, static, trust_model_code=trust_model_code
+    )
     report = new_report("verify")
     report["input"] = {
         "reference": reference,
@@ -364,13 +376,14 @@ def verify(
         "samples": {"source": result.inputs_source, "count": result.samples},
     }
     report["verification"] = [c.to_dict() for c in result.comparisons]
+    report["verified"] = "yes" if any(not c.skipped for c in result.comparisons) else "not verified"
     report["passed"] = result.passed
     if out:
         write_report(report, out)
     if save_inputs:
         api.save_feeds(result.sample, save_inputs)
-    emit(report, as_json, quiet, print_summary)
-    fail_on_accuracy(result.passed)
+    emit(report, as_json, quiet, summary)
+    fail_on_accuracy(report)
 
 
 # --------------------------------------------------------------------------- inspect

@@ -3,13 +3,16 @@
 1. a file the user gives (`--load-inputs x.npz`: one array per input name);
 2. the torch model spec's real sample data (demos: text or photographs);
 3. the ONNX metadata key `trtforge.sample_data`, which `export` writes, naming that
-   same real data for an ONNX file on its own;
+   same real data for an ONNX file on its own (a built-in demo always; a user
+   `module:factory` only with trust_model_code, since that imports and runs code
+   named by the file);
 4. seeded random data shaped from the graph, reported as "synthetic" so that no
    accuracy claim rests on noise unawares.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +42,16 @@ def load_inputs_file(path: str | Path) -> list[Feeds]:
         raise InvalidInputError(f"{path}: no such inputs file")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InvalidInputError(f"{path}: expected an .npz archive (one array per input name), got a single array")
             feeds = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from exc
+    if not feeds:
+        raise InvalidInputError(f"{path}: holds no arrays")
     for name, value in feeds.items():
+        if value.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{path}: input '{name}' has non-numeric dtype {value.dtype}")
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise InvalidInputError(f"{path}: input '{name}' contains NaN or Inf")
     return [feeds]
@@ -67,13 +76,8 @@ def _graph_shapes(model: onnx.ModelProto, profiles: dict[str, ShapeProfile]) -> 
     shapes, dtypes = {}, {}
     for value_info in model.graph.input:
         tensor_type = value_info.type.tensor_type
-        dims = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim
-        ]
-        if value_info.name in profiles:
-            shape = profiles[value_info.name].opt
-        else:
-            shape = tuple(d if d > 0 else 1 for d in dims)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
+        shape = profiles[value_info.name].opt if value_info.name in profiles else tuple(d if d > 0 else 1 for d in dims)
         shapes[value_info.name] = tuple(shape)
         dtypes[value_info.name] = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
     return shapes, dtypes
@@ -86,6 +90,7 @@ def resolve_inputs(
     num_batches: int = 2,
     batch_size: int = 4,
     profiles: dict[str, ShapeProfile] | None = None,
+    trust_model_code: bool = False,
 ) -> SampleInputs:
     """Pick the best available sample inputs (see module docstring)."""
     if inputs_file:
@@ -94,13 +99,11 @@ def resolve_inputs(
         return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
     if model is not None:
         source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
-        feeds = feeds_for_source(source, num_batches, batch_size) if source else None
+        feeds = feeds_for_source(source, num_batches, batch_size, trust_model_code) if source else None
         if feeds is not None:
             return SampleInputs(feeds, source)
         shapes, dtypes = _graph_shapes(model, profiles or {})
-        return SampleInputs(
-            [synthetic_feeds(shapes, dtypes, seed=b) for b in range(num_batches)], "synthetic"
-        )
+        return SampleInputs([synthetic_feeds(shapes, dtypes, seed=b) for b in range(num_batches)], "synthetic")
     if spec is not None:
         return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
     raise InvalidInputError("no model to derive sample inputs from")

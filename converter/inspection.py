@@ -33,9 +33,7 @@ def _value_info(value_info: onnx.ValueInfoProto) -> dict[str, Any]:
 def inspect_onnx(path: Path) -> dict[str, Any]:
     model = load_model(path, load_weights=False)
     graph = model.graph
-    ops = Counter(
-        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in graph.node
-    )
+    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in graph.node)
     params = sum(int(np.prod(init.dims)) if init.dims else 1 for init in graph.initializer)
     weight_dtypes = Counter(onnx.TensorProto.DataType.Name(init.data_type) for init in graph.initializer)
     return {
@@ -59,11 +57,11 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
 
 
 def inspect_engine(path: Path) -> dict[str, Any]:
-    sidecar = load_sidecar(path)
+    sidecar, why = load_sidecar(path)
     info: dict[str, Any] = {"kind": "engine", "path": str(path), "engine_bytes": path.stat().st_size}
     if sidecar is None:
         info["sidecar"] = None
-        info["note"] = f"no sidecar ({path.name}.json) found: only the size is known without a GPU"
+        info["note"] = f"{why}: without a GPU only the engine's size is known"
         backend_name = "auto"
     else:
         info["sidecar"] = sidecar

@@ -55,7 +55,12 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it into place only on success."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir():
+        raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"{final}: cannot create its folder ({exc.strerror})") from exc
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -110,11 +115,14 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
     for location in external_data_files(model):
         if not (path.parent / location).exists():
-            raise ModelLoadError(
-                f"{path}: external data file '{location}' is missing (looked in {path.parent})"
-            )
+            raise ModelLoadError(f"{path}: external data file '{location}' is missing (looked in {path.parent})")
     if load_weights and external_data_files(model):
-        onnx.load_external_data_for_model(model, str(path.parent))
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"{path}: external data is unreadable or truncated ({str(exc).splitlines()[0]})"
+            ) from exc
     return model
 
 
@@ -159,7 +167,8 @@ def save_model(
     The model passed in is not modified.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir():
+        raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
     if weights_nbytes(model) < external_data_threshold:
         with atomic_path(final) as tmp:
             tmp.write_bytes(model.SerializeToString(deterministic=True))

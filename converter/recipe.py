@@ -87,24 +87,44 @@ class Recipe:
             raise InvalidInputError(f"{source}: unknown key(s) {unknown} (known: {sorted(known)})")
         recipe = cls()
         if "passes" in data:
+            if not isinstance(data["passes"], (list, type(None))):
+                raise InvalidInputError(f"{source}: passes must be a list, e.g. [cleanup, fold]")
             recipe.passes = [_pass_spec(item, source) for item in data["passes"] or []]
         for key in ("precision", "backend", "exporter"):
             if key in data:
                 setattr(recipe, key, str(data[key]))
-        if recipe.precision not in PRECISIONS:
-            raise InvalidInputError(f"{source}: precision '{recipe.precision}' not in {PRECISIONS}")
+        _one_of(source, "precision", recipe.precision, PRECISIONS)
+        _one_of(source, "exporter", recipe.exporter, ("torchscript", "dynamo"))
+        _one_of(source, "backend", recipe.backend.replace("_", "-"), ("auto", "tensorrt", "tensorrt-rtx"))
+        if not isinstance(data.get("target_gpus") or [], list):
+            raise InvalidInputError(f"{source}: target_gpus must be a list, e.g. [sm86, sm89]")
         recipe.target_gpus = [str(t) for t in data.get("target_gpus") or []]
-        recipe.shapes = {
-            k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()
-        }
-        recipe.opset = data.get("opset")
-        recipe.tolerances = {k: float(v) for k, v in (data.get("tolerances") or {}).items()}
-        bad = sorted(set(recipe.tolerances) - {"atol", "rtol", "min_cosine"})
+        recipe.shapes = {k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()}
+        recipe.opset = _number(source, "opset", data.get("opset"), int, 7) if data.get("opset") is not None else None
+        tolerances = data.get("tolerances") or {}
+        bad = sorted(set(tolerances) - {"atol", "rtol", "min_cosine"})
         if bad:
             raise InvalidInputError(f"{source}: unknown tolerance(s) {bad}")
-        recipe.verify_batches = int(data.get("verify_batches", recipe.verify_batches))
-        recipe.verify_batch_size = int(data.get("verify_batch_size", recipe.verify_batch_size))
+        recipe.tolerances = {k: _number(source, f"tolerances.{k}", v, float, 0.0) for k, v in tolerances.items()}
+        recipe.verify_batches = _number(source, "verify_batches", data.get("verify_batches", 2), int, 1)
+        recipe.verify_batch_size = _number(source, "verify_batch_size", data.get("verify_batch_size", 4), int, 1)
         return recipe
+
+
+def _one_of(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidInputError(f"{source}: {key} '{value}' not in {allowed}")
+
+
+def _number(source: str, key: str, value: Any, kind: type, minimum: float):
+    """`value` as int/float >= minimum, or a one-line error naming the key."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{source}: {key} must be a number, got {value!r}") from exc
+    if isinstance(value, bool) or number < minimum or (kind is int and number != value):
+        raise InvalidInputError(f"{source}: {key} must be a {kind.__name__} >= {minimum}, got {value!r}")
+    return number
 
 
 def _pass_spec(item: Any, source: str) -> PassSpec:

@@ -8,6 +8,7 @@ artifact with its sha256. Build steps read it; humans read the summary.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -51,8 +52,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _finite_only(value: Any) -> Any:
+    """JSON has no inf/nan: such metrics are written as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(v) for v in value]
+    return value
+
+
 def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=_json_default, allow_nan=False)
+    plain = json.loads(json.dumps(report, default=_json_default))  # dataclasses/paths -> plain values
+    return json.dumps(_finite_only(plain), indent=2, allow_nan=False)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
@@ -133,9 +146,11 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
             console.print(f"  {note}", highlight=False)
     for item in report.get("artifacts", []):
         console.print(f"{item['kind']:>8}: {item['path']} ({item['bytes'] / 1e6:.1f} MB)")
-    if report.get("passed") is not None:
+    if report.get("verified") == "not verified":
+        console.print("verification: [yellow]NOT VERIFIED[/yellow] (no final artifact could be run here)")
+    elif report.get("passed") is not None:
         verdict = "[green]PASSED[/green]" if report["passed"] else "[red]ACCURACY CHECK FAILED[/red]"
-        console.print(f"verification: {verdict}")
+        console.print(f"verification: {verdict} (checked: {report.get('verified', 'onnx')})")
 
 
 def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) -> None:
@@ -166,8 +181,8 @@ def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) 
         console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))
         if layers:
             for layer in net["layers"]:
-                console.print(
-                    f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False
-                )
+                console.print(f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False)
+    if info.get("note"):
+        console.print(f"  [yellow]{info['note']}[/yellow]")
     if "engine_detail" in info:
         console.print(f"  [yellow]{info['engine_detail']}[/yellow]")

@@ -85,9 +85,7 @@ def sample_images(count: int, size: int = 224) -> np.ndarray:
         side = int(min(h, w) * scale)
         top = int(np.clip(cy * h - side / 2, 0, h - side))
         left = int(np.clip(cx * w - side / 2, 0, w - side))
-        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize(
-            (size, size), Image.BILINEAR
-        )
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.BILINEAR)
         crops.append(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 255.0)
         index += 1
     return np.stack(crops)

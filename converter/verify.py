@@ -43,15 +43,18 @@ class TorchRunner:
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         import torch
 
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InvalidInputError(f"{self.name}: inputs {missing} missing from the sample data")
         with torch.no_grad():
-            result = self.module(
-                *(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names)
-            )
+            result = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names))
         values = list(result) if isinstance(result, (tuple, list)) else [result]
         if isinstance(result, dict):
             values = list(result.values())
         names = self.output_names or [f"output_{i}" for i in range(len(values))]
-        return {n: v.detach().float().numpy() for n, v in zip(names, values, strict=False)}
+        if len(names) != len(values):
+            raise InvalidInputError(f"{self.name}: the module returned {len(values)} outputs, its spec names {names}")
+        return {n: v.detach().float().numpy() for n, v in zip(names, values, strict=True)}
 
 
 _ORT_TYPES = {
@@ -77,9 +80,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types
-            raise InvalidInputError(
-                f"{name}: onnxruntime cannot load the graph ({str(exc).splitlines()[0]})"
-            ) from exc
+            raise InvalidInputError(f"{name}: onnxruntime cannot load the graph ({str(exc).splitlines()[0]})") from exc
         self.inputs = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -126,6 +127,7 @@ class Comparison:
     outputs: list[OutputMetrics] = field(default_factory=list)
     skipped: str = ""
     samples: int = 0
+    note: str = ""  # caveats on what the numbers mean (e.g. how fp16 was computed)
 
     @property
     def passed(self) -> bool:
@@ -146,9 +148,7 @@ def _finite(x: float) -> float:
     return float(x) if math.isfinite(x) else (1e9 if x > 0 else -1e9)
 
 
-def output_metrics(
-    name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerances, classify: bool
-) -> OutputMetrics:
+def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerances, classify: bool) -> OutputMetrics:
     """Metrics for one output, over all samples concatenated along the batch axis."""
     if ref.shape != cand.shape:
         return OutputMetrics(
@@ -164,9 +164,7 @@ def output_metrics(
         )
     ref64, cand64 = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
     if not np.all(np.isfinite(cand64)):
-        return OutputMetrics(
-            name, math.inf, math.inf, math.inf, 0.0, -math.inf, None, False, "non-finite values"
-        )
+        return OutputMetrics(name, math.inf, math.inf, math.inf, 0.0, -math.inf, None, False, "non-finite values")
     diff = np.abs(cand64 - ref64)
     scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
     norms = float(np.linalg.norm(ref64) * np.linalg.norm(cand64))
@@ -175,16 +173,12 @@ def output_metrics(
     snr = 10 * math.log10(float(np.sum(ref64**2)) / noise) if noise > 0 else math.inf
     top1 = None
     if classify and ref.ndim >= 2 and ref.shape[-1] > 1:
-        top1 = float(
-            np.mean(ref.reshape(-1, ref.shape[-1]).argmax(-1) == cand.reshape(-1, cand.shape[-1]).argmax(-1))
-        )
+        top1 = float(np.mean(ref.reshape(-1, ref.shape[-1]).argmax(-1) == cand.reshape(-1, cand.shape[-1]).argmax(-1)))
     within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64)))
     failure = ""
     if not within:
         worst = int(np.argmax(diff - tol.rtol * np.abs(ref64)))
-        failure = (
-            f"|diff| {diff[worst]:.3g} > atol + rtol*|ref| = {tol.atol + tol.rtol * abs(ref64[worst]):.3g}"
-        )
+        failure = f"|diff| {diff[worst]:.3g} > atol + rtol*|ref| = {tol.atol + tol.rtol * abs(ref64[worst]):.3g}"
     elif cosine < tol.min_cosine:
         failure = f"cosine {cosine:.6f} < {tol.min_cosine}"
     return OutputMetrics(
@@ -210,9 +204,7 @@ def collect(runner: Runner, feeds_list: list[Feeds]) -> dict[str, np.ndarray]:
     for name, parts in per_output.items():
         same_tail = all(p.shape[1:] == parts[0].shape[1:] for p in parts)
         merged[name] = (
-            np.concatenate(parts)
-            if same_tail and parts[0].ndim
-            else np.concatenate([p.ravel() for p in parts])
+            np.concatenate(parts) if same_tail and parts[0].ndim else np.concatenate([p.ravel() for p in parts])
         )
     return merged
 
@@ -229,14 +221,25 @@ def compare_results(
     """Compare collected outputs by name (or by position when the names differ)."""
     comparison = Comparison(ref_name, cand_name, asdict(tol), samples=samples)
     names = list(reference)
-    cand_names = names if all(n in candidate for n in names) else list(candidate)
-    for ref_out, cand_out in zip(names, cand_names, strict=False):
-        comparison.outputs.append(
-            output_metrics(ref_out, reference[ref_out], candidate[cand_out], tol, classify)
-        )
+    if all(n in candidate for n in names):
+        pairs = [(n, n) for n in names]
+    elif len(candidate) == len(names):  # unnamed torch outputs: match by position
+        pairs = list(zip(names, candidate, strict=True))
+    else:
+        pairs = [(n, n if n in candidate else None) for n in names]
+    for ref_out, cand_out in pairs:
+        if cand_out is None:
+            comparison.outputs.append(_missing(ref_out))
+        else:
+            comparison.outputs.append(output_metrics(ref_out, reference[ref_out], candidate[cand_out], tol, classify))
     if not comparison.outputs:
-        comparison.skipped = "no outputs in common"
+        comparison.skipped = "the reference has no outputs"
     return comparison
+
+
+def _missing(name: str) -> OutputMetrics:
+    nan = float("nan")
+    return OutputMetrics(name, nan, nan, nan, nan, nan, None, False, "output missing from the candidate")
 
 
 def skipped(ref_name: str, cand_name: str, tol: Tolerances, reason: str) -> Comparison:

@@ -77,9 +77,7 @@ class Cleanup:
         dead = (
             nodes_before
             - len(graph.nodes)
-            - sum(
-                result.changed.get(k, 0) for k in ("identity_removed", "dropout_removed", "noop_cast_removed")
-            )
+            - sum(result.changed.get(k, 0) for k in ("identity_removed", "dropout_removed", "noop_cast_removed"))
         )
         if dead > 0:
             result.count("dead_nodes_removed", n=dead)

@@ -109,14 +109,10 @@ class FuseGelu:
             root = _half_x_product(one_plus, x) if one_plus is not None else None
             if root is None:
                 if x is not None:
-                    result.reject(
-                        node.name, f"{node.op} reads x but the rest is not 0.5 * x * (1 + {node.op.lower()})"
-                    )
+                    result.reject(node.name, f"{node.op} reads x but the rest is not 0.5 * x * (1 + {node.op.lower()})")
                 continue
             if ctx.opset < 20:
-                result.reject(
-                    node.name, f"GELU found but opset {ctx.opset} < 20 has no Gelu: run upgrade-opset first"
-                )
+                result.reject(node.name, f"GELU found but opset {ctx.opset} < 20 has no Gelu: run upgrade-opset first")
                 continue
             out = root.outputs[0]
             root.outputs.clear()

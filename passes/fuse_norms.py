@@ -109,9 +109,7 @@ def _last_dim(tensor: gs.Tensor) -> int | None:
 def _replace(graph: gs.Graph, op: str, name: str, inputs, out: gs.Tensor, eps: float) -> None:
     for node in list(out.inputs):
         node.outputs.clear()
-    graph.nodes.append(
-        gs.Node(op, name=name, attrs={"axis": -1, "epsilon": float(eps)}, inputs=inputs, outputs=[out])
-    )
+    graph.nodes.append(gs.Node(op, name=name, attrs={"axis": -1, "epsilon": float(eps)}, inputs=inputs, outputs=[out]))
 
 
 @dataclass
@@ -125,9 +123,7 @@ class FuseNorms:
         result = PassResult()
         for node in list(graph.nodes):
             if node.op == "Div":
-                self._layer_norm(graph, node, ctx, result) or self._rms_norm(
-                    graph, node, ctx, result, divide=True
-                )
+                self._layer_norm(graph, node, ctx, result) or self._rms_norm(graph, node, ctx, result, divide=True)
             elif node.op == "Mul":
                 self._rms_norm(graph, node, ctx, result, divide=False)
         return result
@@ -157,11 +153,7 @@ class FuseNorms:
         a, b = node.inputs
         orders = [(a, b)] if divide else [(a, b), (b, a)]  # x / rms, or x * (1/rms) either way round
         found = next(
-            (
-                f
-                for x, scale in orders
-                if (f := _rsqrt_of_mean_square(scale, divide)) is not None and f[0] is x
-            ),
+            (f for x, scale in orders if (f := _rsqrt_of_mean_square(scale, divide)) is not None and f[0] is x),
             None,
         )
         if found is None:

@@ -38,6 +38,12 @@ def scalar_value(tensor: gs.Tensor) -> float | None:
     return None
 
 
+def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output; None when not constant."""
+    const = constant_of(tensor)
+    return np.asarray(const.values) if const is not None else None
+
+
 def constant_of(tensor: gs.Tensor) -> gs.Constant | None:
     """The gs.Constant holding `tensor`'s value, whether an initializer or a Constant node's."""
     if isinstance(tensor, gs.Constant):
@@ -64,9 +70,7 @@ def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     return None
 
 
-def product_from(
-    start: gs.Tensor, wanted_leaves: int
-) -> tuple[gs.Node, list[gs.Tensor], list[gs.Node]] | None:
+def product_from(start: gs.Tensor, wanted_leaves: int) -> tuple[gs.Node, list[gs.Tensor], list[gs.Node]] | None:
     """Climb the chain of Mul nodes that multiply `start` by other factors.
 
     Returns (root Mul, factors other than `start`, Mul nodes in the product) once the
@@ -101,9 +105,7 @@ def reduce_axes(node: gs.Node) -> list[int] | None:
 
 
 def is_last_axis(axes: list[int] | None, rank: int | None) -> bool:
-    return (
-        axes is not None and len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
-    )
+    return axes is not None and len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
 
 
 def rank_of(tensor: gs.Tensor) -> int | None:

@@ -14,6 +14,8 @@ from passes.base import Pass
 from passes.cleanup import Cleanup
 from passes.constant_fold import ConstantFold
 from passes.dedupe import Dedupe
+from passes.fold_batchnorm import FoldBatchNorm
+from passes.fold_pad import FoldPad
 from passes.fold_shapes import FoldShapes
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_norms import FuseNorms
@@ -24,6 +26,8 @@ PASSES: dict[str, Callable[..., Pass]] = {
     "cleanup": Cleanup,
     "fold-constants": ConstantFold,
     "fold-shapes": FoldShapes,
+    "fold-pad": FoldPad,
+    "fold-batchnorm": FoldBatchNorm,
     "dedupe": Dedupe,
     "fuse-gelu": FuseGelu,
     "fuse-norms": FuseNorms,
@@ -35,6 +39,8 @@ DESCRIPTIONS: dict[str, str] = {
     "cleanup": "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)",
     "fold-constants": "evaluate constant subgraphs and static shape arithmetic (exact)",
     "fold-shapes": "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)",
+    "fold-pad": "constant zero Pad folded into the following Conv/AveragePool pads (exact)",
+    "fold-batchnorm": "inference BatchNormalization folded into Conv/ConvTranspose/Gemm/MatMul (exact)",
     "dedupe": "merge identical initializers and common subexpressions (exact)",
     "fuse-gelu": "erf/tanh GELU subgraphs -> Gelu (opset >= 20; exact)",
     "fuse-norms": "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)",
@@ -49,5 +55,5 @@ def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
         raise InvalidInputError(f"unknown pass '{name}' (known: {', '.join(sorted(PASSES))})")
     try:
         return PASSES[name](**(options or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"pass '{name}': bad options {options} ({exc})") from exc

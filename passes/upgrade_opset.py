@@ -38,9 +38,7 @@ class UpgradeOpset:
         try:
             upgraded = onnx.version_converter.convert_version(model, self.target)
         except Exception as exc:  # the converter raises plain RuntimeError/ValueError with long text
-            raise ValueError(
-                f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}"
-            ) from exc
+            raise ValueError(f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}") from exc
         ctx.opset = self.target
         result.count("opset_upgraded", f"{current}->{self.target}")
         return upgraded, result

@@ -28,9 +28,7 @@ def random_graphs(draw) -> onnx.ModelProto:
         return f"{prefix}{next(counter)}"
 
     for _ in range(draw(st.integers(1, 8))):
-        kind = draw(
-            st.sampled_from(["unary", "binary_const", "binary_live", "const_expr", "reshape", "duplicate"])
-        )
+        kind = draw(st.sampled_from(["unary", "binary_const", "binary_live", "const_expr", "reshape", "duplicate"]))
         src = draw(st.sampled_from(live))
         out = fresh("t")
         if kind == "unary":
@@ -45,23 +43,15 @@ def random_graphs(draw) -> onnx.ModelProto:
             nodes.append(helper.make_node(draw(st.sampled_from(BINARY)), [src, c], [out], name=fresh("bc")))
         elif kind == "binary_live":
             other = draw(st.sampled_from(live))
-            nodes.append(
-                helper.make_node(draw(st.sampled_from(BINARY)), [src, other], [out], name=fresh("bl"))
-            )
+            nodes.append(helper.make_node(draw(st.sampled_from(BINARY)), [src, other], [out], name=fresh("bl")))
         elif kind == "const_expr":  # (c1 op c2) op src: the constant part must fold
             c1, c2, folded = fresh("c"), fresh("c"), fresh("k")
             for name in (c1, c2):
-                inits.append(
-                    numpy_helper.from_array(rng.uniform(0.5, 1.5, (WIDTH,)).astype(np.float32), name)
-                )
-            nodes.append(
-                helper.make_node(draw(st.sampled_from(BINARY)), [c1, c2], [folded], name=fresh("ce"))
-            )
+                inits.append(numpy_helper.from_array(rng.uniform(0.5, 1.5, (WIDTH,)).astype(np.float32), name))
+            nodes.append(helper.make_node(draw(st.sampled_from(BINARY)), [c1, c2], [folded], name=fresh("ce")))
             nodes.append(helper.make_node("Add", [src, folded], [out], name=fresh("ca")))
         elif kind == "reshape":  # view(N, 2, 3) then back, targets computed from Shape
-            shape, n, n1, tail, target, mid, back = (
-                fresh(p) for p in ("s", "n", "n1", "tl", "tg", "m", "bk")
-            )
+            shape, n, n1, tail, target, mid, back = (fresh(p) for p in ("s", "n", "n1", "tl", "tg", "m", "bk"))
             inits.append(numpy_helper.from_array(np.array(0, np.int64), n + "_idx"))
             inits.append(numpy_helper.from_array(np.array([0], np.int64), n + "_axes"))
             inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), tail))

@@ -27,7 +27,8 @@ def test_full_tensorrt_unavailable_here_is_a_clear_error():
 
 def test_rtx_builds_engine_with_sidecar(tiny_engine, tiny_onnx):
     assert tiny_engine.stat().st_size > 10_000
-    side = load_sidecar(tiny_engine)
+    side, why = load_sidecar(tiny_engine)
+    assert why == ""
     assert side["backend"] == "tensorrt-rtx" and side["targets"] == ["sm86"]
     assert side["engine_bytes"] == tiny_engine.stat().st_size
     assert side["profiles"]["image"] == {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}
@@ -84,9 +85,7 @@ def test_unsupported_op_names_the_node(tmp_path):
     assert not (tmp_path / "custom.engine").exists()
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("sm86", "sm86"), ("8.6", "sm86"), ("SM_120", "sm120"), ("89", "sm89")]
-)
+@pytest.mark.parametrize("text, expected", [("sm86", "sm86"), ("8.6", "sm86"), ("SM_120", "sm120"), ("89", "sm89")])
 def test_target_names(text, expected):
     assert normalize_target(text) == expected
 
@@ -102,3 +101,17 @@ def test_engine_cannot_run_without_gpu(tiny_engine):
 
 def test_sidecar_is_valid_json(tiny_engine):
     json.loads(tiny_engine.with_name(tiny_engine.name + ".json").read_text())
+
+
+def test_stale_sidecar_is_ignored(tmp_path, tiny_engine):
+    import shutil
+
+    engine = tmp_path / "copy.engine"
+    shutil.copy(tiny_engine, engine)
+    shutil.copy(tiny_engine.with_name(tiny_engine.name + ".json"), tmp_path / "copy.engine.json")
+    assert load_sidecar(engine)[0] is not None
+    engine.write_bytes(engine.read_bytes() + b"x")  # the engine changed after its sidecar was written
+    side, why = load_sidecar(engine)
+    assert side is None and "describes another engine" in why
+    (tmp_path / "copy.engine.json").write_text("[1, 2")
+    assert "not valid JSON" in load_sidecar(engine)[1]

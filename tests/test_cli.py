@@ -109,7 +109,7 @@ def test_verify_engine_is_skipped_without_gpu(tmp_path, tiny_onnx, tiny_engine):
 
     if gpu_available():
         pytest.skip("a GPU is present: the engine would run")
-    result = invoke("verify", tiny_onnx, tiny_engine, "--json")
+    result = invoke("verify", tiny_onnx, tiny_engine, "--json", "--trust-model-code")
     # nothing ran, so nothing passed: that is not a success
     assert result.exit_code == ExitCode.ACCURACY_FAILED
     comparison = json.loads(result.output[: result.output.rindex("}") + 1])["verification"][0]
@@ -154,7 +154,16 @@ def test_convert_tiny_end_to_end(tmp_path):
 
 def test_convert_fp16_onnx_input(tmp_path, tiny_onnx):
     result = invoke(
-        "convert", tiny_onnx, "-o", tmp_path / "c", "--precision", "fp16", "--target-gpu", "sm86", "--json"
+        "convert",
+        tiny_onnx,
+        "-o",
+        tmp_path / "c",
+        "--precision",
+        "fp16",
+        "--target-gpu",
+        "sm86",
+        "--json",
+        "--trust-model-code",
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -177,7 +186,7 @@ def test_convert_bad_input_leaves_nothing(tmp_path, content):
 
 def test_convert_failure_midway_removes_partial_outputs(tmp_path, tiny_onnx):
     out = tmp_path / "mid"
-    result = invoke("convert", tiny_onnx, "-o", out, "--target-gpu", "sm90")
+    result = invoke("convert", tiny_onnx, "-o", out, "--target-gpu", "sm90", "--trust-model-code")
     assert result.exit_code == ExitCode.UNSUPPORTED and "sm90" in result.output
     assert not out.exists()
 
@@ -192,3 +201,49 @@ def test_bad_recipe_key(tmp_path, tiny_onnx):
 def test_debug_shows_traceback(tmp_path):
     with pytest.raises(Exception, match="no such file"):
         CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "x.onnx")], catch_exceptions=False)
+
+
+def test_failed_convert_keeps_input_and_earlier_results(tmp_path, tiny_onnx):
+    out = tmp_path / "keep"
+    assert invoke("convert", tiny_onnx, "-o", out, "--target-gpu", "sm86", "--trust-model-code").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # the input lives in the output folder and the run fails at build time
+    result = invoke("convert", out / "model.opt.onnx", "-o", out, "--target-gpu", "sm90", "--trust-model-code")
+    assert result.exit_code == ExitCode.UNSUPPORTED
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging folder removed
+
+
+def test_metadata_never_imports_code_without_trust(tmp_path, tiny_onnx, monkeypatch):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    for prop in model.metadata_props:
+        if prop.key in ("trtforge.source", "trtforge.sample_data"):
+            prop.value = "spec:evil_module_that_must_not_load:payload" if "sample" in prop.key else "evil:payload"
+    path = tmp_path / "meta.onnx"
+    onnx.save(model, str(path))
+    (tmp_path / "evil.py").write_text("open('PWNED', 'w').close()\ndef payload():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = invoke("convert", path, "-o", tmp_path / "o", "--shapes", "image:1x3x32x32", "--target-gpu", "sm86")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "PWNED").exists()
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["input"]["samples"]["source"] == "synthetic"
+
+
+def test_verify_fails_when_candidate_lacks_an_output(tmp_path, tiny_onnx):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    model.graph.output[0].name = "renamed"
+    model.graph.node[-1].output[0] = "renamed"
+    extra = onnx.helper.make_tensor_value_info("second", onnx.TensorProto.FLOAT, None)
+    model.graph.node.append(onnx.helper.make_node("Identity", ["renamed"], ["second"]))
+    model.graph.output.append(extra)
+    cand = tmp_path / "cand.onnx"
+    onnx.save(model, str(cand))
+    result = invoke("verify", TINY, cand, "--json")
+    assert result.exit_code == ExitCode.ACCURACY_FAILED
+    report = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert "missing" in report["verification"][0]["outputs"][0]["failure"]

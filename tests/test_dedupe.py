@@ -42,9 +42,7 @@ def chain_graph(ops: list[str], copies: int, distinct_weights: bool) -> onnx.Mod
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x}
-    )[0]
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def test_identical_chains_collapse():

@@ -19,9 +19,7 @@ def _ints(name: str, values: list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(values, np.int64), name)
 
 
-def split_heads_graph(
-    heads: int, dim: int, use_minus_one: bool, allowzero: int, with_expand: bool
-) -> onnx.ModelProto:
+def split_heads_graph(heads: int, dim: int, use_minus_one: bool, allowzero: int, with_expand: bool) -> onnx.ModelProto:
     """x[B,S,heads*dim] -> Relu -> view(B, S, heads, dim) computed from Shape(x), as exporters write it."""
     tail = [-1, dim] if use_minus_one else [heads, dim]
     nodes = [
@@ -57,9 +55,7 @@ def split_heads_graph(
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x}
-    )[0]
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def _check_equal(model, folded, heads, dim, shapes):

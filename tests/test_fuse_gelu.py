@@ -20,9 +20,7 @@ def _c(name: str, value: float) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(value, np.float32), name)
 
 
-def gelu_graph(
-    form: str, order: int, scale_by_mul: bool, cube_by_pow: bool, opset: int = 20
-) -> onnx.ModelProto:
+def gelu_graph(form: str, order: int, scale_by_mul: bool, cube_by_pow: bool, opset: int = 20) -> onnx.ModelProto:
     """y = Sigmoid(gelu(x + 1)) with GELU spelled out; `order` picks how the final product associates."""
     inits = [_c("one", 1.0), _c("half", 0.5), _c("bias", 0.1)]
     nodes = [helper.make_node("Add", ["x", "bias"], ["v"], name="pre")]
@@ -79,9 +77,7 @@ def gelu_graph(
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x}
-    )[0]
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 @settings(max_examples=200, deadline=None)
@@ -142,9 +138,7 @@ def test_torch_gelu_exports_fuse(approximate, tmp_path):
         dynamic_axes={"x": {0: "N"}},
     )
     model = onnx.load(str(path))
-    fused, records = run_passes(
-        model, [PassSpec("upgrade-opset"), PassSpec("fuse-gelu")], PassContext(opset=17)
-    )
+    fused, records = run_passes(model, [PassSpec("upgrade-opset"), PassSpec("fuse-gelu")], PassContext(opset=17))
     assert "Gelu" in [n.op_type for n in fused.graph.node], records[1].rejected
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=1e-5)

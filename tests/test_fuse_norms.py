@@ -59,9 +59,7 @@ def _export(module, size: int, opset: int, path) -> onnx.ModelProto:
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x}
-    )[0]
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def _fuse(model, opset):
@@ -71,9 +69,7 @@ def _fuse(model, opset):
 @settings(max_examples=200, deadline=None)
 @given(size=st.integers(2, 12), by_pow=st.booleans(), affine=st.booleans(), rows=st.integers(1, 3))
 def test_property_layernorm_fuses_exactly(tmp_path_factory, size, by_pow, affine, rows):
-    model = _export(
-        ManualLayerNorm(size, by_pow, affine), size, 17, tmp_path_factory.mktemp("ln") / "ln.onnx"
-    )
+    model = _export(ManualLayerNorm(size, by_pow, affine), size, 17, tmp_path_factory.mktemp("ln") / "ln.onnx")
     fused, records = _fuse(model, 17)
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops, (ops, records[1].rejected)

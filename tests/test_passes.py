@@ -25,16 +25,10 @@ def x() -> np.ndarray:
 
 def test_cleanup_and_fold_remove_redundancy_exactly(x):
     model = redundant_graph()
-    out, records = run_passes(
-        model, [PassSpec("cleanup"), PassSpec("fold-constants"), PassSpec("cleanup")], CTX
-    )
+    out, records = run_passes(model, [PassSpec("cleanup"), PassSpec("fold-constants"), PassSpec("cleanup")], CTX)
     assert [r.name for r in records] == ["cleanup", "fold-constants", "cleanup"]
     cleanup = records[0].changed
-    assert (
-        cleanup["identity_removed"] == 2
-        and cleanup["dropout_removed"] == 1
-        and cleanup["noop_cast_removed"] == 1
-    )
+    assert cleanup["identity_removed"] == 2 and cleanup["dropout_removed"] == 1 and cleanup["noop_cast_removed"] == 1
     assert records[0].initializers_after < records[0].initializers_before  # 'unused' is gone
     assert records[1].changed["nodes_folded"] >= 1
     ops = [n.op_type for n in out.graph.node]
@@ -100,3 +94,34 @@ def test_unknown_pass_and_bad_option_are_input_errors():
         run_passes(redundant_graph(), [PassSpec("nope")], CTX)
     with pytest.raises(InvalidInputError, match="bad options"):
         run_passes(redundant_graph(), [PassSpec("cleanup", {"bogus": 1})], CTX)
+
+
+@pytest.mark.parametrize("options", [{}, {"keep_fp32_ops": ["MatMul"]}, {"keep_io_types": False}])
+def test_precision_pass_is_idempotent(options):
+    model, _ = run_passes(redundant_graph(), [PassSpec("fold-constants")], CTX)
+    low, _ = run_passes(model, [PassSpec("precision", options)], CTX)
+    again, records = run_passes(low, [PassSpec("precision", options)], CTX)
+    assert records[0].changed == {}
+    assert again.SerializeToString() == low.SerializeToString()
+    names = [n.name for n in again.graph.node]
+    assert len(names) == len(set(names))
+
+
+def test_precision_pass_keep_io_false_changes_the_interface(x):
+    model, _ = run_passes(redundant_graph(), [PassSpec("fold-constants")], CTX)
+    low, records = run_passes(model, [PassSpec("precision", {"keep_io_types": False})], CTX)
+    assert low.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert low.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    out = ort.InferenceSession(low.SerializeToString()).run(None, {"x": x.astype(np.float16)})[0]
+    np.testing.assert_allclose(out.astype(np.float32), _run(model, x), atol=2e-2, rtol=2e-2)
+
+
+def test_precision_saturates_and_reports_out_of_range_constants():
+    model = redundant_graph()
+    for init in model.graph.initializer:
+        if init.name == "c1":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.full((8,), -3.4e38, np.float32), "c1"))
+    low, records = run_passes(model, [PassSpec("precision")], CTX)
+    assert records[0].changed["constants_saturated_to_fp16_range"] == 1
+    c1 = next(i for i in low.graph.initializer if i.name.startswith("c1"))
+    assert np.all(onnx.numpy_helper.to_array(c1) == -65504)

@@ -31,9 +31,7 @@ def test_minilm_fp16_engine_is_half_size(tmp_path):
     result = api.convert("minilm", out=tmp_path / "minilm16", precision="fp16", target_gpus=["sm89"])
     metrics = _comparison(result.report, "model.opt.onnx")["outputs"][0]
     assert metrics["cosine"] >= 0.999
-    assert result.report["network"]["tensor_dtypes"]["HALF"] > result.report["network"]["tensor_dtypes"].get(
-        "FLOAT", 0
-    )
+    assert result.report["network"]["tensor_dtypes"]["HALF"] > result.report["network"]["tensor_dtypes"].get("FLOAT", 0)
     assert result.engine.stat().st_size < 60e6
 
 

@@ -49,9 +49,7 @@ def test_metrics_identical_and_perturbed():
     ref = rng.standard_normal((8, 10)).astype(np.float32)
     tol = Tolerances.for_precision("fp32")
     same = output_metrics("y", ref, ref.copy(), tol, classify=True)
-    assert (
-        same.passed and same.max_abs == 0 and same.cosine == pytest.approx(1.0) and same.top1_agreement == 1.0
-    )
+    assert same.passed and same.max_abs == 0 and same.cosine == pytest.approx(1.0) and same.top1_agreement == 1.0
     noisy = output_metrics("y", ref, ref + 0.05, tol, classify=True)
     assert not noisy.passed and "atol" in noisy.failure and noisy.snr_db < 40
 
@@ -65,7 +63,5 @@ def test_metrics_catch_nan_and_shape_mismatch():
 
 def test_comparison_matches_outputs_by_position_when_names_differ():
     ref = {"output_0": np.ones((2, 2), np.float32)}
-    comp = compare_results(
-        "torch", ref, "onnx", {"logits": np.ones((2, 2), np.float32)}, Tolerances(1e-5, 0, 0.99)
-    )
+    comp = compare_results("torch", ref, "onnx", {"logits": np.ones((2, 2), np.float32)}, Tolerances(1e-5, 0, 0.99))
     assert comp.passed and comp.outputs[0].name == "output_0"

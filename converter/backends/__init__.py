@@ -6,6 +6,7 @@ from converter.backends.base import Backend, BuildConfig, EngineArtifact, ShapeP
 from converter.backends.tensorrt import TensorRTBackend
 from converter.backends.tensorrt_rtx import TensorRTRTXBackend
 from converter.errors import BackendUnavailableError, InvalidInputError
+from converter.gpu import gpu_available
 
 BACKENDS = {"tensorrt": TensorRTBackend, "tensorrt-rtx": TensorRTRTXBackend}
 BACKEND_CHOICES = ["auto", *BACKENDS]
@@ -25,8 +26,11 @@ def get_backend(name: str = "auto") -> Backend:
     """The named backend, or for "auto" the first importable of tensorrt, tensorrt-rtx."""
     name = name.replace("_", "-")
     if name == "auto":
-        for candidate in BACKENDS.values():
-            backend = candidate()
+        # Full TensorRT builds and runs only with a GPU; without one, TensorRT-RTX
+        # still builds ahead of time, so it wins on a GPU-less machine.
+        order = ["tensorrt", "tensorrt-rtx"] if gpu_available() else ["tensorrt-rtx", "tensorrt"]
+        for candidate in order:
+            backend = BACKENDS[candidate]()
             if backend.available():
                 return backend
         raise BackendUnavailableError(

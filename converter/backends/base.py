@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from converter.model_io import sha256_file
+
 SIDECAR_SUFFIX = ".json"
 
 
@@ -84,11 +86,25 @@ def sidecar_path_for(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
 
 
-def load_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
+def load_sidecar(engine_path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """(sidecar, "") when a sidecar matching this engine exists, else (None, why not).
+
+    A sidecar is trusted only if it parses, has the expected keys and records this
+    engine's size and sha256: a stale one (the engine was rebuilt or replaced)
+    would describe another network.
+    """
     path = sidecar_path_for(engine_path)
     if not path.exists():
-        return None
-    return json.loads(path.read_text())
+        return None, f"no sidecar ({path.name}) beside the engine"
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"sidecar {path.name} is not valid JSON ({exc})"
+    if not isinstance(data, dict) or not {"network", "engine_bytes", "engine_sha256"} <= set(data):
+        return None, f"sidecar {path.name} lacks the network/engine_bytes/engine_sha256 entries"
+    if data["engine_bytes"] != Path(engine_path).stat().st_size or data["engine_sha256"] != sha256_file(engine_path):
+        return None, f"sidecar {path.name} describes another engine (size/sha256 differ): ignored"
+    return data, ""
 
 
 class Backend(Protocol):

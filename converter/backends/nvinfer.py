@@ -28,7 +28,7 @@ from converter.backends.base import (
     ShapeProfile,
     sidecar_path_for,
 )
-from converter.errors import BackendUnavailableError, BuildError, InvalidInputError
+from converter.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
 from converter.gpu import gpu_status
 from converter.model_io import atomic_path, atomic_write_text, sha256_file
 
@@ -70,18 +70,16 @@ def parse_onnx(trt: ModuleType, onnx_path: Path, logger, strongly_typed: bool = 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         if parser.num_errors == 0:
-            raise BuildError(
-                f"{onnx_path}: the TensorRT ONNX parser failed: {_short(' '.join(logger.errors()))}"
-            )
+            raise BuildError(f"{onnx_path}: the TensorRT ONNX parser failed: {_short(' '.join(logger.errors()))}")
         err = parser.get_error(0)
-        where = (
-            f"node '{err.node_name()}' ({err.node_operator()})"
-            if err.node_name() or err.node_operator()
-            else "graph"
-        )
+        op = err.node_operator()
+        where = f"node '{err.node_name()}' ({op})" if err.node_name() or op else "graph"
         desc = _short(err.desc())
         if "Plugin not found" in desc:
-            desc = f"no importer or plugin for op '{err.node_operator()}'"
+            desc = f"no importer or plugin for op '{op}'"
+        elif desc in ("", "false", "0") or str(err.code()).endswith("UNSUPPORTED_NODE"):
+            # the parser's checker text is often a bare "false": say what it means
+            desc = f"op '{op}' is not supported by {trt.__name__} {trt.__version__} in this form ({desc or 'no detail'})"
         raise BuildError(f"{onnx_path.name}: {where}: {desc}")
     return builder, network, parser
 
@@ -142,9 +140,7 @@ def resolve_profiles(network, requested: dict[str, ShapeProfile]) -> dict[str, S
         if tensor.name in requested:
             prof = requested[tensor.name]
             for label, shape in (("min", prof.min), ("opt", prof.opt), ("max", prof.max)):
-                if len(shape) != len(dims) or any(
-                    d >= 0 and d != s for d, s in zip(dims, shape, strict=False)
-                ):
+                if len(shape) != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=False)):
                     raise InvalidInputError(
                         f"--shapes {tensor.name}: {label} shape {list(shape)} does not fit the input's dims {dims}"
                     )
@@ -171,9 +167,7 @@ def builder_error(onnx_path: Path, messages: list[str]) -> BuildError:
     text = " | ".join(messages) if messages else "the builder returned no engine and logged no error"
     for name in _node_names(onnx_path):
         if name in text:
-            return BuildError(
-                f"{onnx_path.name}: node '{name}': {_short(messages[-1] if messages else text)}"
-            )
+            return BuildError(f"{onnx_path.name}: node '{name}': {_short(messages[-1] if messages else text)}")
     return BuildError(f"{onnx_path.name}: engine build failed: {_short(messages[-1] if messages else text)}")
 
 
@@ -207,9 +201,7 @@ def build_serialized(
     return bytes(memoryview(serialized)), summary, profiles, seconds
 
 
-def run_engine(
-    trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray], logger
-) -> dict[str, np.ndarray]:
+def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray], logger) -> dict[str, np.ndarray]:
     """Execute an engine on the GPU through torch CUDA tensors (GPU machines only).
 
     Not exercised in CI (no GPU there); kept small and on the documented
@@ -230,14 +222,20 @@ def run_engine(
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             if name not in feeds:
                 raise InvalidInputError(f"engine input '{name}' missing from the feeds")
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
-            context.set_input_shape(name, tuple(tensor.shape))
+            wanted = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=wanted)).cuda()
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise InvalidInputError(
+                    f"engine input '{name}': shape {list(tensor.shape)} is outside the engine's optimization profile"
+                )
             keep[name] = tensor
             context.set_tensor_address(name, tensor.data_ptr())
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
             shape = tuple(context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise UnsupportedError(f"engine output '{name}' has a data-dependent shape {list(shape)}: not supported")
             dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
             outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
             context.set_tensor_address(name, outputs[name].data_ptr())
@@ -295,10 +293,18 @@ class NvinferBackend:
         return summarize(network)
 
     def build(
-        self, onnx_path: Path, engine_path: Path, config: BuildConfig, verbose: bool = False
+        self,
+        onnx_path: Path,
+        engine_path: Path,
+        config: BuildConfig,
+        verbose: bool = False,
+        source_label: str | None = None,
     ) -> EngineArtifact:
         trt = self.module()
         onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+        if engine_path.resolve() == onnx_path.resolve():
+            raise InvalidInputError(f"{engine_path}: the engine would overwrite its own ONNX input")
+        source_sha256 = sha256_file(onnx_path)
         logger = make_logger(trt, verbose)
         facts: dict[str, Any] = {}
 
@@ -316,8 +322,8 @@ class NvinferBackend:
             "backend_version": self.version(),
             "precision": config.precision,
             "profiles": {name: prof.to_dict() for name, prof in profiles.items()},
-            "source_onnx": str(onnx_path),
-            "source_sha256": sha256_file(onnx_path),
+            "source_onnx": source_label or str(onnx_path),
+            "source_sha256": source_sha256,
             "engine_bytes": len(blob),
             "engine_sha256": hashlib.sha256(blob).hexdigest(),
             "build_seconds": round(seconds, 3),
