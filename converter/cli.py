@@ -22,7 +22,7 @@ from converter.export import EXPORTERS
 from converter.models import DEFAULT_DEMO, parse_profiles
 from converter.recipe import PRECISIONS, Tolerances
 from converter.report import new_report, print_inspect, print_summary, to_json, write_report
-from passes.registry import DESCRIPTIONS
+from passes.registry import DESCRIPTIONS, GROUPS
 
 # Captured output (CI logs, pipes) gets a wide console so tables do not truncate.
 console = Console() if sys.stdout.isatty() else Console(width=130)
@@ -412,6 +412,8 @@ def list_passes():
     """List the registered graph passes."""
     for name, text in DESCRIPTIONS.items():
         console.print(f"{name:<16} {text}")
+    for name, members in GROUPS.items():
+        console.print(f"{name:<16} group: {', '.join(members)}")
 
 
 if __name__ == "__main__":

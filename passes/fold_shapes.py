@@ -31,6 +31,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
 from passes.graph_utils import bypass, redirect
+from passes.model_utils import without_large_weights
 
 Dim = int | str  # an int, or the name of a symbolic dim
 
@@ -51,7 +52,7 @@ def symbolic_dims(graph: gs.Graph) -> dict[str, list[Dim]]:
     """Tensor name -> dims (ints or symbol names) from onnxruntime's symbolic inference."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model = without_large_weights(gs.export_onnx(graph.copy(), do_type_check=False), as_inputs=True)
     del model.graph.value_info[:]
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)

@@ -18,9 +18,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from converter.errors import PassError
-from converter.model_io import EXTERNAL_DATA_THRESHOLD
 from passes.base import PassContext, PassResult
-from passes.registry import create_pass
+from passes.model_utils import without_large_weights
+from passes.registry import create_pass, expand_groups
 
 MAX_NAMES_RECORDED = 50
 
@@ -56,13 +56,14 @@ class PassRecord:
 
 
 def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape/type inference where protobuf allows it (models under 2 GB); else as is."""
-    if model.ByteSize() >= EXTERNAL_DATA_THRESHOLD:
-        return model
+    """Refresh value_info by shape/type inference (best effort), without copying the weights."""
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(without_large_weights(model), data_prop=True)
     except Exception:  # inference is best effort: the graph is valid without it
         return model
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model
 
 
 def graph_to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -109,7 +110,10 @@ def run_passes(
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
     """Run `specs` in order on `model`; return the final model and one record per pass."""
     records: list[PassRecord] = []
-    current = infer_types(model)
+    current = onnx.ModelProto()
+    current.CopyFrom(model)  # the caller's model is never modified
+    current = infer_types(current)
+    specs = [PassSpec(name, options) for name, options in expand_groups([(s.name, s.options) for s in specs])]
     for spec in specs:
         pass_ = create_pass(spec.name, spec.options)
         previous = current
@@ -123,7 +127,10 @@ def run_passes(
                 graph = gs.import_onnx(current)
                 result = pass_.run(graph, ctx)
                 graph.cleanup(remove_unused_graph_inputs=False).toposort()
-                current = graph_to_model(graph, current)
+                # A pass that reports no change and left the node count alone handed back the
+                # same graph: skip the export and re-inference (most passes on most models).
+                if result.changed or len(graph.nodes) != len(current.graph.node):
+                    current = graph_to_model(graph, current)
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise PassError(f"pass '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
         record = _record(spec, pass_.exact, time.perf_counter() - start, previous, current, result)

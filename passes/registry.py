@@ -49,10 +49,43 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+# Named sequences of passes, usable wherever a pass name is (recipes, --passes).
+GROUPS: dict[str, list[str]] = {
+    "fold": [
+        "cleanup",
+        "fold-constants",
+        "dedupe",
+        "fold-shapes",
+        "fold-pad",
+        "fold-batchnorm",
+        "upgrade-opset",
+        "fuse-gelu",
+        "fuse-norms",
+        "cleanup",
+        "fold-constants",
+        "dedupe",
+    ],
+}
+
+
+def expand_groups(names_and_options: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Replace group names by their passes (groups take no options)."""
+    expanded = []
+    for name, options in names_and_options:
+        if name in GROUPS:
+            if options:
+                raise InvalidInputError(f"pass group '{name}' takes no options")
+            expanded.extend((member, {}) for member in GROUPS[name])
+        else:
+            expanded.append((name, options))
+    return expanded
+
+
 def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
     """Instantiate a registered pass, or raise InvalidInputError naming the bad name/option."""
     if name not in PASSES:
-        raise InvalidInputError(f"unknown pass '{name}' (known: {', '.join(sorted(PASSES))})")
+        known = ", ".join(sorted(PASSES) + sorted(GROUPS))
+        raise InvalidInputError(f"unknown pass '{name}' (known: {known})")
     try:
         return PASSES[name](**(options or {}))
     except (TypeError, ValueError) as exc:
