@@ -240,7 +240,7 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
 @click.option(
     "--passes",
-    default="cleanup,fold-constants,cleanup",
+    default="fold",
     show_default=True,
     help="Comma-separated pass names (see `trtforge passes`).",
 )

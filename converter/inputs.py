@@ -43,7 +43,9 @@ def load_inputs_file(path: str | Path) -> list[Feeds]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
-                raise InvalidInputError(f"{path}: expected an .npz archive (one array per input name), got a single array")
+                raise InvalidInputError(
+                    f"{path}: expected an .npz archive (one array per input name), got a single array"
+                )
             feeds = {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from exc

@@ -20,7 +20,7 @@ from passes.manager import PassSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
-DEFAULT_PASSES = ["cleanup", "fold-constants", "cleanup"]
+DEFAULT_PASSES = ["fold"]
 
 # Per precision: elementwise |a - b| <= atol + rtol * |b|, and cosine >= min_cosine.
 DEFAULT_TOLERANCES = {

@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from passes.base import PassContext, PassResult
 
 DEFAULT_SIZE_CAP = 16 << 20
+ort.set_default_logger_severity(3)  # its optimizer's notes are not ours to print
 
 
 @dataclass
@@ -35,14 +37,17 @@ class ConstantFold:
         count_before = len(graph.nodes)
         severity, G_LOGGER.severity = G_LOGGER.severity, G_LOGGER.ERROR
         try:
-            # "basic" partitioning: a subgraph onnxruntime cannot evaluate only stops
-            # folding there, not everywhere.
-            graph.fold_constants(
-                fold_shapes=self.fold_shapes,
-                size_threshold=self.size_cap_bytes,
-                partitioning="basic",
-                error_ok=True,
-            )
+            try:  # one onnxruntime session for the whole graph: the fast path
+                graph.fold_constants(fold_shapes=self.fold_shapes, size_threshold=self.size_cap_bytes, error_ok=False)
+            except Exception:
+                # A subgraph onnxruntime cannot evaluate: partition, so that failure only
+                # stops folding there, not everywhere.
+                graph.fold_constants(
+                    fold_shapes=self.fold_shapes,
+                    size_threshold=self.size_cap_bytes,
+                    partitioning="basic",
+                    error_ok=True,
+                )
         finally:
             G_LOGGER.severity = severity
         graph.cleanup(remove_unused_graph_inputs=False).toposort()

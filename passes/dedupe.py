@@ -75,8 +75,15 @@ class Dedupe:
     def _merge_constants(self, graph: gs.Graph, result: PassResult) -> None:
         canonical: dict[tuple, gs.Constant] = {}
         outputs = {id(t) for t in graph.outputs}
-        for tensor in list(graph.tensors().values()):
-            if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
+        constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and id(t) not in outputs]
+        # Only constants sharing dtype and shape with another can be equal: hash just those
+        # (hashing every weight of a large model would cost more than the pass saves).
+        layouts: dict[tuple, int] = {}
+        for tensor in constants:
+            layout = (str(tensor.dtype), tuple(tensor.shape))
+            layouts[layout] = layouts.get(layout, 0) + 1
+        for tensor in constants:
+            if layouts[(str(tensor.dtype), tuple(tensor.shape))] < 2:
                 continue
             key = _constant_key(tensor)
             if key is None:

@@ -7,6 +7,23 @@ import onnx
 SMALL_TENSOR_BYTES = 4096
 
 
+def is_large(init: onnx.TensorProto) -> bool:
+    """Weights worth leaving out of copies: big tensors, or data stored externally.
+
+    Sized from dims and dtype: reading `raw_data` would copy the whole buffer.
+    """
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        return True
+    count = 1
+    for dim in init.dims:
+        count *= dim
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    return count * itemsize > SMALL_TENSOR_BYTES
+
+
 def without_large_weights(model: onnx.ModelProto, as_inputs: bool = False) -> onnx.ModelProto:
     """A copy of `model` whose large initializers keep only name, dtype and dims.
 
@@ -17,6 +34,8 @@ def without_large_weights(model: onnx.ModelProto, as_inputs: bool = False) -> on
     """
     light = onnx.ModelProto()
     light.ir_version, light.producer_name = model.ir_version, model.producer_name
+    light.producer_version, light.doc_string = model.producer_version, model.doc_string
+    light.metadata_props.extend(model.metadata_props)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
     graph = light.graph
@@ -25,7 +44,7 @@ def without_large_weights(model: onnx.ModelProto, as_inputs: bool = False) -> on
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
     for init in model.graph.initializer:
-        if init.HasField("raw_data") and len(init.raw_data) > SMALL_TENSOR_BYTES or init.data_location == 1:
+        if is_large(init):
             if as_inputs:  # for tools that read every initializer's values (symbolic inference)
                 graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
             else:

@@ -130,7 +130,9 @@ class ConvertPrecision:
                 values = np.asarray(const.values)
                 if self.target == "fp16" and np.any(np.isfinite(values) & (np.abs(values) > _FP16_MAX)):
                     result.count("constants_saturated_to_fp16_range", const.name)
-                converted[id(const)] = gs.Constant(self._unique(f"{const.name}_{self.target}"), _to_target(values, self.target))
+                converted[id(const)] = gs.Constant(
+                    self._unique(f"{const.name}_{self.target}"), _to_target(values, self.target)
+                )
                 result.count("weights_converted")
             return converted[id(const)]
 
@@ -138,9 +140,15 @@ class ConvertPrecision:
             if self._kept(node):
                 continue
             for index, tensor in enumerate(node.inputs):
-                if (node.op, index) not in _FLOAT32_ONLY_INPUTS and isinstance(tensor, gs.Constant) and _is_float32(tensor):
+                if (
+                    (node.op, index) not in _FLOAT32_ONLY_INPUTS
+                    and isinstance(tensor, gs.Constant)
+                    and _is_float32(tensor)
+                ):
                     node.inputs[index] = low(tensor)
-            boundary = any(id(t) in outputs for t in node.outputs) or all(self._kept(r) for r in node.outputs[0].outputs)
+            boundary = any(id(t) in outputs for t in node.outputs) or all(
+                self._kept(r) for r in node.outputs[0].outputs
+            )
             if _is_cast_to(node, onnx.TensorProto.FLOAT) and not boundary:
                 node.attrs["to"] = self.low
                 result.count("casts_retargeted", node.name)
@@ -151,11 +159,15 @@ class ConvertPrecision:
             elif node.op == "Constant" and ("value_float" in node.attrs or "value_floats" in node.attrs):
                 raw = node.attrs.pop("value_float", None)
                 raw = node.attrs.pop("value_floats", raw)
-                node.attrs["value"] = gs.Constant(f"{node.name}_value", _to_target(np.asarray(raw, np.float32), self.target))
+                node.attrs["value"] = gs.Constant(
+                    f"{node.name}_value", _to_target(np.asarray(raw, np.float32), self.target)
+                )
                 result.count("constants_converted", node.name)
             elif node.op == "ConstantOfShape" and "value" not in node.attrs:
                 # The default value is a float32 zero: make it explicit in the target type.
-                node.attrs["value"] = gs.Constant(f"{node.name}_value", _to_target(np.zeros(1, np.float32), self.target))
+                node.attrs["value"] = gs.Constant(
+                    f"{node.name}_value", _to_target(np.zeros(1, np.float32), self.target)
+                )
                 result.count("constants_converted", node.name)
 
     def _fence_kept_nodes(self, graph: gs.Graph, result: PassResult) -> None:
@@ -165,8 +177,9 @@ class ConvertPrecision:
             fenced = False
             for index, tensor in enumerate(node.inputs):
                 src = _producer(tensor)
-                already_fp32 = (id(tensor) in graph_inputs and self.keep_io_types) or (src is not None and (
-                    self._kept(src) or _is_cast_to(src, onnx.TensorProto.FLOAT)))
+                already_fp32 = (id(tensor) in graph_inputs and self.keep_io_types) or (
+                    src is not None and (self._kept(src) or _is_cast_to(src, onnx.TensorProto.FLOAT))
+                )
                 if isinstance(tensor, gs.Variable) and _is_float(tensor) and not already_fp32:
                     node.inputs[index] = self._cast(tensor, onnx.TensorProto.FLOAT, np.float32, f"{tensor.name}_fp32")
                     fenced = True
@@ -175,7 +188,9 @@ class ConvertPrecision:
                     continue
                 readers = [r for r in tensor.outputs if not self._kept(r) and not _is_cast_to(r, self.low)]
                 if readers:
-                    redirect(tensor, self._cast(tensor, self.low, self.low_dtype, f"{tensor.name}_{self.target}"), readers)
+                    redirect(
+                        tensor, self._cast(tensor, self.low, self.low_dtype, f"{tensor.name}_{self.target}"), readers
+                    )
                     fenced = True
             if fenced:
                 result.count("nodes_kept_fp32", node.name)
@@ -207,7 +222,12 @@ class ConvertPrecision:
             producer.outputs[producer.outputs.index(tensor)] = inner
             redirect(tensor, inner, [r for r in tensor.outputs])
             graph.nodes.append(
-                gs.Node("Cast", name=self._unique(f"{tensor.name}_to_fp32"), attrs={"to": onnx.TensorProto.FLOAT},
-                        inputs=[inner], outputs=[tensor])
+                gs.Node(
+                    "Cast",
+                    name=self._unique(f"{tensor.name}_to_fp32"),
+                    attrs={"to": onnx.TensorProto.FLOAT},
+                    inputs=[inner],
+                    outputs=[tensor],
+                )
             )
             result.count("output_casts_added", tensor.name)

@@ -15,11 +15,13 @@ from passes.cleanup import Cleanup
 from passes.constant_fold import ConstantFold
 from passes.dedupe import Dedupe
 from passes.fold_batchnorm import FoldBatchNorm
+from passes.fold_linear import FoldLinear
 from passes.fold_pad import FoldPad
 from passes.fold_shapes import FoldShapes
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_norms import FuseNorms
 from passes.precision import ConvertPrecision
+from passes.reparam import Reparameterize
 from passes.upgrade_opset import UpgradeOpset
 
 PASSES: dict[str, Callable[..., Pass]] = {
@@ -28,6 +30,8 @@ PASSES: dict[str, Callable[..., Pass]] = {
     "fold-shapes": FoldShapes,
     "fold-pad": FoldPad,
     "fold-batchnorm": FoldBatchNorm,
+    "reparam": Reparameterize,
+    "fold-linear": FoldLinear,
     "dedupe": Dedupe,
     "fuse-gelu": FuseGelu,
     "fuse-norms": FuseNorms,
@@ -41,6 +45,8 @@ DESCRIPTIONS: dict[str, str] = {
     "fold-shapes": "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)",
     "fold-pad": "constant zero Pad folded into the following Conv/AveragePool pads (exact)",
     "fold-batchnorm": "inference BatchNormalization folded into Conv/ConvTranspose/Gemm/MatMul (exact)",
+    "reparam": "parallel conv/linear branches summed on one input (RepVGG/RepMLP) -> one conv/linear (exact)",
+    "fold-linear": "MatMul+Add->Gemm (2-D), linear chains merged, constant scales/biases absorbed (exact)",
     "dedupe": "merge identical initializers and common subexpressions (exact)",
     "fuse-gelu": "erf/tanh GELU subgraphs -> Gelu (opset >= 20; exact)",
     "fuse-norms": "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)",
@@ -61,6 +67,8 @@ GROUPS: dict[str, list[str]] = {
         "upgrade-opset",
         "fuse-gelu",
         "fuse-norms",
+        "reparam",
+        "fold-linear",
         "cleanup",
         "fold-constants",
         "dedupe",

@@ -15,6 +15,7 @@ import onnx
 import onnx.version_converter
 
 from passes.base import PassContext, PassResult
+from passes.model_utils import is_large, without_large_weights
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -36,7 +37,13 @@ class UpgradeOpset:
             result.notes.append(f"opset {current} >= {self.target}: unchanged")
             return model, result
         try:
-            upgraded = onnx.version_converter.convert_version(model, self.target)
+            # Convert a copy without the large weights (the converter serialises the whole
+            # model; op adapters never read weight values), then put the weights back.
+            upgraded = onnx.version_converter.convert_version(without_large_weights(model), self.target)
+            large = {init.name: init for init in model.graph.initializer if is_large(init)}
+            for init in upgraded.graph.initializer:
+                if init.name in large:
+                    init.CopyFrom(large[init.name])
         except Exception as exc:  # the converter raises plain RuntimeError/ValueError with long text
             raise ValueError(f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}") from exc
         ctx.opset = self.target

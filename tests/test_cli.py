@@ -51,7 +51,10 @@ def test_optimize_reports_passes(tmp_path, tiny_onnx):
     result = invoke("optimize", tiny_onnx, "-o", out, "--json", "--save-report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert [p["name"] for p in report["passes"]] == ["cleanup", "fold-constants", "cleanup"]
+    from passes.registry import GROUPS
+
+    assert [p["name"] for p in report["passes"]] == GROUPS["fold"]
+    assert report["passes"][-1]["nodes_after"] < report["passes"][0]["nodes_before"]
     assert (
         report["passes"][0]["changed"].get("dropout_removed", 0)
         + report["passes"][0]["changed"].get("identity_removed", 0)

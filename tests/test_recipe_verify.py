@@ -26,7 +26,7 @@ def test_recipe_yaml_and_json_roundtrip(tmp_path):
 
 def test_fp16_recipe_appends_precision_pass_once():
     names = [p.name for p in Recipe(precision="fp16").effective_passes()]
-    assert names == ["cleanup", "fold-constants", "cleanup", "precision"]
+    assert names == ["fold", "precision"]
 
 
 @pytest.mark.parametrize(

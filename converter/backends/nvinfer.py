@@ -79,7 +79,9 @@ def parse_onnx(trt: ModuleType, onnx_path: Path, logger, strongly_typed: bool = 
             desc = f"no importer or plugin for op '{op}'"
         elif desc in ("", "false", "0") or str(err.code()).endswith("UNSUPPORTED_NODE"):
             # the parser's checker text is often a bare "false": say what it means
-            desc = f"op '{op}' is not supported by {trt.__name__} {trt.__version__} in this form ({desc or 'no detail'})"
+            desc = (
+                f"op '{op}' is not supported by {trt.__name__} {trt.__version__} in this form ({desc or 'no detail'})"
+            )
         raise BuildError(f"{onnx_path.name}: {where}: {desc}")
     return builder, network, parser
 
@@ -235,7 +237,9 @@ def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray
         if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
             shape = tuple(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise UnsupportedError(f"engine output '{name}' has a data-dependent shape {list(shape)}: not supported")
+                raise UnsupportedError(
+                    f"engine output '{name}' has a data-dependent shape {list(shape)}: not supported"
+                )
             dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
             outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
             context.set_tensor_address(name, outputs[name].data_ptr())
