@@ -121,6 +121,19 @@ def efficientnet_feeds(num_batches: int, batch_size: int) -> list[Feeds]:
     return [{"image": images[b * batch_size : (b + 1) * batch_size]} for b in range(num_batches)]
 
 
+def _decoder_lm_module():
+    from converter.decoder_lm import load_or_train
+
+    return load_or_train(log=lambda msg: None)
+
+
+def decoder_lm_feeds(num_batches: int, batch_size: int, seq: int = 64) -> list[Feeds]:
+    """Windows of held-out real text (bytes), one batch per seeded draw."""
+    from converter.decoder_lm import held_out_windows
+
+    return [{"input_ids": held_out_windows(batch_size, seq, seed=100 + b)[:, :-1]} for b in range(num_batches)]
+
+
 _TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 DEMOS: dict[str, Callable[[], ModelSpec]] = {
@@ -148,6 +161,17 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
         profiles={"image": ShapeProfile((1, 3, 224, 224), (4, 3, 224, 224), (16, 3, 224, 224))},
         sample_source="demo:efficientnet-lite0",
         task="classification",
+    ),
+    "decoder-lm": lambda: ModelSpec(
+        name="decoder-lm",
+        factory=_decoder_lm_module,
+        input_names=["input_ids"],
+        output_names=["logits"],
+        sample_feeds=decoder_lm_feeds,
+        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}},
+        profiles={"input_ids": ShapeProfile((1, 1), (4, 64), (16, 128))},
+        sample_source="demo:decoder-lm",
+        task="language-model",
     ),
 }
 
