@@ -12,7 +12,7 @@ over these; a deployment build step calls them directly:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from converter.convert import ConvertResult, convert
 from converter.errors import InvalidInputError
 from converter.export import ExportResult, export_model
 from converter.inputs import SampleInputs, check_against_graph, resolve_inputs
+from converter.localize import localize as localize_layers
 from converter.model_io import atomic_path, load_model, opset_of, save_model
 from converter.models import is_torch_spec, resolve_spec
 from converter.recipe import Recipe, Tolerances
@@ -123,6 +124,8 @@ def build(
 class VerifyResult:
     comparisons: list[Comparison]
     sample: SampleInputs
+    localizations: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate name -> localization
+    pass_records: list[PassRecord] = field(default_factory=list)  # with --passes: what each pass did
 
     @property
     def inputs_source(self) -> str:
@@ -171,10 +174,19 @@ def verify(
     num_batches: int = 2,
     batch_size: int = 4,
     trust_model_code: bool = False,
+    localize: bool = False,
+    passes: list[str] | None = None,
 ) -> VerifyResult:
-    """Compare each candidate (ONNX or engine) against the reference (torch spec or ONNX) on real inputs."""
-    if not candidates:
-        raise InvalidInputError("verify needs at least one candidate (an .onnx or .engine file)")
+    """Compare each candidate (ONNX or engine) against the reference (torch spec or ONNX) on real inputs.
+
+    With `localize`, every ONNX candidate is also compared layer by layer with an ONNX
+    reference (converter/localize.py) to say where its error entered. With `passes`,
+    the ONNX reference is run through those passes and compared after each one.
+    """
+    if not candidates and not passes:
+        raise InvalidInputError("verify needs a candidate (.onnx or .engine file) or --passes")
+    if passes and is_torch_spec(reference):
+        raise InvalidInputError("--passes needs an ONNX reference (export the torch model first)")
     if Path(reference).suffix in ENGINE_SUFFIXES:
         raise InvalidInputError(f"{reference}: the reference must be a torch model or an ONNX file, not an engine")
     tol = tolerances or Tolerances.for_precision("fp32")
@@ -198,7 +210,31 @@ def verify(
             continue
         cand_out = collect(runner, sample.feeds)
         comparisons.append(compare_results(ref_label, ref_out, runner.name, cand_out, tol, classify, sample.count))
-    return VerifyResult(comparisons, sample)
+    result = VerifyResult(comparisons, sample)
+    if passes:
+        reference_model = load_model(reference)
+
+        def after_pass(record: PassRecord, stage: onnx.ModelProto) -> None:
+            label = f"after {record.name}"
+            comp = compare_results(
+                ref_label, ref_out, label, collect(OnnxRunner(stage, label), sample.feeds), tol, classify, sample.count
+            )
+            record.accuracy = {"min_cosine": min(o.cosine for o in comp.outputs), "passed": comp.passed}
+            comparisons.append(comp)
+
+        specs = [PassSpec(name) for name in passes]
+        _, result.pass_records = run_passes(
+            reference_model, specs, PassContext(opset=opset_of(reference_model)), after_pass
+        )
+    if localize:
+        if spec is not None:
+            raise InvalidInputError("--localize needs an ONNX reference (export the torch model first)")
+        reference_model = load_model(reference)
+        for cand in map(Path, candidates):
+            if cand.suffix == ".onnx":
+                found = localize_layers(reference_model, load_model(cand), sample.feeds, tol)
+                result.localizations[cand.name] = {**found.to_dict(), "title": f"{cand.name} vs {Path(reference).name}"}
+    return result
 
 
 # --------------------------------------------------------------------------- inspect

@@ -21,7 +21,9 @@ import onnx
 from converter.backends import BuildConfig, ShapeProfile, get_backend
 from converter.errors import InvalidInputError
 from converter.export import export_model
+from converter.html_report import write_html
 from converter.inputs import check_against_graph, resolve_inputs
+from converter.localize import localize as localize_layers
 from converter.model_io import load_model, opset_of, save_model
 from converter.models import DEFAULT_DEMO, is_torch_spec, resolve_spec, spec_from_metadata
 from converter.recipe import Recipe, Tolerances, load_recipe
@@ -116,6 +118,8 @@ def convert(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     write_report(result.report, result.paths["report"])
+    write_html(result.report, out_dir / "report.html")
+    result.paths["html"] = out_dir / "report.html"
     return result
 
 
@@ -218,6 +222,13 @@ def _convert(
     except InvalidInputError as exc:
         final = skipped(ref_label, "model.opt.onnx", final_tol, f"onnxruntime CPU cannot run it: {exc}")
     report["verification"].append(final.to_dict())
+    if not final.skipped:  # where along the graph did the passes' error enter?
+        found = localize_layers(source, optimized, sample.feeds, final_tol)
+        report["localization"] = {
+            **found.to_dict(),
+            "title": f"model.opt.onnx vs {'model.onnx' if spec else Path(model).name}",
+        }
+        report["divergent_layers"] = report["localization"]["divergent_layers"]
 
     # 3. engine
     log(f"building engine ({rec.backend}, {rec.precision})")

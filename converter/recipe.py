@@ -32,15 +32,27 @@ DEFAULT_TOLERANCES = {
 
 @dataclass
 class Tolerances:
+    """Default tolerances, plus optional per-output overrides (Polygraphy's `--atol out:1e-3`)."""
+
     atol: float
     rtol: float
     min_cosine: float
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def for_precision(cls, precision: str, overrides: dict[str, float] | None = None) -> Tolerances:
         values = dict(DEFAULT_TOLERANCES[precision])
         values.update({k: float(v) for k, v in (overrides or {}).items() if v is not None})
         return cls(**values)
+
+    def for_output(self, name: str) -> Tolerances:
+        """The tolerances that apply to output `name`."""
+        special = self.per_output.get(name)
+        if not special:
+            return self
+        return Tolerances(
+            special.get("atol", self.atol), special.get("rtol", self.rtol), special.get("min_cosine", self.min_cosine)
+        )
 
 
 @dataclass

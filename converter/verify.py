@@ -117,6 +117,7 @@ class OutputMetrics:
     top1_agreement: float | None
     passed: bool
     failure: str = ""
+    top5_agreement: float | None = None  # reference top-1 within the candidate's top-5
 
 
 @dataclass
@@ -170,10 +171,17 @@ def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerances
     norms = float(np.linalg.norm(ref64) * np.linalg.norm(cand64))
     cosine = float(np.dot(ref64, cand64) / norms) if norms > 0 else float(np.array_equal(ref64, cand64))
     noise = float(np.sum(diff**2))
-    snr = 10 * math.log10(float(np.sum(ref64**2)) / noise) if noise > 0 else math.inf
-    top1 = None
+    signal = float(np.sum(ref64**2))
+    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    top1 = top5 = None
     if classify and ref.ndim >= 2 and ref.shape[-1] > 1:
-        top1 = float(np.mean(ref.reshape(-1, ref.shape[-1]).argmax(-1) == cand.reshape(-1, cand.shape[-1]).argmax(-1)))
+        ref_rows, cand_rows = ref.reshape(-1, ref.shape[-1]), cand.reshape(-1, cand.shape[-1])
+        ref_top = ref_rows.argmax(-1)
+        top1 = float(np.mean(ref_top == cand_rows.argmax(-1)))
+        k = min(5, ref.shape[-1])
+        cand_top5 = np.argpartition(-cand_rows, k - 1, axis=-1)[:, :k]
+        top5 = float(np.mean([t in row for t, row in zip(ref_top, cand_top5, strict=True)]))
+    tol = tol.for_output(name)
     within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64)))
     failure = ""
     if not within:
@@ -189,6 +197,7 @@ def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerances
         cosine=cosine,
         snr_db=_finite(snr),
         top1_agreement=top1,
+        top5_agreement=top5,
         passed=not failure,
         failure=failure,
     )

@@ -149,6 +149,8 @@ def test_convert_tiny_end_to_end(tmp_path):
     statuses = {c["candidate"]: c["status"] for c in report["verification"]}
     assert statuses["model.onnx"] == "pass" and statuses["model.opt.onnx"] == "pass"
     assert json.loads((out / "report.json").read_text())["recipe"] == report["recipe"]
+    assert report["localization"]["compared_tensors"] > 0 and report["divergent_layers"] == []
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     # the report reproduces the run
     again = invoke("convert", TINY, "-o", tmp_path / "again", "--recipe", out / "report.json", "--quiet")
     assert again.exit_code == 0 and again.output == ""
