@@ -23,6 +23,8 @@ The subgraphs that computed the old targets die and are cleaned up.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,10 +56,13 @@ def symbolic_dims(graph: gs.Graph) -> dict[str, list[Dim]]:
 
     model = without_large_weights(gs.export_onnx(graph.copy(), do_type_check=False), as_inputs=True)
     del model.graph.value_info[:]
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
-    except Exception:  # inference is best effort; without it we only lose rewrites
-        inferred = None
+    # When inference is incomplete, onnxruntime saves a debug model (with external-data
+    # files) into the current directory before raising: keep that litter in a temp dir.
+    with tempfile.TemporaryDirectory(prefix="trtforge-symshape-") as scratch, contextlib.chdir(scratch):
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+        except Exception:  # inference is best effort; without it we only lose rewrites
+            inferred = None
     if inferred is None:
         inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[Dim]] = {}
