@@ -44,6 +44,12 @@ class UpgradeOpset:
             for init in upgraded.graph.initializer:
                 if init.name in large:
                     init.CopyFrom(large[init.name])
+            # The converter drops local functions and custom-domain imports (trtforge ops):
+            # they carry their own opset imports, so they come back unchanged.
+            if not upgraded.functions:
+                upgraded.functions.extend(model.functions)
+            domains = {o.domain for o in upgraded.opset_import}
+            upgraded.opset_import.extend(o for o in model.opset_import if o.domain not in domains)
         except Exception as exc:  # the converter raises plain RuntimeError/ValueError with long text
             raise ValueError(f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}") from exc
         ctx.opset = self.target

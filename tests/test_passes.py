@@ -125,3 +125,21 @@ def test_precision_saturates_and_reports_out_of_range_constants():
     assert records[0].changed["constants_saturated_to_fp16_range"] == 1
     c1 = next(i for i in low.graph.initializer if i.name.startswith("c1"))
     assert np.all(onnx.numpy_helper.to_array(c1) == -65504)
+
+
+def test_upgrade_opset_keeps_local_functions_and_custom_domains():
+    from onnx import TensorProto, helper
+
+    twice = helper.make_function("trtforge", "Twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])],
+                                 [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("Twice", ["x"], ["y"], domain="trtforge", name="t")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trtforge", 1)],
+                              functions=[twice])
+    model.ir_version = 8
+    out, _ = run_passes(model, [PassSpec("upgrade-opset")], CTX)
+    assert [f.name for f in out.functions] == ["Twice"]
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", 20), ("trtforge", 1)}
+    y = ort.InferenceSession(out.SerializeToString()).run(None, {"x": np.ones(2, np.float32)})[0]
+    assert y.tolist() == [2.0, 2.0]
