@@ -1,6 +1,13 @@
-"""Calibration data and statistics (readers, streaming observers, sensitivity scores).
+"""Calibration data and statistics for the passes that need real data.
 
-Not built yet: the quantization issue lands the readers (.npz/.npy folders, text +
-tokenizer, image folders), the streaming observers and the calibration cache here.
-Until then the only sample data is converter/inputs.py's (real demo data, an .npz).
+- data.py: CalibrationData (re-iterable feed batches with a known count), .npz/.npy
+  folder reader, one-line errors for wrong shapes, dtypes and NaN/Inf;
+- readers.py: text + tokenizer and image-folder readers, `load_calibration`;
+- stats.py: streaming statistics (min/max, |x| histograms, per-channel maxima, Gram
+  matrices) from onnxruntime runs in chunks, bounded memory;
+- observers.py: minmax, percentile, entropy (KL) and MSE ranges from those statistics;
+- cache.py: collection with a cache keyed by model, data and method; TensorRT
+  calibration tables;
+- sensitivity.py: per-layer sensitivity and mixed precision under a budget.
+Other modules here (block_*.py) score transformer blocks for the drop-blocks pass.
 """

@@ -466,3 +466,11 @@ def list_passes():
 
 if __name__ == "__main__":
     main()
+
+from converter.commands.drop_blocks import drop_blocks  # noqa: E402
+
+main.add_command(drop_blocks)
+
+from converter.commands.quantize import quantize  # noqa: E402
+
+main.add_command(quantize)

@@ -207,7 +207,13 @@ def _convert(
         log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
 
     start = time.perf_counter()
-    optimized, records = run_passes(source, rec.effective_passes(), PassContext(opset=opset_of(source)), measure)
+    # quantization hook: real calibration data (disjoint from the verification batches) for
+    # recipes with quantize/smoothquant passes; None otherwise.
+    from converter.quantize import calibration_for_convert
+
+    calib = calibration_for_convert(rec.passes, source, spec, rec.verify_batches, rec.verify_batch_size)
+    ctx = PassContext(opset=opset_of(source), calibration=calib)
+    optimized, records = run_passes(source, rec.effective_passes(), ctx, measure)
     opt_path = save_model(optimized, out_dir / "model.opt.onnx")
     stages["optimize"] = {
         "seconds": round(time.perf_counter() - start, 3),

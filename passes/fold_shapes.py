@@ -23,8 +23,6 @@ The subgraphs that computed the old targets die and are cleaned up.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
 from passes.graph_utils import bypass, redirect
-from passes.model_utils import without_large_weights
+from passes.model_utils import symbolic_dims
 
 Dim = int | str  # an int, or the name of a symbolic dim
 
@@ -48,37 +46,6 @@ class ShapeValue:
     @property
     def static(self) -> bool:
         return all(isinstance(d, int) for d in self.dims)
-
-
-def symbolic_dims(graph: gs.Graph) -> dict[str, list[Dim]]:
-    """Tensor name -> dims (ints or symbol names) from onnxruntime's symbolic inference."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    model = without_large_weights(gs.export_onnx(graph.copy(), do_type_check=False), as_inputs=True)
-    del model.graph.value_info[:]
-    # When inference is incomplete, onnxruntime saves a debug model (with external-data
-    # files) into the current directory before raising: keep that litter in a temp dir.
-    with tempfile.TemporaryDirectory(prefix="trtforge-symshape-") as scratch, contextlib.chdir(scratch):
-        try:
-            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
-        except Exception:  # inference is best effort; without it we only lose rewrites
-            inferred = None
-    if inferred is None:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[Dim]] = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if not info.type.tensor_type.HasField("shape"):
-            continue
-        dims: list[Dim] = []
-        for d in info.type.tensor_type.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.dim_param:
-                dims.append(d.dim_param)
-            else:
-                dims.append(f"?{info.name}")  # unknown and unnamed: equal to nothing else
-        shapes[info.name] = dims
-    return shapes
 
 
 def _const_ints(tensor: gs.Tensor) -> ShapeValue | None:
@@ -189,7 +156,7 @@ class FoldShapes:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        shapes = symbolic_dims(graph)
+        shapes = symbolic_dims(graph, auto_merge=True)
         evaluator = ShapeEvaluator(shapes)
         for node in list(graph.nodes):
             if node.op == "Reshape":

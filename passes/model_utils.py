@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tempfile
+
 import onnx
+import onnx_graphsurgeon as gs
 
 SMALL_TENSOR_BYTES = 4096
 
@@ -52,3 +57,41 @@ def without_large_weights(model: onnx.ModelProto, as_inputs: bool = False) -> on
         else:
             graph.initializer.append(init)
     return light
+
+
+def symbolic_dims(graph: gs.Graph, auto_merge: bool) -> dict[str, list[int | str]]:
+    """Tensor name -> dims (ints, or symbol names) from onnxruntime's symbolic shape inference.
+
+    `auto_merge` lets inference assume that dims meeting at a broadcast are equal
+    (right for shape folding of valid graphs; wrong for proofs that must hold when a
+    dim is 1, e.g. a causal mask). Falls back to onnx's own inference. Unknown dims
+    are named '?<tensor>:<axis>', equal to nothing else. Inference runs in a scratch
+    directory: when incomplete, onnxruntime writes a debug model into the cwd.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = without_large_weights(gs.export_onnx(graph.copy(), do_type_check=False), as_inputs=True)
+    del model.graph.value_info[:]
+    inferred = None
+    with (
+        tempfile.TemporaryDirectory(prefix="trtforge-symshape-") as scratch,
+        contextlib.chdir(scratch),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=auto_merge, guess_output_rank=False)
+        except Exception:  # best effort: onnx's own inference below never merges dims
+            inferred = None
+        if inferred is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+            except Exception:  # no dims at all: nothing gets proved
+                return {}
+    dims: dict[str, list[int | str]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if info.type.tensor_type.HasField("shape"):
+            dims[info.name] = [
+                int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or f"?{info.name}:{i}")
+                for i, d in enumerate(info.type.tensor_type.shape.dim)
+            ]
+    return dims

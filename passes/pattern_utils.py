@@ -110,3 +110,46 @@ def is_last_axis(axes: list[int] | None, rank: int | None) -> bool:
 
 def rank_of(tensor: gs.Tensor) -> int | None:
     return len(tensor.shape) if tensor.shape is not None else None
+
+
+# --- appended for fuse-attention: scalar factors, transposes, symbolic dims ---
+
+Dim = int | str  # a static dim, or the name of a symbolic one ('?...' = unknown, equal to nothing)
+
+
+def scalar_factor(node: gs.Node) -> tuple[gs.Tensor, float] | None:
+    """(x, c) when `node` is x * c, c * x or x / c (then c is returned as 1/c) for a scalar constant c.
+
+    The constant must have a single element and no more dims than x (so it cannot
+    broadcast x up to a higher rank).
+    """
+    if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
+        return None
+    orders = [(node.inputs[0], node.inputs[1])]
+    if node.op == "Mul":
+        orders.append((node.inputs[1], node.inputs[0]))
+    for x, c in orders:
+        value = scalar_value(c)
+        const = constant_array(c)
+        if value is None or isinstance(x, gs.Constant) or constant_of(x) is not None:
+            continue
+        rank = rank_of(x)
+        if const is not None and rank is not None and const.ndim > rank:
+            continue
+        if node.op == "Div":
+            return (x, 1.0 / value) if value != 0 else None
+        return x, value
+    return None
+
+
+def compose_perms(inner: list[int], outer: list[int]) -> list[int]:
+    """The perm p with Transpose(Transpose(x, inner), outer) == Transpose(x, p)."""
+    return [inner[i] for i in outer]
+
+
+def dims_equal(a: Dim | None, b: Dim | None) -> bool:
+    """True when two dims are provably equal: equal ints, or the same (known) symbol."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return isinstance(a, str) and a == b and not a.startswith("?")
+

@@ -12,6 +12,10 @@ What it does:
 - inputs that ONNX requires to stay float32 (Resize scales) are left alone;
 - nodes whose op type is in `keep_fp32_ops` or whose name contains one of
   `keep_fp32_names` run in float32, with Casts around their float inputs/outputs;
+- with `keep_sensitive` (the default) so do numerically sensitive nodes: Softmax
+  input, reductions, powers, elementwise ops on constants fp16 cannot hold; norms keep
+  float32 statistics (stash_type=1). The list and reasons are in precision_policy.py;
+  a note reports what stayed in float32;
 - with `keep_io_types` (the default) the model's float32 inputs and outputs stay
   float32, with a Cast just inside each; otherwise the interface changes too.
 Running it again on its own output changes nothing: the boundary and fence Casts it
@@ -28,6 +32,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
 from passes.graph_utils import redirect
+from passes.precision_policy import apply_policy
 
 _ONNX_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -81,6 +86,7 @@ class ConvertPrecision:
     keep_io_types: bool = True
     keep_fp32_ops: list[str] = field(default_factory=list)
     keep_fp32_names: list[str] = field(default_factory=list)
+    keep_sensitive: bool = True
     name: str = "precision"
     exact: bool = False
 
@@ -90,14 +96,20 @@ class ConvertPrecision:
         self.low = _ONNX_TYPES[self.target]
         # onnx-graphsurgeon takes an ONNX enum where numpy has no dtype (bfloat16).
         self.low_dtype = np.float16 if self.target == "fp16" else self.low
+        self._sensitive: dict[int, str] = {}
 
     def _kept(self, node: gs.Node) -> bool:
-        return node.op in self.keep_fp32_ops or any(s in node.name for s in self.keep_fp32_names)
+        return (
+            node.op in self.keep_fp32_ops
+            or any(s in node.name for s in self.keep_fp32_names)
+            or id(node) in self._sensitive
+        )
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         self._names = {t.name for t in graph.tensors().values()}
         self._graph = graph
+        self._sensitive = apply_policy(graph, self.target, result) if self.keep_sensitive else {}
         self._convert_constants_and_casts(graph, result)
         self._fence_kept_nodes(graph, result)
         self._convert_interface(graph, result)

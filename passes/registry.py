@@ -14,11 +14,15 @@ from passes.base import Pass
 from passes.cleanup import Cleanup
 from passes.constant_fold import ConstantFold
 from passes.dedupe import Dedupe
+from passes.drop_blocks import DropBlocks
 from passes.fold_batchnorm import FoldBatchNorm
 from passes.fold_linear import FoldLinear
 from passes.fold_pad import FoldPad
 from passes.fold_shapes import FoldShapes
+from passes.fuse_attention import FuseAttention
 from passes.fuse_gelu import FuseGelu
+from passes.fuse_group_quant_matmul import FuseGroupQuantMatMul
+from passes.fuse_linear_attention import FuseGatedLinearAttention
 from passes.fuse_norms import FuseNorms
 from passes.precision import ConvertPrecision
 from passes.reparam import Reparameterize
@@ -37,6 +41,10 @@ PASSES: dict[str, Callable[..., Pass]] = {
     "fuse-norms": FuseNorms,
     "upgrade-opset": UpgradeOpset,
     "precision": ConvertPrecision,
+    "group-quant-matmul": FuseGroupQuantMatMul,
+    "gated-linear-attention": FuseGatedLinearAttention,
+    "fuse-attention": FuseAttention,
+    "drop-blocks": DropBlocks,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -52,6 +60,10 @@ DESCRIPTIONS: dict[str, str] = {
     "fuse-norms": "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)",
     "upgrade-opset": "convert the model to a newer opset (option target, default 20; exact)",
     "precision": "convert float32 compute to fp16/bf16 for strongly typed builders (lossy)",
+    "group-quant-matmul": "block-quantized 4/2-bit DequantizeLinear->MatMul -> trtforge::GroupQuantMatMul, packed (exact)",
+    "gated-linear-attention": "parallel-form gated linear attention (cumsum-log-gate decay) -> trtforge::GatedLinearAttention (exact)",
+    "fuse-attention": "scaled-dot-product attention (masks, causal, GQA) -> Attention (opset 23, upgrades; exact)",
+    "drop-blocks": "remove redundant transformer blocks/sub-layers scored on calibration data (lossy)",
 }
 
 
@@ -98,3 +110,12 @@ def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
         return PASSES[name](**(options or {}))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"pass '{name}': bad options {options} ({exc})") from exc
+
+# Quantization (calibrated from PassContext.calibration): SmoothQuant migration, then Q/DQ.
+from passes.quantize import Quantize  # noqa: E402
+from passes.smooth_quant import SmoothQuant  # noqa: E402
+
+PASSES["smoothquant"] = SmoothQuant
+PASSES["quantize"] = Quantize
+DESCRIPTIONS["smoothquant"] = "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"
+DESCRIPTIONS["quantize"] = "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"

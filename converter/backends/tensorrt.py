@@ -5,6 +5,11 @@ GPU, so on machines without one (CI here) this backend is unavailable or fails a
 build time, and trtforge uses TensorRT-RTX instead. Networks are created strongly
 typed, like TensorRT-RTX's, so a recipe produces the same precision on both.
 A timing cache file is read before and written after each build.
+
+Custom ops (plugins_cuda/, domain `trtforge`): before parsing, `plugins_cuda.trt_plugins`
+registers the ahead-of-time plugins when `tensorrt.plugin` and nvcc are there and hands
+the parser a copy whose trtforge nodes map to them; otherwise the parser inlines the
+ONNX function bodies, as TensorRT-RTX does. The sidecar records which ("plugins").
 """
 
 from __future__ import annotations
@@ -22,13 +27,26 @@ from converter.model_io import atomic_write_bytes
 class TensorRTBackend(NvinferBackend):
     name = "tensorrt"
     module_name = "tensorrt"
+    plugin_mode = "none"  # set per build by the custom-op hook below
+
+    def parse(self, onnx_path: Path):
+        from plugins_cuda.trt_plugins import onnx_for_tensorrt
+
+        with onnx_for_tensorrt(Path(onnx_path)) as (path, _mode):
+            return super().parse(path)
+
+    def build(self, onnx_path: Path, engine_path: Path, config: BuildConfig, verbose: bool = False, source_label=None):
+        from plugins_cuda.trt_plugins import onnx_for_tensorrt
+
+        with onnx_for_tensorrt(Path(onnx_path)) as (path, self.plugin_mode):
+            return super().build(path, engine_path, config, verbose, source_label or str(onnx_path))
 
     def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
         if any(t.lower() not in ("", "current") for t in config.target_gpus):
             raise UnsupportedError(
                 "full TensorRT builds for the GPU it runs on: --target-gpu needs the tensorrt-rtx backend"
             )
-        facts: dict[str, Any] = {"targets": ["current"], "strongly_typed": True}
+        facts: dict[str, Any] = {"targets": ["current"], "strongly_typed": True, "plugins": self.plugin_mode}
         if config.timing_cache:
             path = Path(config.timing_cache)
             cache = builder_config.create_timing_cache(path.read_bytes() if path.exists() else b"")

@@ -1,0 +1,192 @@
+"""Readers for text and image folders, and `load_calibration`, which picks a reader by content.
+
+Text is tokenized batch by batch with the model's own tokenizer (padding to the
+longest sentence of the batch, so a dynamic-shape model is calibrated over several
+sequence lengths); images are decoded, center-cropped, resized and normalised batch by
+batch. Nothing is decoded before the iteration reaches it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibration.data import (
+    IMAGE_NORMS,
+    IMAGE_SUFFIXES,
+    CalibrationData,
+    Feeds,
+    _files,
+    from_array_folder,
+    input_specs,
+)
+from converter.errors import InvalidInputError
+
+TEXT_SUFFIXES = (".txt",)
+
+
+def _text_lines(files: list[Path]) -> list[str]:
+    lines = []
+    for path in files:
+        try:
+            lines += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"{path}: cannot read as UTF-8 text ({exc})") from exc
+    return lines
+
+
+def default_tokenizer_dir(model: onnx.ModelProto) -> str | None:
+    """The tokenizer of the demo an exported model came from (metadata 'trtforge.source')."""
+    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.source", "")
+    if source == "minilm":
+        from converter.models import _minilm_folder
+
+        return str(_minilm_folder())
+    return None
+
+
+def from_texts(
+    texts: list[str],
+    model: onnx.ModelProto,
+    tokenizer_dir: str | Path | None,
+    batch_size: int = 16,
+    max_length: int = 128,
+    source: str = "text",
+) -> CalibrationData:
+    """Sentences -> tokenized feeds (only the inputs the model has), one batch at a time."""
+    if not texts:
+        raise InvalidInputError(f"{source}: no text lines")
+    tokenizer_dir = tokenizer_dir or default_tokenizer_dir(model)
+    if not tokenizer_dir:
+        raise InvalidInputError(f"{source}: text calibration needs the model's tokenizer: give --tokenizer DIR")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except (OSError, ValueError, ImportError) as exc:
+        raise InvalidInputError(f"{tokenizer_dir}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from exc
+    specs = input_specs(model)
+    missing = [n for n in specs if n not in ("input_ids", "attention_mask", "token_type_ids")]
+    if missing:
+        raise InvalidInputError(f"{source}: the model's inputs {missing} are not tokenizer outputs")
+
+    def batches() -> Iterator[tuple[str, Feeds]]:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np",
+            )
+            yield f"{source}[{start}:{start + batch_size}]", {n: enc[n].astype(specs[n][0]) for n in specs}
+
+    return CalibrationData(batches, len(texts), -(-len(texts) // batch_size), source)
+
+
+def _image_layout(model: onnx.ModelProto) -> tuple[str, list[int]]:
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise InvalidInputError(f"image calibration needs a single-input model (inputs: {sorted(specs)})")
+    ((name, (_, dims)),) = specs.items()
+    if len(dims) != 4 or 3 not in (dims[1], dims[3]):
+        raise InvalidInputError(f"input '{name}' has dims {dims}: expected NCHW or NHWC with 3 channels")
+    return name, dims
+
+
+def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """RGB HxWx3 float32 in [0, 1]: center square crop, bilinear resize."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+            return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidInputError(f"{path}: not a readable image ({exc})") from exc
+
+
+def from_image_folder(
+    folder: str | Path, model: onnx.ModelProto, batch_size: int = 8, norm: str = "imagenet"
+) -> CalibrationData:
+    """Image files -> normalised NCHW/NHWC float batches sized to the model input."""
+    if norm not in IMAGE_NORMS:
+        raise InvalidInputError(f"--image-norm '{norm}' not in {sorted(IMAGE_NORMS)}")
+    files = _files(Path(folder), IMAGE_SUFFIXES)
+    name, dims = _image_layout(model)
+    nchw = dims[1] == 3
+    size = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
+    if min(size) <= 0:
+        size = (224, 224)
+    mean, std = (np.asarray(v, np.float32) for v in IMAGE_NORMS[norm])
+
+    def batches() -> Iterator[tuple[str, Feeds]]:
+        for start in range(0, len(files), batch_size):
+            images = np.stack([(load_image(p, size) - mean) / std for p in files[start : start + batch_size]])
+            yield str(files[start]), {name: images.transpose(0, 3, 1, 2).copy() if nchw else images}
+
+    return CalibrationData(batches, len(files), -(-len(files) // batch_size), str(folder))
+
+
+def load_calibration(
+    path: str | Path,
+    model: onnx.ModelProto,
+    batch_size: int = 8,
+    tokenizer_dir: str | Path | None = None,
+    max_length: int = 128,
+    image_norm: str = "imagenet",
+) -> CalibrationData:
+    """A calibration folder (or one .txt/.npz file) -> CalibrationData, reader chosen by file types."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such calibration data")
+    if path.is_file():
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            return from_texts(_text_lines([path]), model, tokenizer_dir, batch_size, max_length, str(path))
+        raise InvalidInputError(f"{path}: give a folder (.npz/.npy/images/.txt) or a .txt file")
+    if _files(path, (".npz", ".npy")):
+        return from_array_folder(path, model, batch_size)
+    if _files(path, IMAGE_SUFFIXES):
+        return from_image_folder(path, model, batch_size, image_norm)
+    texts = _files(path, TEXT_SUFFIXES)
+    if texts:
+        return from_texts(_text_lines(texts), model, tokenizer_dir, batch_size, max_length, str(path))
+    raise InvalidInputError(f"{path}: no .npz, .npy, image or .txt files")
+
+
+def docstring_sentences(count: int, offset: int = 0, min_words: int = 6) -> list[str]:
+    """Real English sentences from the docstrings of the whole standard library, deterministic.
+
+    converter.sample_data.stdlib_sentences covers a few modules' first paragraphs
+    (about 300 sentences); calibration needs more, and a disjoint validation set.
+    """
+    seen: set[str] = set()
+    out: list[str] = []
+    names = sorted(m.name for m in pkgutil.iter_modules() if m.name in sys.stdlib_module_names)
+    for module_name in names:
+        if module_name.startswith(("_", "antigravity", "this", "idlelib", "tkinter", "turtle")):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # some stdlib modules need optional system libraries
+            continue
+        for attr in sorted(dir(module)):
+            doc = inspect.getdoc(getattr(module, attr, None)) if not attr.startswith("_") else None
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                if len(sentence.split()) >= min_words and sentence not in seen and len(sentence) < 400:
+                    seen.add(sentence)
+                    out.append(sentence)
+                    if len(out) == offset + count:
+                        return out[offset:]
+    raise InvalidInputError(f"only {len(out)} docstring sentences found, {offset + count} requested")

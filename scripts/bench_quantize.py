@@ -1,0 +1,429 @@
+"""Benchmark: trtforge INT8 (and fp8/int4/int2) vs onnxruntime quantize_static (and TensorRT Model Optimizer).
+
+Same FP32 model (trtforge export + fold), same real calibration data, a disjoint real
+validation set:
+- MiniLM: standard-library docstring sentences, tokenized to 64 tokens;
+- EfficientNet-Lite0: seeded random crops (scale, position, flip) of the photographs
+  scikit-learn ships; calibration and validation crops differ.
+Every tool's calibration runs in its own subprocess reading the same .npz files, so
+wall time and peak RSS (ru_maxrss) are the calibration's own. Accuracy is measured in
+onnxruntime CPU against the FP32 model: per-sample embedding cosine (mean, min) and
+top-1 agreement. onnxruntime gets MatMul (MiniLM) / Conv+Gemm (EfficientNet) with
+TensorRT-compatible symmetric int8 QDQ, per-channel weights, each of its calibration
+methods. TensorRT Model Optimizer (`--modelopt`) needs its own venv
+(`nvidia-modelopt[onnx]` pins onnx and onnxruntime-gpu); the script creates it under
+~/.cache/trtforge/modelopt-venv and records the failure when it cannot.
+
+    python scripts/bench_quantize.py --out bench_quantize.json [--quick] [--modelopt]
+
+Output: {"results": [{"model", "tool", "metric", "value", "min_cosine", "top1_agreement",
+"calib_seconds", "calib_peak_rss_mb", "qdq_pairs", ...}], "engines": [...], "environment": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calibration.data import from_array_folder  # noqa: E402
+from calibration.readers import docstring_sentences  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- data
+def minilm_data(calib: int, val: int, folder: Path) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from converter.models import _minilm_folder
+
+    tok = AutoTokenizer.from_pretrained(str(_minilm_folder()))
+    sentences = docstring_sentences(calib + val)
+    for name, part in (("calib", sentences[:calib]), ("val", sentences[calib:])):
+        (folder / name).mkdir()
+        for i in range(0, len(part), 32):
+            enc = tok(part[i : i + 32], padding="max_length", truncation=True, max_length=64, return_tensors="np")
+            np.savez(folder / name / f"{i:05d}.npz", **{k: enc[k].astype(np.int64) for k in enc})
+
+
+def photo_crops(count: int, seed: int) -> np.ndarray:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w, _ = photo.shape
+        side = int(min(h, w) * rng.uniform(0.3, 1.0))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = photo[top : top + side, left : left + side]
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((224, 224), Image.BILINEAR)
+        crops.append((np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0 - 0.5) / 0.5)
+    return np.stack(crops)
+
+
+def effnet_data(calib: int, val: int, folder: Path) -> None:
+    for name, count, seed in (("calib", calib, 1), ("val", val, 2)):
+        (folder / name).mkdir()
+        images = photo_crops(count, seed)
+        for i in range(0, count, 16):
+            np.savez(folder / name / f"{i:05d}.npz", image=images[i : i + 16])
+
+
+# ----------------------------------------------------------------------------- workers (subprocesses)
+def worker(args) -> None:
+    model = onnx.load(args.model)
+    if args.worker == "trtforge":  # the chosen setting's passes alone: statistics, ranges, Q/DQ, save
+        from converter.model_io import save_model
+        from converter.quantize import _passes
+        from passes.base import PassContext
+        from passes.manager import run_passes
+
+        start = time.perf_counter()  # after imports; loading the model is timed, as for onnxruntime
+        model = onnx.load(args.model)
+        data = from_array_folder(args.calib, model, batch_size=32)
+        options = {"block_size": args.block} if args.block else {}
+        quantized, _ = run_passes(
+            model, _passes(args.mode, args.alpha, args.method, options), PassContext(20, calibration=data)
+        )
+        save_model(quantized, args.quantized)
+    else:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter(from_array_folder(args.calib, model, batch_size=32))
+
+            def get_next(self):
+                return next(self.items, None)
+
+        start = time.perf_counter()
+        ops = (
+            ["MatMul"]
+            if any(n.op_type == "MatMul" for n in model.graph.node)
+            and not any(n.op_type == "Conv" for n in model.graph.node)
+            else ["Conv", "Gemm"]
+        )
+        method, _, variant = args.method.partition("-")  # "MinMax-u8": onnxruntime's default uint8 activations
+        quantize_static(
+            args.model,
+            args.quantized,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=ops,
+            per_channel=True,
+            activation_type=QuantType.QUInt8 if variant == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            extra_options={} if variant == "u8" else {"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss would include the parent's, inherited at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(tool: str, model: Path, calib: Path, out: Path, method: str, **extra) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        tool,
+        "--model",
+        str(model),
+        "--calib",
+        str(calib),
+        "--quantized",
+        str(out),
+        "--method",
+        method,
+    ]
+    for key, value in extra.items():
+        if value is not None:
+            cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MODELOPT_RUNNER = """
+import json, runpy, sys, time
+start = time.perf_counter()
+sys.argv = ARGV
+try:
+    runpy.run_module("modelopt.onnx.quantization", run_name="__main__")
+except SystemExit:
+    pass
+hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": hwm}))
+"""
+
+
+def run_modelopt(model: Path, calib: Path, out: Path) -> dict:
+    """TensorRT Model Optimizer ONNX int8 PTQ on CPU in its own venv (created on first use)."""
+    venv = Path.home() / ".cache" / "trtforge" / "modelopt-venv"  # outside the repository
+    python = venv / "bin" / "python"
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "nvidia-modelopt[onnx]"],
+                check=True,
+                capture_output=True,
+                timeout=1200,
+            )
+        arrays = {}
+        for batch in from_array_folder(calib, onnx.load(str(model), load_external_data=False), batch_size=32):
+            for k, v in batch.items():
+                arrays.setdefault(k, []).append(v)
+        npz = out.with_suffix(".calib.npz")
+        np.savez(npz, **{k: np.concatenate(v) for k, v in arrays.items()})
+        argv = [
+            "modelopt",
+            "--onnx_path",
+            str(model),
+            "--quantize_mode",
+            "int8",
+            "--calibration_data",
+            str(npz),
+            "--calibration_eps",
+            "cpu",
+            "--high_precision_dtype",
+            "fp32",
+            "--output_path",
+            str(out),
+        ]
+        code = MODELOPT_RUNNER.replace("ARGV", repr(argv))
+        proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0 or not out.exists():
+            return {"failed": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError) as exc:
+        return {"failed": f"modelopt venv: {type(exc).__name__}: {str(exc)[:200]}"}
+
+
+# ----------------------------------------------------------------------------- scoring
+def score(reference: Path, candidate: Path, val: Path) -> dict:
+    from calibration.sensitivity import run_outputs, sample_cosines, top1_agreement
+    from converter.quantize import count_qdq
+
+    ref_model, cand_model = onnx.load(str(reference)), onnx.load(str(candidate))
+    feeds = list(from_array_folder(val, ref_model, batch_size=64))
+    ref, cand = run_outputs(ref_model, feeds), run_outputs(cand_model, feeds)
+    cos = sample_cosines(cand, ref)
+    return {
+        "mean_cosine": round(float(cos.mean()), 5),
+        "min_cosine": round(float(cos.min()), 5),
+        "top1_agreement": round(top1_agreement(cand, ref), 4),
+        "qdq_pairs": count_qdq(cand_model)["qdq_pairs"],
+        "onnx_mb": round(candidate.stat().st_size / 1e6, 2),
+    }
+
+
+def engine_sizes(paths: dict[str, Path], profiles) -> list[dict]:
+    from converter.backends import BuildConfig, get_backend
+
+    backend, rows = get_backend("tensorrt-rtx"), []
+    for label, path in paths.items():
+        try:
+            net = backend.parse(path)
+            engine = backend.build(
+                path, path.with_suffix(".engine"), BuildConfig(profiles=profiles, target_gpus=["sm89"])
+            )
+            rows.append(
+                {
+                    "model": label,
+                    "engine_mb": round(engine.sidecar["engine_bytes"] / 1e6, 2),
+                    "quantize_layers": net.layer_types.get("QUANTIZE", 0),
+                    "dequantize_layers": net.layer_types.get("DEQUANTIZE", 0),
+                    "target": "sm89",
+                }
+            )
+        except Exception as exc:  # report the failure in the JSON rather than stopping the benchmark
+            rows.append({"model": label, "failed": str(exc)[:300]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+BUDGET = {"minilm": 0.002, "efficientnet-lite0": 0.002}  # max 1 - mean cosine on the calibration subset
+
+
+def trtforge_rows(name: str, folder: Path, fp32: Path, quick: bool, add) -> None:
+    """trtforge: choose method and SmoothQuant alpha on a calibration subset, then time the chosen setting alone."""
+    from converter.quantize import quantize
+
+    calib = folder / "calib"
+    start = time.perf_counter()
+    data = from_array_folder(calib, onnx.load(str(fp32)), batch_size=32)
+    if quick:  # the smoke run skips the search: minmax, and SmoothQuant 0.9 where there are MatMuls
+        searched = quantize(
+            fp32, folder / "search.onnx", "int8", data, "minmax", 0.9 if name == "minilm" else "off", search_samples=16
+        )
+    else:
+        searched = quantize(fp32, folder / "search.onnx", "int8", data, "auto", "auto", search_samples=64)
+    method, alpha = searched.report["method"], searched.report["smoothquant_alpha"]
+    search_seconds = round(time.perf_counter() - start, 1)
+    out = folder / "trtforge_int8.onnx"
+    add(
+        "trtforge int8",
+        out,
+        run_worker("trtforge", fp32, calib, out, method, mode="int8", alpha=alpha),
+        method=method,
+        smoothquant_alpha=alpha,
+        search_seconds=search_seconds,
+        search=[
+            {k: row[k] for k in ("smoothquant_alpha", "method", "mean_cosine")}
+            for row in (searched.report.get("search") or {}).get("table", [])
+        ],
+    )
+    if quick:
+        return
+    from converter.api import optimize
+
+    optimize(out, folder / "trtforge_int8_fp16.onnx", [], "fp16")  # the rest in fp16: the engine to ship
+    add("trtforge int8 + fp16 rest", folder / "trtforge_int8_fp16.onnx", {"seconds": 0.0, "peak_rss_mb": float("nan")})
+    budget = folder / "trtforge_budget.onnx"
+    start = time.perf_counter()
+    mixed = quantize(fp32, budget, "int8", data, method, alpha or "off", max_cosine_drop=BUDGET[name])
+    add(
+        "trtforge int8 budget",
+        budget,
+        {"seconds": time.perf_counter() - start, "peak_rss_mb": float("nan")},
+        mixed_precision={k: v for k, v in (mixed.report.get("mixed_precision") or {}).items() if k != "sensitivity"},
+    )
+    for mode, block in (("fp8", None), ("int4-wo", 32), ("int4-wo", 128), ("int2-wo", 32)):
+        path = folder / f"trtforge_{mode}_{block}.onnx"
+        add(
+            f"trtforge {mode}" + (f" block {block}" if block else ""),
+            path,
+            run_worker(
+                "trtforge", fp32, calib, path, method, mode=mode, alpha=alpha if mode == "fp8" else None, block=block
+            ),
+        )
+
+
+def bench_model(name: str, work: Path, quick: bool, tools: set[str], log) -> tuple[list[dict], list[dict]]:
+    from converter import api
+    from converter.backends import ShapeProfile
+
+    folder = work / name
+    folder.mkdir()
+    api.export(name, folder / "model.onnx")
+    api.optimize(folder / "model.onnx", folder / "fp32.onnx", ["fold"])
+    fp32 = folder / "fp32.onnx"
+    calib_n, val_n = (64, 64) if quick else (512, 512) if name == "minilm" else (256, 256)
+    (minilm_data if name == "minilm" else effnet_data)(calib_n, val_n, folder)
+    calib, val = folder / "calib", folder / "val"
+    metric = "mean_embedding_cosine" if name == "minilm" else "top1_agreement"
+    results = []
+
+    def add(tool: str, path: Path, run: dict, **extra) -> None:
+        row = {"model": name, "tool": tool, "metric": metric, "calib_samples": calib_n, "val_samples": val_n, **extra}
+        if "failed" in run:
+            row.update(value=None, failed=run["failed"])
+        else:
+            s = score(fp32, path, val)
+            row.update(
+                value=s["mean_cosine"] if name == "minilm" else s["top1_agreement"],
+                **s,
+                calib_seconds=round(run["seconds"], 2),
+                calib_peak_rss_mb=round(run["peak_rss_mb"], 1),
+            )
+        results.append(row)
+        log(json.dumps(row))
+
+    if "trtforge" in tools:
+        trtforge_rows(name, folder, fp32, quick, add)
+    # symmetric int8 activations (what TensorRT runs), and onnxruntime's own default (asymmetric uint8)
+    ort_methods = ["MinMax"] if quick else ["MinMax", "Percentile", "Entropy", "MinMax-u8", "Percentile-u8"]
+    for ort_method in ort_methods if "ort" in tools else []:
+        path = folder / f"ort_{ort_method}.onnx"
+        label = ort_method.replace("-u8", " (default uint8 asymmetric activations, not TensorRT)")
+        add(f"onnxruntime quantize_static {label}", path, run_worker("ort", fp32, calib, path, ort_method))
+    if "modelopt" in tools:
+        path = folder / "modelopt.onnx"
+        add("tensorrt-model-optimizer int8", path, run_modelopt(fp32, calib, path))
+    engines = []
+    if not quick and "trtforge" in tools:
+        from converter.api import optimize
+
+        optimize(fp32, folder / "fp16.onnx", [], "fp16")
+        names = ("input_ids", "attention_mask", "token_type_ids") if name == "minilm" else ("image",)
+        profiles = (
+            {n: ShapeProfile((1, 64), (8, 64), (32, 64)) for n in names}
+            if name == "minilm"
+            else {"image": ShapeProfile((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))}
+        )
+        engines = engine_sizes(
+            {
+                f"{name} fp32": fp32,
+                f"{name} fp16": folder / "fp16.onnx",
+                f"{name} trtforge int8": folder / "trtforge_int8.onnx",
+                f"{name} trtforge int8 + fp16 rest": folder / "trtforge_int8_fp16.onnx",
+            },
+            profiles,
+        )
+    return results, engines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_quantize.json"))
+    parser.add_argument("--quick", action="store_true", help="64 calibration / 64 validation samples, int8 only")
+    parser.add_argument("--modelopt", action="store_true", help="also TensorRT Model Optimizer (creates a venv)")
+    parser.add_argument("--tools", default="trtforge,ort", help="comma-separated: trtforge, ort, modelopt")
+    parser.add_argument("--models", default="minilm,efficientnet-lite0")
+    for flag in ("--worker", "--model", "--calib", "--quantized", "--method", "--mode", "--alpha", "--block"):
+        parser.add_argument(flag, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.alpha = float(args.alpha) if args.alpha not in (None, "None") else None
+        args.block = int(args.block) if args.block not in (None, "None") else None
+        return worker(args)
+    results, engines = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        for name in args.models.split(","):
+            tools = set(args.tools.split(",")) | ({"modelopt"} if args.modelopt else set())
+            rows, built = bench_model(name, Path(tmp), args.quick, tools, lambda m: print(m, file=sys.stderr))
+            results += rows
+            engines += built
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
+    for package in ("onnxruntime", "onnx", "tensorrt-rtx-cu13", "torch"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
+    args.out.write_text(json.dumps({"results": results, "engines": engines, "environment": env}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
