@@ -36,20 +36,20 @@ def error_curve_png(curve: list[dict[str, Any]], divergent: list[dict[str, Any]]
             zorder=3,
             label="where error entered",
         )
-        for d in origins[:3]:
-            ax.annotate(
-                "/".join(d["node"].split("/")[-3:]),
-                (position[d["tensor"]], ys[position[d["tensor"]]]),
-                fontsize=7,
-                xytext=(5, 8),
-                textcoords="offset points",
-            )
+        first = origins[0]  # the earliest origin; the table below the plot lists them all
+        ax.annotate(
+            "/".join(first["node"].split("/")[-3:]),
+            (position[first["tensor"]], ys[position[first["tensor"]]]),
+            fontsize=7,
+            xytext=(8, -14),
+            textcoords="offset points",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("compared tensor (graph order)")
     ax.set_ylabel("relative error")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
