@@ -8,79 +8,32 @@ codes in converter.errors.ExitCode; --debug shows the traceback.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from converter import api
 from converter.backends import BACKEND_CHOICES
-from converter.errors import AccuracyError, ExitCode, InvalidInputError, TrtforgeError
-from converter.export import EXPORTERS
-from converter.html_report import write_html
-from converter.models import DEFAULT_DEMO, parse_profiles
-from converter.recipe import PRECISIONS, Tolerances
-from converter.report import new_report, print_inspect, print_summary, to_json, write_report
-from passes.registry import DESCRIPTIONS, GROUPS
 
 # Captured output (CI logs, pipes) gets a wide console so tables do not truncate.
-console = Console() if sys.stdout.isatty() else Console(width=130)
-err_console = Console(stderr=True)
-
-
-def output_options(func):
-    """--json and --quiet, shared by every command."""
-    func = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")(func)
-    func = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(func)
-    return func
-
-
-def shapes_option(func):
-    return click.option(
-        "--shapes",
-        multiple=True,
-        metavar="NAME:MIN/OPT/MAX",
-        help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
-    )(func)
-
-
-def target_gpu_option(func):
-    return click.option(
-        "--target-gpu",
-        "target_gpus",
-        multiple=True,
-        metavar="SM",
-        help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
-    )(func)
-
-
-def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> None:
-    """Print a command's result as JSON, as a rich summary, or not at all."""
-    if as_json:
-        click.echo(to_json(result))
-    elif not quiet:
-        (summary or (lambda r: console.print_json(to_json(r))))(result)
-
-
-def fail_on_accuracy(report: dict[str, Any]) -> None:
-    if report.get("verified") == "not verified":
-        raise AccuracyError("not verified: nothing could be checked on this machine (see the skipped reasons)")
-    if not report.get("passed"):
-        raise AccuracyError("accuracy check failed: see the verification table/report")
-
-
-def summary(report: dict[str, Any]) -> None:
-    print_summary(report, console)
-
-
-def trust_option(func):
-    return click.option(
-        "--trust-model-code",
-        is_flag=True,
-        help="Let an ONNX file's metadata name a module:factory to import for sample data/profiles.",
-    )(func)
+from converter.commands.common import (
+    console,
+    emit,
+    err_console,
+    fail_on_accuracy,
+    output_options,
+    shapes_option,
+    summary,
+    target_gpu_option,
+    trust_option,
+)
+from converter.errors import AccuracyError, ExitCode, TrtforgeError
+from converter.export import EXPORTERS
+from converter.models import DEFAULT_DEMO, parse_profiles
+from converter.recipe import PRECISIONS
+from converter.report import new_report, print_inspect, write_report
+from passes.registry import DESCRIPTIONS, GROUPS
 
 
 class TrtforgeGroup(click.Group):
@@ -317,123 +270,6 @@ def build(onnx_file, out, backend, target_gpus, timing_cache, precision, verbose
     )
 
 
-# --------------------------------------------------------------------------- verify
-def parse_tolerances(precision: str, atol: tuple[str, ...], rtol: tuple[str, ...], min_cosine: tuple[str, ...]):
-    """`--atol 1e-3` sets the default; `--atol logits:1e-2` one output's (Polygraphy style)."""
-    defaults: dict[str, float] = {}
-    per_output: dict[str, dict[str, float]] = {}
-    for key, items in (("atol", atol), ("rtol", rtol), ("min_cosine", min_cosine)):
-        for item in items:
-            name, _, value = item.rpartition(":")
-            try:
-                number = float(value)
-            except ValueError as exc:
-                raise InvalidInputError(
-                    f"--{key.replace('_', '-')} '{item}': expected a number or NAME:NUMBER"
-                ) from exc
-            if name:
-                per_output.setdefault(name, {})[key] = number
-            else:
-                defaults[key] = number
-    tol = Tolerances.for_precision(precision, defaults)
-    tol.per_output = per_output
-    return tol
-
-
-@main.command()
-@click.argument("reference")
-@click.argument("candidates", nargs=-1)
-@click.option("--load-inputs", type=click.Path(path_type=Path), help=".npz of inputs (one array per input).")
-@click.option("--save-inputs", type=click.Path(path_type=Path), help="Write the inputs used to this .npz.")
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="Selects the default tolerances.",
-)
-@click.option("--atol", multiple=True, metavar="[OUT:]X", help="Absolute tolerance, default or per output.")
-@click.option("--rtol", multiple=True, metavar="[OUT:]X", help="Relative tolerance, default or per output.")
-@click.option("--min-cosine", multiple=True, metavar="[OUT:]X", help="Minimum cosine, default or per output.")
-@click.option("--passes", help="Also compare the reference ONNX after each of these passes (e.g. fold,precision).")
-@click.option("--localize", is_flag=True, help="Compare ONNX candidates layer by layer: where did error enter?")
-@click.option("--html", type=click.Path(path_type=Path), help="Write a self-contained HTML report here.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@shapes_option
-@trust_option
-@output_options
-def verify(
-    reference,
-    candidates,
-    load_inputs,
-    save_inputs,
-    precision,
-    atol,
-    rtol,
-    min_cosine,
-    passes,
-    localize,
-    html,
-    backend,
-    out,
-    shapes,
-    trust_model_code,
-    as_json,
-    quiet,
-):
-    """Compare CANDIDATES (.onnx / .engine) against REFERENCE (torch model or .onnx) on real inputs.
-
-    REFERENCE is a demo name (minilm, efficientnet-lite0, decoder-lm), a
-    'package.module:factory' spec or an .onnx file. Exit code 0 when every comparison
-    passes, 3 when one fails or nothing could be run.
-
-    \b
-    Examples:
-      trtforge verify minilm out/model.onnx out/model.opt.onnx
-      trtforge verify ref.onnx cand.onnx --atol 1e-3 --min-cosine logits:0.999 --json
-      trtforge verify ref.onnx --passes fold,precision          # accuracy after each pass
-      trtforge verify ref.onnx cand.onnx --localize --html r.html  # where did error enter?
-    """
-    tol = parse_tolerances(precision, atol, rtol, min_cosine)
-    static = {name: prof.opt for name, prof in parse_profiles(shapes).items()}
-    pass_names = [p.strip() for p in (passes or "").split(",") if p.strip()]
-    result = api.verify(
-        reference,
-        list(candidates),
-        load_inputs,
-        tol,
-        backend,
-        static,
-        trust_model_code=trust_model_code,
-        localize=localize,
-        passes=pass_names,
-    )
-    report = new_report("verify")
-    report["input"] = {
-        "reference": reference,
-        "candidates": list(candidates),
-        "samples": {"source": result.inputs_source, "count": result.samples},
-    }
-    report["passes"] = [r.to_dict() for r in result.pass_records]
-    report["verification"] = [c.to_dict() for c in result.comparisons]
-    if result.localizations:
-        report["localizations"] = result.localizations
-        first = next(iter(result.localizations.values()))
-        report["divergent_layers"] = first["divergent_layers"]  # the first candidate's, at the top level
-        report["localization"] = first
-    report["verified"] = "yes" if any(not c.skipped for c in result.comparisons) else "not verified"
-    report["passed"] = result.passed
-    if out:
-        write_report(report, out)
-    if html:
-        write_html(report, html)
-    if save_inputs:
-        api.save_feeds(result.sample, save_inputs)
-    emit(report, as_json, quiet, summary)
-    fail_on_accuracy(report)
-
-
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
@@ -474,3 +310,7 @@ main.add_command(drop_blocks)
 from converter.commands.quantize import quantize  # noqa: E402
 
 main.add_command(quantize)
+
+from converter.commands.verify import verify  # noqa: E402
+
+main.add_command(verify)
