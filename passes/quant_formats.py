@@ -28,6 +28,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 INT8_MAX, FP8_MAX, INT4_MAX = 127.0, 448.0, 7.0
 TINY = 1e-12
+FP16_MIN = 2.0**-24
 LAZY_BLOCK = 128
 
 
@@ -37,7 +38,13 @@ def constant(name: str, values: np.ndarray) -> gs.Constant:
 
 
 def _scale_from_amax(amax: np.ndarray, qmax: float) -> np.ndarray:
-    return (np.maximum(amax, TINY) / qmax).astype(np.float32)
+    """amax / qmax, positive and representable in fp16 (a later precision pass converts scales).
+
+    An all-zero channel (BN-folded dead filters) gets scale 1 (its values are 0 whatever
+    the scale); others at least 2^-24, fp16's smallest step, so no scale becomes 0.
+    """
+    scale = np.where(amax > 0, np.maximum(amax / qmax, FP16_MIN), 1.0)
+    return scale.astype(np.float32)
 
 
 def per_channel_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
