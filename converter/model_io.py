@@ -141,16 +141,26 @@ def check_model(model: onnx.ModelProto, name: str = "model") -> None:
         raise ModelLoadError(f"{name}: invalid ONNX graph ({str(exc).splitlines()[0]})") from exc
 
 
+PACKED_BITS = {  # sub-byte types, stored packed
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+    onnx.TensorProto.FLOAT4E2M1: 4,
+    onnx.TensorProto.INT2: 2,
+    onnx.TensorProto.UINT2: 2,
+}
+
+
 def weights_nbytes(model: onnx.ModelProto) -> int:
-    """Bytes held by initializers (raw or typed fields), without serialising the model."""
+    """Bytes held by initializers, from their dims and dtypes: without serialising the
+    model, and without reading `raw_data` (each read copies the whole buffer)."""
     total = 0
     for init in model.graph.initializer:
-        if init.HasField("raw_data"):
-            total += len(init.raw_data)
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        if init.data_type in PACKED_BITS:
+            total += -(-count * PACKED_BITS[init.data_type] // 8)
         else:
-            count = 1
-            for dim in init.dims:
-                count *= dim
             total += count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
     return total
 

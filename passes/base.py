@@ -11,6 +11,15 @@ Contract for every pass:
   (`exact = False`) and the verifier measures what they cost;
 - running a pass twice changes nothing the second time (idempotent);
 - a pass never raises on a graph it does not understand: it records why it skipped.
+
+Optional class attributes the manager reads (absent means the safe default):
+- `keeps_types = True`: the pass only removes nodes and rewires readers to tensors of
+  the same value (new tensors are constants), in ways shape inference does not see
+  through differently (removing an Identity in shape arithmetic would not qualify:
+  inference's data propagation stops at Identity). Re-inferring afterwards would tell
+  nothing new, so the manager skips it (tests/test_pass_properties.py checks this);
+- `reads_weights = False` (model-level passes): the pass never reads or rewrites weight
+  values, so it may be handed the model without its large weights.
 """
 
 from __future__ import annotations

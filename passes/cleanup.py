@@ -73,7 +73,7 @@ class Cleanup:
                 result.count(kind, node.name)
 
         nodes_before = len(graph.nodes)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        graph.cleanup(remove_unused_graph_inputs=False)  # removals keep the order: no toposort
         dead = (
             nodes_before
             - len(graph.nodes)

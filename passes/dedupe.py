@@ -1,7 +1,9 @@
 """Deduplication: identical initializers and common subexpressions (exact).
 
 - Initializers with the same dtype, shape and bytes become one (exporters often
-  emit the same small constant per layer, e.g. the 1.0 of every GELU);
+  emit the same small constant per layer, e.g. the 1.0 of every GELU). Weights are
+  compared on their stored bytes, without loading them into arrays: only constants
+  of one layout that also agree on a small sample of bytes are hashed in full;
 - two nodes with the same op, domain, attributes and the *same* input tensors
   compute the same thing: the second one's readers are pointed at the first one's
   outputs. Repeated until nothing merges, so whole duplicated chains collapse
@@ -12,10 +14,14 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from passes.base import PassContext, PassResult
 from passes.graph_utils import redirect
@@ -29,6 +35,7 @@ NONDETERMINISTIC = {
     "Dropout",
 }
 MAX_DEDUPE_BYTES = 64 << 20
+SAMPLE_BYTES = 64  # from each end and the middle of a constant's bytes
 
 
 def _constant_key(const: gs.Constant) -> tuple | None:
@@ -36,6 +43,32 @@ def _constant_key(const: gs.Constant) -> tuple | None:
     if values.nbytes > MAX_DEDUPE_BYTES:
         return None
     return (str(values.dtype), values.shape, hashlib.sha256(values.tobytes()).hexdigest())
+
+
+def _stored_bytes(const: gs.Constant) -> bytes | np.ndarray | None:
+    """The constant's values as bytes (native order), read without loading lazy ones.
+
+    A constant still backed by its TensorProto's raw_data (little-endian) is read from
+    there: converting it to an array costs more, and makes every later export slower.
+    Other forms go through numpy. None when larger than MAX_DEDUPE_BYTES, or for
+    object arrays (strings), which have no bytes to compare.
+    """
+    values = const._values
+    if values.nbytes > MAX_DEDUPE_BYTES:
+        return None
+    lazy = isinstance(values, LazyValues) and not isinstance(values, SparseValues)
+    if lazy and sys.byteorder == "little":
+        proto = values.tensor
+        if proto.HasField("raw_data") and proto.data_location != onnx.TensorProto.EXTERNAL:
+            return proto.raw_data
+    array = np.ascontiguousarray(const.values)
+    return None if array.dtype.hasobject else array.reshape(-1).view(np.uint8)
+
+
+def _sample(data: bytes | np.ndarray) -> bytes:
+    """A few bytes that differ between almost any two different weights: a cheap first key."""
+    n, k = len(data), SAMPLE_BYTES
+    return bytes(data[:k]) + bytes(data[n // 2 : n // 2 + k]) + bytes(data[-k:])
 
 
 def _attr_key(value) -> object:
@@ -64,6 +97,8 @@ class Dedupe:
 
     name: str = "dedupe"
     exact: bool = True
+    # Merged tensors carried equal values: inference would learn nothing new after it.
+    keeps_types: ClassVar[bool] = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
@@ -73,25 +108,28 @@ class Dedupe:
         return result
 
     def _merge_constants(self, graph: gs.Graph, result: PassResult) -> None:
-        canonical: dict[tuple, gs.Constant] = {}
         outputs = {id(t) for t in graph.outputs}
         constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and id(t) not in outputs]
-        # Only constants sharing dtype and shape with another can be equal: hash just those
-        # (hashing every weight of a large model would cost more than the pass saves).
+        # Only constants sharing dtype, shape and a sample of bytes can be equal: hash just
+        # those (hashing every weight of a large model would cost more than the pass saves).
         layouts: dict[tuple, int] = {}
         for tensor in constants:
             layout = (str(tensor.dtype), tuple(tensor.shape))
             layouts[layout] = layouts.get(layout, 0) + 1
+        samples: dict[tuple, list[gs.Constant]] = {}
         for tensor in constants:
-            if layouts[(str(tensor.dtype), tuple(tensor.shape))] < 2:
-                continue
-            key = _constant_key(tensor)
-            if key is None:
-                continue
-            keep = canonical.setdefault(key, tensor)
-            if keep is not tensor:
-                redirect(tensor, keep, list(tensor.outputs))
-                result.count("initializers_merged")
+            layout = (str(tensor.dtype), tuple(tensor.shape))
+            data = _stored_bytes(tensor) if layouts[layout] > 1 else None
+            if data is not None:
+                samples.setdefault((layout, _sample(data)), []).append(tensor)
+        canonical: dict[tuple, gs.Constant] = {}
+        for (layout, _), group in samples.items():
+            for tensor in group if len(group) > 1 else []:
+                key = (layout, hashlib.sha256(_stored_bytes(tensor)).hexdigest())
+                keep = canonical.setdefault(key, tensor)
+                if keep is not tensor:
+                    redirect(tensor, keep, list(tensor.outputs))
+                    result.count("initializers_merged")
 
     def _merge_nodes(self, graph: gs.Graph, result: PassResult) -> bool:
         seen: dict[tuple, gs.Node] = {}
@@ -111,5 +149,6 @@ class Dedupe:
             result.count("nodes_merged", node.name)
             merged = True
         if merged:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            # Readers moved to an earlier node's outputs: the order stays topological.
+            graph.cleanup(remove_unused_graph_inputs=False)
         return merged

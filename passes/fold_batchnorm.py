@@ -8,7 +8,10 @@ A BN is a candidate only when:
 - scale, B, mean and var are constants (initializers or Constant nodes), 1-D, all of
   one length C, and var + epsilon > 0;
 - it is in inference form: training_mode absent or 0, spatial absent or 1, and its
-  optional running-statistics outputs are unused.
+  optional running-statistics outputs are unused. Before opset 14 there is no
+  training_mode: a BN with those outputs (5 of them; what torch.onnx.export writes
+  for a model in training mode) IS the training form, normalizing with the batch's
+  own statistics (onnxruntime computes it so), and is never folded, used or not.
 
 It folds into the PRECEDING op when the BN input is read by the BN alone (not a graph
 output) and is produced by:
@@ -38,6 +41,7 @@ count. Every BN left in place is recorded with the reasons.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -92,6 +96,8 @@ def bn_affine(graph: gs.Graph, bn: gs.Node) -> Affine | str:
     attrs = bn.attrs
     if int(attrs.get("training_mode", 0)) != 0:
         return "training_mode=1"
+    if graph.opset < 14 and sum(1 for t in bn.outputs if t.name) > 1:
+        return "training mode (opset < 14 and running-statistics outputs present): it uses batch statistics"
     if int(attrs.get("spatial", 1)) != 1:
         return "spatial=0 (per-element statistics)"
     if any(t.outputs or any(o is t for o in graph.outputs) for t in bn.outputs[1:]):
@@ -109,24 +115,28 @@ def bn_affine(graph: gs.Graph, bn: gs.Node) -> Affine | str:
     return a, bias - mean * a
 
 
-def _const(graph: gs.Graph, base: str, values: np.ndarray, like: np.dtype) -> gs.Constant:
-    """A new constant cast back to the weight dtype, with a name not yet in the graph."""
-    names = graph.tensors()
+def _const(used: set[str], base: str, values: np.ndarray, like: np.dtype) -> gs.Constant:
+    """A new constant cast back to the weight dtype, with a name not yet in the graph.
+
+    `used` holds the graph's tensor names, collected once per run: listing the graph's
+    tensors for every new constant made the pass quadratic in the model size.
+    """
     name, i = base, 0
-    while name in names:
+    while name in used:
         i += 1
         name = f"{base}_{i}"
+    used.add(name)
     return gs.Constant(name, np.ascontiguousarray(values.astype(like)))
 
 
-def _set_bias(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray, like: np.dtype) -> None:
-    bias = _const(graph, f"{node.name}_bias_bnfold", values, like)
+def _set_bias(used: set[str], node: gs.Node, index: int, values: np.ndarray, like: np.dtype) -> None:
+    bias = _const(used, f"{node.name}_bias_bnfold", values, like)
     while len(node.inputs) <= index:
         node.inputs.append(gs.Variable.empty())
     node.inputs[index] = bias
 
 
-def _into_conv(graph: gs.Graph, conv: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_conv(used: set[str], conv: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Scale a preceding Conv/ConvTranspose's output channels; None on success."""
     w = _owned(conv.inputs[1], "weight")
     if isinstance(w, str):
@@ -144,12 +154,12 @@ def _into_conv(graph: gs.Graph, conv: gs.Node, a: np.ndarray, b: np.ndarray) -> 
     else:  # ConvTranspose: W[Cin, Cout/group, k...]; output channel = g * Cout/group + j
         grouped = w.astype(np.float64).reshape((group, w.shape[0] // group) + w.shape[1:])
         scaled = (grouped * a.reshape((group, 1, w.shape[1]) + spatial)).reshape(w.shape)
-    conv.inputs[1] = _const(graph, f"{conv.inputs[1].name}_bnfold", scaled, w.dtype)
-    _set_bias(graph, conv, 2, old_bias * a + b, w.dtype)
+    conv.inputs[1] = _const(used, f"{conv.inputs[1].name}_bnfold", scaled, w.dtype)
+    _set_bias(used, conv, 2, old_bias * a + b, w.dtype)
     return None
 
 
-def _into_gemm(graph: gs.Graph, gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_gemm(used: set[str], gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Y*a + b = alpha * op(A) (op(B) diag(a)) + (beta*C*a + b); None on success."""
     w = _owned(gemm.inputs[1], "B")
     if isinstance(w, str):
@@ -162,13 +172,13 @@ def _into_gemm(graph: gs.Graph, gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> 
         return f"BN has {a.size} channels, Gemm weight {w.shape} with transB={trans_b} does not match"
     scaled = w.astype(np.float64) * (a[:, None] if trans_b else a[None, :])
     new_c = float(gemm.attrs.get("beta", 1.0)) * c * a + b
-    gemm.inputs[1] = _const(graph, f"{gemm.inputs[1].name}_bnfold", scaled, w.dtype)
-    _set_bias(graph, gemm, 2, new_c, w.dtype)
+    gemm.inputs[1] = _const(used, f"{gemm.inputs[1].name}_bnfold", scaled, w.dtype)
+    _set_bias(used, gemm, 2, new_c, w.dtype)
     gemm.attrs["beta"] = 1.0
     return None
 
 
-def _into_matmul(graph: gs.Graph, mm: gs.Node, add: gs.Node | None, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_matmul(used: set[str], mm: gs.Node, add: gs.Node | None, a: np.ndarray, b: np.ndarray) -> str | None:
     """X[M,K] @ (W diag(a)) + (c*a + b) for a rank-2 X; None on success.
 
     With a bias Add, the Add's constant absorbs the shift. Without one, the MatMul
@@ -192,8 +202,8 @@ def _into_matmul(graph: gs.Graph, mm: gs.Node, add: gs.Node | None, a: np.ndarra
             return c
         if c.ndim > 2 or c.shape[-1:] not in ((), (1,), (a.size,)):
             return f"Add bias shape {c.shape} does not broadcast per output channel"
-    mm.inputs[1] = _const(graph, f"{mm.inputs[1].name}_bnfold", w.astype(np.float64) * a[None, :], w.dtype)
-    new_c = _const(graph, f"{mm.name}_bias_bnfold", c.astype(np.float64) * a + b, w.dtype)
+    mm.inputs[1] = _const(used, f"{mm.inputs[1].name}_bnfold", w.astype(np.float64) * a[None, :], w.dtype)
+    new_c = _const(used, f"{mm.name}_bias_bnfold", c.astype(np.float64) * a + b, w.dtype)
     if add is None:
         mm.op = "Gemm"
         mm.inputs.append(new_c)
@@ -203,7 +213,7 @@ def _into_matmul(graph: gs.Graph, mm: gs.Node, add: gs.Node | None, a: np.ndarra
     return None
 
 
-def _into_producer(graph: gs.Graph, bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_producer(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Fold the BN into the op that produces its input; None on success, else why not."""
     x = bn.inputs[0]
     if not x.inputs:
@@ -212,16 +222,16 @@ def _into_producer(graph: gs.Graph, bn: gs.Node, a: np.ndarray, b: np.ndarray) -
     if not _sole_reader(graph, x, bn):
         return f"{producer.op} output is also read elsewhere"
     if producer.op in ("Conv", "ConvTranspose"):
-        reason = _into_conv(graph, producer, a, b)
+        reason = _into_conv(used, producer, a, b)
     elif producer.op == "Gemm":
-        reason = _into_gemm(graph, producer, a, b)
+        reason = _into_gemm(used, producer, a, b)
     elif producer.op == "MatMul":
-        reason = _into_matmul(graph, producer, None, a, b)
+        reason = _into_matmul(used, producer, None, a, b)
     elif producer.op == "Add":
         mms = [t.inputs[0] for t in producer.inputs if t.inputs and t.inputs[0].op == "MatMul"]
         if len(mms) != 1 or not _sole_reader(graph, mms[0].outputs[0], producer):
             return "Add is not fed by a MatMul read by the Add alone"
-        reason = _into_matmul(graph, mms[0], producer, a, b)
+        reason = _into_matmul(used, mms[0], producer, a, b)
     else:
         return f"produced by {producer.op}, which has no per-channel weights"
     if reason is None:
@@ -232,7 +242,7 @@ def _into_producer(graph: gs.Graph, bn: gs.Node, a: np.ndarray, b: np.ndarray) -
     return reason
 
 
-def _into_following_conv(graph: gs.Graph, bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_following_conv(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Conv(a*x + b) = Conv'(x) with W' = W*a (per input channel), bias' = bias + sum(W*b)."""
     y = bn.outputs[0]
     if not y.outputs:
@@ -261,9 +271,9 @@ def _into_following_conv(graph: gs.Graph, bn: gs.Node, a: np.ndarray, b: np.ndar
     if isinstance(old_bias, str):
         return old_bias
     conv.inputs[1] = _const(
-        graph, f"{conv.inputs[1].name}_bnfold", w64 * a[index].reshape(index.shape + spatial), w.dtype
+        used, f"{conv.inputs[1].name}_bnfold", w64 * a[index].reshape(index.shape + spatial), w.dtype
     )
-    _set_bias(graph, conv, 2, old_bias + shift, w.dtype)
+    _set_bias(used, conv, 2, old_bias + shift, w.dtype)
     conv.inputs[0] = bn.inputs[0]
     bn.inputs.clear()
     bn.outputs.clear()
@@ -276,16 +286,19 @@ class FoldBatchNorm:
 
     name: str = "fold-batchnorm"
     exact: bool = True
+    # Removes BNs only; the folded op's output takes the BN output, of the same shape.
+    keeps_types: ClassVar[bool] = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
+        used = set(graph.tensors())
         # Sweep until nothing folds: one fold can make a neighbouring BN foldable
         # (BN -> BN -> Conv), and a second run of the pass must change nothing.
         folded = True
         while folded:
             folded, rejected = False, []
             for bn in [n for n in graph.nodes if n.op == "BatchNormalization" and n.outputs]:
-                kind, reason = self._fold(graph, bn)
+                kind, reason = self._fold(graph, used, bn)
                 if kind:
                     result.count(kind, bn.name)
                     folded = True
@@ -296,17 +309,17 @@ class FoldBatchNorm:
         return result
 
     @staticmethod
-    def _fold(graph: gs.Graph, bn: gs.Node) -> tuple[str | None, str]:
+    def _fold(graph: gs.Graph, used: set[str], bn: gs.Node) -> tuple[str | None, str]:
         """(kind of fold, "") on success, else (None, why the BN stays)."""
         affine = bn_affine(graph, bn)
         if isinstance(affine, str):
             return None, affine
         a, b = affine
         producer = bn.inputs[0].inputs[0].op if bn.inputs[0].inputs else ""
-        before = _into_producer(graph, bn, a, b)
+        before = _into_producer(graph, used, bn, a, b)
         if before is None:
             return f"batchnorm_into_{'matmul_add' if producer == 'Add' else producer.lower()}", ""
-        after = _into_following_conv(graph, bn, a, b)
+        after = _into_following_conv(graph, used, bn, a, b)
         if after is None:
             return "batchnorm_into_following_conv", ""
         return None, f"preceding: {before}; following: {after}"

@@ -288,8 +288,21 @@ def _too_big(k: int, m: int, n: int, taps: int = 1) -> str | None:
     return f"merged weight {k}x{n}{t} is larger than {k}x{m}{t} plus {m}x{n}: it would cost memory and FLOPs"
 
 
+def _may_chain(node: gs.Node) -> bool:
+    """Structure only, before any weight is read (reading converts it to an array): a
+    chain needs x produced by a linear op, and a Conv second in line must be pointwise."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None or len(x.inputs) != 1 or x.inputs[0].op not in ("Conv", "MatMul", "Gemm", "Add"):
+        return False
+    if node.op != "Conv" or len(node.inputs) < 2 or node.inputs[1].shape is None:
+        return True
+    return all(k == 1 for k in node.inputs[1].shape[2:])
+
+
 def _chain(graph: gs.Graph, used: set[str], node: gs.Node) -> Outcome | None:
     """Linear op -> MatMul/Gemm, or Conv -> pointwise Conv: one op with the composed weight."""
+    if not _may_chain(node):
+        return None
     second = conv_at(node) if node.op == "Conv" else linear_at(graph, node)
     if not isinstance(second, Affine) or second.trans_a or len(second.x.inputs) != 1:
         return None

@@ -24,6 +24,7 @@ Every Pad left in place is recorded with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -119,6 +120,8 @@ class FoldPad:
 
     name: str = "fold-pad"
     exact: bool = True
+    # Removes Pads only; the Conv/AveragePool outputs keep their shapes.
+    keeps_types: ClassVar[bool] = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

@@ -49,7 +49,11 @@ class ShapeValue:
 
 
 def _const_ints(tensor: gs.Tensor) -> ShapeValue | None:
-    if not isinstance(tensor, gs.Constant):
+    # dtype and rank first: they are known without loading the values (an embedding
+    # table read by Gather is a Constant too, and loading it costs more than this pass).
+    if not isinstance(tensor, gs.Constant) or len(tensor.shape) > 1:
+        return None
+    if not isinstance(tensor.dtype, np.dtype) or tensor.dtype.kind not in "iu":
         return None
     values = np.asarray(tensor.values)
     if values.dtype.kind not in "iu" or values.ndim > 1:
@@ -147,6 +151,18 @@ def _reshape_target(data_dims: list[Dim] | None, target: ShapeValue) -> list[int
     return result
 
 
+def _reads_dims(graph: gs.Graph) -> bool:
+    """True when some node is one whose rewrite consults symbolic dims."""
+    for node in graph.nodes:
+        if node.op in ("Shape", "Expand"):
+            return True
+        if node.op == "Reshape" and not isinstance(node.inputs[1], gs.Constant):
+            return True
+        if node.op == "Slice" and len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+            return True
+    return False
+
+
 @dataclass
 class FoldShapes:
     """Replace dynamic shape subgraphs by constants where symbolic shapes prove them."""
@@ -156,7 +172,9 @@ class FoldShapes:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        shapes = symbolic_dims(graph, auto_merge=True)
+        # Symbolic inference is most of this pass's cost; only the ops below ever read a
+        # dim, so a graph without them (e.g. one whose shapes all folded) skips it.
+        shapes = symbolic_dims(graph, auto_merge=True) if _reads_dims(graph) else {}
         evaluator = ShapeEvaluator(shapes)
         for node in list(graph.nodes):
             if node.op == "Reshape":

@@ -55,3 +55,16 @@ def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
     node.inputs.clear()
     node.outputs.clear()
     return None
+
+
+def is_sorted(graph: gs.Graph) -> bool:
+    """True when every node comes after the producers of its inputs (outer graph only).
+
+    Much cheaper than gs's toposort, so callers sort only when this says they must.
+    """
+    done: set[int] = set()
+    for node in graph.nodes:
+        if any(t.inputs and id(t.inputs[0]) not in done for t in node.inputs):
+            return False
+        done.add(id(node))
+    return True

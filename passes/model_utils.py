@@ -6,8 +6,16 @@ import contextlib
 import io
 import tempfile
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, constant_to_onnx_tensor, dtype_to_onnx
+from onnx_graphsurgeon.importers.onnx_importer import (
+    get_onnx_tensor_dtype,
+    get_onnx_tensor_shape,
+    get_onnx_tensor_type,
+)
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 SMALL_TENSOR_BYTES = 4096
 
@@ -59,6 +67,203 @@ def without_large_weights(model: onnx.ModelProto, as_inputs: bool = False) -> on
     return light
 
 
+def _constant_nbytes(const: gs.Constant) -> int:
+    """Size of a constant's values, without loading lazy ones."""
+    values = const._values  # LazyValues/SparseValues know their size; reading `.values` would load them
+    if isinstance(values, LazyValues):
+        return values.nbytes
+    return int(values.nbytes)
+
+
+def _fill_initializer(proto: onnx.TensorProto, const: gs.Constant) -> None:
+    """Write `const` into `proto`, an entry just added to the model.
+
+    Filling the entry in place saves the copy that appending a finished TensorProto
+    makes; a lazy constant's source proto (maybe the caller's) is copied, not changed.
+    """
+    values = const._values
+    if isinstance(values, LazyValues):
+        proto.CopyFrom(values.tensor)
+    elif values.dtype.kind in "OSU" or dtype_to_onnx(const.export_dtype) != dtype_to_onnx(values.dtype):
+        proto.CopyFrom(constant_to_onnx_tensor(const))  # strings, or a dtype conversion on export
+    else:
+        proto.data_type = dtype_to_onnx(values.dtype)
+        proto.dims.extend(values.shape)
+        proto.raw_data = np.ascontiguousarray(values).tobytes()
+    if not isinstance(values, LazyValues) and const.data_location is not None:
+        proto.data_location = const.data_location
+    proto.name = const.name
+
+
+def _placeholder(const: gs.Constant) -> onnx.TensorProto:
+    """Name, dtype and dims of a large constant, no values (see `without_large_weights`)."""
+    if isinstance(const._values, LazyValues):
+        source = const._values.tensor
+        return onnx.TensorProto(name=const.name, data_type=source.data_type, dims=source.dims)
+    return onnx.TensorProto(name=const.name, data_type=dtype_to_onnx(const.export_dtype), dims=const.shape)
+
+
+def export_graph(
+    graph: gs.Graph,
+    like: onnx.ModelProto | None = None,
+    weights: bool = True,
+    large_as_inputs: bool = False,
+) -> onnx.ModelProto:
+    """`graph` as a ModelProto with `like`'s opsets, IR version and metadata (else the graph's).
+
+    gs.export_onnx builds a GraphProto and then copies it into the model, so every
+    weight is copied twice per export; here each initializer is written once, straight
+    into the model. With `weights=False` the large constants keep only name, dtype and
+    dims (the form `without_large_weights` gives: enough for shape inference and for
+    structural model passes, at any model size); with `large_as_inputs` they become
+    typed graph inputs instead. The TensorProtos that lazy constants read from (often
+    the caller's model) are never modified.
+    """
+    model = onnx.ModelProto()
+    if like is not None:
+        model.ir_version, model.producer_name = like.ir_version, like.producer_name
+        model.producer_version = like.producer_version
+        model.metadata_props.extend(like.metadata_props)
+        model.opset_import.extend(like.opset_import)
+    else:
+        model.ir_version = graph.ir_version or onnx.IR_VERSION
+        model.producer_name, model.producer_version = graph.producer_name or "", graph.producer_version or ""
+        domains = {o.domain: o.version for o in graph.import_domains or []} or {"": graph.opset}
+        for node in graph.nodes:
+            domains.setdefault(node.domain or "", 1)
+        model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in domains.items())
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    out = model.graph
+    out.name, out.doc_string = graph.name, graph.doc_string or ""
+    out.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
+    out.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
+    out.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
+    io_names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Constant):
+            if isinstance(tensor._values, SparseValues):
+                out.sparse_initializer.append(tensor._values.tensor)
+            elif weights or _constant_nbytes(tensor) <= SMALL_TENSOR_BYTES:
+                _fill_initializer(out.initializer.add(), tensor)
+            elif large_as_inputs:
+                out.input.append(
+                    onnx.helper.make_tensor_value_info(name, _placeholder(tensor).data_type, list(tensor.shape))
+                )
+            else:
+                out.initializer.append(_placeholder(tensor))
+        elif name not in io_names and (tensor.dtype is not None or tensor.shape is not None):
+            out.value_info.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
+    return model
+
+
+def infer_graph_types(graph: gs.Graph, like: onnx.ModelProto | None = None) -> None:
+    """Refresh the dtype and shape of the graph's tensors by onnx shape inference (best effort).
+
+    Inference runs on a weight-free export (`export_graph(weights=False)`), so its cost
+    does not grow with the weights, and its results are written onto the graph's own
+    tensors: the graph stays the one representation between passes, no re-import.
+    Tensors inference says nothing about keep what they had.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(export_graph(graph, like, weights=False), data_prop=True)
+    except Exception:  # inference is best effort: the graph is valid without it
+        return
+    tensors = graph.tensors()
+    dtypes: dict[int, object] = {}  # elem_type -> what gs uses as dtype, converted once
+    for info in inferred.graph.value_info:
+        tensor = tensors.get(info.name)
+        if not isinstance(tensor, gs.Variable) or info.type.ByteSize() == 0:
+            continue
+        if not info.type.HasField("tensor_type"):  # sequences, optionals...: gs's own reading
+            tensor.dtype, tensor.shape = get_onnx_tensor_dtype(info), get_onnx_tensor_shape(info)
+            tensor.type = get_onnx_tensor_type(info)
+            continue
+        # The same reading as gs's importer, without its per-call conversions (this loop
+        # runs over every tensor after every pass that changed the graph).
+        tensor_type = info.type.tensor_type
+        if tensor_type.elem_type not in dtypes:
+            dtypes[tensor_type.elem_type] = get_onnx_tensor_dtype(info)
+        tensor.dtype, tensor.type = dtypes[tensor_type.elem_type], "tensor_type"
+        tensor.shape = (
+            [
+                d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None
+                for d in tensor_type.shape.dim
+            ]
+            if tensor_type.HasField("shape")
+            else None
+        )
+
+
+def import_with_types(model: onnx.ModelProto) -> gs.Graph:
+    """`model` as a gs graph whose tensors carry inferred types (best effort).
+
+    Inference runs on the weight-free view of the ModelProto and that view is imported,
+    types and all; its large constants are then bound to `model`'s own TensorProtos,
+    read lazily: nothing is copied and `model` is never modified.
+    """
+    light = without_large_weights(model)
+    with contextlib.suppress(Exception):  # inference is best effort: the graph is valid without it
+        light = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    graph = gs.import_onnx(light)
+    large = {init.name: init for init in model.graph.initializer if is_large(init)}
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Constant) and name in large:
+            tensor.values = LazyValues(large[name])
+            if large[name].HasField("data_location"):
+                tensor.data_location = int(large[name].data_location)
+    return graph
+
+
+def large_constant_names(graph: gs.Graph) -> set[str]:
+    """Names of the constants `export_graph(weights=False)` writes without their values."""
+    return {
+        name
+        for name, t in graph.tensors().items()
+        if isinstance(t, gs.Constant)
+        and not isinstance(t._values, SparseValues)
+        and _constant_nbytes(t) > SMALL_TENSOR_BYTES
+    }
+
+
+def restore_weights(graph: gs.Graph, source: gs.Graph, placeholders: set[str]) -> None:
+    """Give `graph`'s weight placeholders the values of `source`'s constants of the same name.
+
+    For a model pass that ran on a weight-free export: the weights it never read are
+    bound back by name (no copy: the constant shares the source's values). Raises
+    ValueError when a placeholder lost its name or changed its dtype or dims, since
+    its values could then not be restored.
+    """
+    originals = source.tensors()
+    for name, tensor in graph.tensors().items():
+        if name not in placeholders or not isinstance(tensor, gs.Constant):
+            continue
+        original = originals.get(name)
+        same = (
+            isinstance(original, gs.Constant)
+            and list(tensor.shape) == list(original.shape)
+            and _placeholder(tensor).data_type == _placeholder(original).data_type
+        )
+        if not same:
+            raise ValueError(f"weight '{name}' changed dtype or dims in a pass that ran without weights")
+        tensor.values = original._values
+        tensor.data_location = original.data_location
+    for tensor in graph.tensors().values():
+        lazy = isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues)
+        if lazy and _is_empty(tensor._values.tensor):
+            raise ValueError(f"weight '{tensor.name}' lost its values in a pass that ran without weights")
+
+
+def _is_empty(proto: onnx.TensorProto) -> bool:
+    """True for a placeholder: elements declared, no data stored inline or outside."""
+    count = 1
+    for dim in proto.dims:
+        count *= dim
+    if count == 0 or proto.data_location == onnx.TensorProto.EXTERNAL or proto.raw_data:
+        return False
+    fields = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+    return not any(len(getattr(proto, f)) for f in fields)
+
+
 def symbolic_dims(graph: gs.Graph, auto_merge: bool) -> dict[str, list[int | str]]:
     """Tensor name -> dims (ints, or symbol names) from onnxruntime's symbolic shape inference.
 
@@ -70,7 +275,7 @@ def symbolic_dims(graph: gs.Graph, auto_merge: bool) -> dict[str, list[int | str
     """
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    model = without_large_weights(gs.export_onnx(graph.copy(), do_type_check=False), as_inputs=True)
+    model = export_graph(graph, weights=False, large_as_inputs=True)
     del model.graph.value_info[:]
     inferred = None
     with (

@@ -35,6 +35,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
+from passes.fold_batchnorm import bn_affine
 from passes.fold_linear import (
     MAX_SWEEPS,
     Affine,
@@ -79,17 +80,6 @@ def _tree(graph: gs.Graph, root: gs.Node) -> tuple[list[gs.Node], list[gs.Tensor
     return adds, leaves
 
 
-def _batchnorm(node: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
-    """(s, shift) of an inference BatchNormalization with constant parameters."""
-    params = [values(t) for t in node.inputs[1:5]]
-    extra_used = any(t.outputs for t in node.outputs[1:])
-    if len(params) != 4 or any(p is None for p in params) or extra_used or node.attrs.get("training_mode", 0):
-        return None
-    scale, bias, mean, var = (p.astype(np.float64) for p in params)
-    s = scale / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
-    return s, bias - mean * s
-
-
 def _branch(graph: gs.Graph, t: gs.Tensor) -> Branch:
     """What the leaf `t` computes from which x; by default x itself (t is its own x)."""
     c = values(t)
@@ -103,8 +93,8 @@ def _branch(graph: gs.Graph, t: gs.Tensor) -> Branch:
         split = split_const(node) if node.op == "Mul" else None
         if split is not None:
             return Branch("scale", split[0], [node], w=split[1].astype(np.float64), leaf=t)
-        bn = _batchnorm(node) if node.op == "BatchNormalization" else None
-        if bn is not None:
+        bn = bn_affine(graph, node) if node.op == "BatchNormalization" else None
+        if bn is not None and not isinstance(bn, str):
             return Branch("scale", node.inputs[0], [node], w=bn[0], shift=bn[1], leaf=t)
     return Branch("scale", t, w=np.ones(()), leaf=t)
 
@@ -180,9 +170,23 @@ def _merge_linears(
     return w, (sum(biases) if biases else None)
 
 
+def _may_share_input(leaves: list[gs.Tensor]) -> bool:
+    """Structure only, before any weight is read: a merge needs two leaves computed from
+    one x, and a leaf's x is itself or an input of the node producing it."""
+    seen: set[int] = set()
+    for t in leaves:
+        candidates = {id(t)} | ({id(i) for i in t.inputs[0].inputs} if len(t.inputs) == 1 else set())
+        if candidates & seen:
+            return True
+        seen |= candidates
+    return False
+
+
 def _rewrite(graph: gs.Graph, used: set[str], root: gs.Node, result: PassResult) -> bool:
     """Merge the branch groups of the Add tree at `root`; True when the graph changed."""
     adds, leaves = _tree(graph, root)
+    if not _may_share_input(leaves):
+        return False
     branches = [_branch(graph, t) for t in leaves]
     out = root.outputs[0]
     groups: dict[int, list[Branch]] = {}

@@ -5,11 +5,20 @@ onnx's version converter (it rewrites ops whose signature changed, e.g. Reduce*
 axes becoming an input at 18); the model's meaning is unchanged. This is a
 model-level pass (`run_model`), since the opset lives on the model, not the graph.
 Never downgrades: a model already at or above the target is left alone.
+
+One gap of the converter is filled here: before opset 14 a BatchNormalization in
+training form is marked by its extra outputs (Y, running mean/var, saved mean/var:
+what torch.onnx.export writes for a model in training mode); from 14 by
+`training_mode=1`, with saved mean/var gone. The converter refuses the 5-output form
+and turns a 3-output one into an invalid training_mode=0 node. So, when crossing
+opset 14, unused saved mean/var outputs are dropped first and the node is marked
+training_mode=1 after: it keeps normalizing with batch statistics, as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import onnx
 import onnx.version_converter
@@ -29,6 +38,9 @@ class UpgradeOpset:
     target: int = 20
     name: str = "upgrade-opset"
     exact: bool = True
+    # The converter rewrites op signatures, never weight values: the manager may hand it
+    # a model without its large weights and bind them back afterwards.
+    reads_weights: ClassVar[bool] = False
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
@@ -39,7 +51,12 @@ class UpgradeOpset:
         try:
             # Convert a copy without the large weights (the converter serialises the whole
             # model; op adapters never read weight values), then put the weights back.
-            upgraded = onnx.version_converter.convert_version(without_large_weights(model), self.target)
+            light = without_large_weights(model)
+            training = _unmark_training_batchnorms(light) if current < 14 <= self.target else set()
+            upgraded = onnx.version_converter.convert_version(light, self.target)
+            for node in upgraded.graph.node:
+                if node.op_type == "BatchNormalization" and node.output[0] in training:
+                    node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
             large = {init.name: init for init in model.graph.initializer if is_large(init)}
             for init in upgraded.graph.initializer:
                 if init.name in large:
@@ -55,3 +72,21 @@ class UpgradeOpset:
         ctx.opset = self.target
         result.count("opset_upgraded", f"{current}->{self.target}")
         return upgraded, result
+
+
+def _unmark_training_batchnorms(model: onnx.ModelProto) -> set[str]:
+    """Drop the saved mean/var outputs of training-form BatchNormalization nodes (opset < 14,
+    in place); return their Y outputs. Raises ValueError when a dropped output is read."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    training = set()
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        if sum(1 for name in node.output if name) <= 1:
+            continue  # inference form
+        dropped = [name for name in node.output[3:] if name]
+        if any(name in read for name in dropped):
+            raise ValueError(f"BatchNormalization '{node.name}' saved mean/var outputs are read; opset 14 has none")
+        del node.output[3:]
+        training.add(node.output[0])
+    return training

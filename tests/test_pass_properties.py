@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
-from passes.registry import PASSES
+from passes.model_utils import import_with_types, infer_graph_types
+from passes.registry import PASSES, create_pass
 from tests.graph_strategies import random_graphs
 
 EXACT_PASSES = sorted(name for name, factory in PASSES.items() if factory().exact)
+KEEPS_TYPES = sorted(name for name, factory in PASSES.items() if getattr(factory, "keeps_types", False))
 
 
 def _run(model, x):
@@ -37,3 +40,36 @@ def test_exact_pass_keeps_outputs_and_is_idempotent(pass_name, model):
 
 def test_every_registered_pass_is_covered():
     assert set(EXACT_PASSES) | {"precision", "drop-blocks", "quantize"} == set(PASSES)  # the lossy ones
+
+
+@pytest.mark.parametrize("pass_name", KEEPS_TYPES)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=random_graphs())
+def test_keeps_types_passes_leave_inference_nothing_new(pass_name, model):
+    """The manager skips re-inferring types after these passes: re-inferring changes nothing."""
+    graph = import_with_types(model)
+    create_pass(pass_name).run(graph, PassContext(opset=17))
+    graph.cleanup()
+
+    def types() -> dict:
+        return {n: (t.dtype, t.shape) for n, t in graph.tensors().items() if isinstance(t, gs.Variable)}
+
+    kept = types()
+    infer_graph_types(graph, model)
+    assert types() == kept
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=random_graphs())
+def test_fold_group_keeps_outputs_and_stages_match(model):
+    """The whole group on one graph carried from pass to pass: outputs kept, and the model
+    handed to on_stage after the last pass is the one returned."""
+    stages = []
+    out, records = run_passes(model, [PassSpec("fold")], PassContext(opset=17), lambda r, m: stages.append(m))
+    assert len(stages) == len(records) and stages[-1] is out
+    rng = np.random.default_rng(0)
+    for rows in (1, 3):
+        x = rng.standard_normal((rows, 6)).astype(np.float32)
+        np.testing.assert_allclose(_run(out, x), _run(model, x), rtol=1e-5, atol=1e-5)
+    again, _ = run_passes(out, [PassSpec("fold")], PassContext(opset=17))
+    assert len(again.graph.node) == len(out.graph.node)

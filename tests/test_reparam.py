@@ -191,6 +191,22 @@ def test_unrelated_leaves_stay():
     assert sorted(ops(out)) == ["Add", "Conv", "Relu"]
 
 
+@pytest.mark.parametrize("opset, merged", [(17, True), (13, False)])
+def test_identity_bn_joins_only_in_inference_form(opset, merged):
+    """Before opset 14 a BN with its statistics outputs (torch's training-mode export) uses
+    batch statistics: not a per-channel scale, so it must not join the conv."""
+    bn_outputs = ["xs"] if merged else ["xs", "rm", "rv", "sm", "sv"]
+    nodes = [
+        _conv("x", "K3", "a", (3, 3), [1] * 4),
+        ("BatchNormalization", ["x", "bn0", "bn1", "bn2", "bn3"], bn_outputs, {"epsilon": 1e-3}),
+        ("Add", ["a", "xs"], ["y"], {}),
+    ]
+    inits = {**_inits(3, 3, K3=(3, 3)), **{f"bn{j}": RNG.uniform(0.5, 1.5, 3) for j in range(4)}}
+    model = build(nodes, inits, [2, 3, 5, 5], opset=opset)
+    out, _ = fold(model, x_of(2, 3, 5, 5), "reparam")
+    assert ops(out) == (["Conv"] if merged else ops(model))
+
+
 @pytest.mark.parametrize("shape", [[5, 4], [2, 5, 4]])
 def test_repmlp_linear_branches_and_identity(shape):
     nodes = [
