@@ -15,6 +15,11 @@ shifted to start at 0 with its zero point shifted alike, so q - z is unchanged),
 transposed to [N, K/G], and the GroupQuantMatMul function attached to the model.
 Exact: the function dequantizes to the same (q - z) · s as DequantizeLinear.
 
+Second rule, bias: GroupQuantMatMul (new or already there) -> Add(y, b) or Add(b, y), b a
+constant [N] initializer and the product read by nothing else (no graph output)  ==>
+GroupQuantMatMul(..., bias=b). The function body adds it the same way (MatMul, then Add
+in x's type); the kernel adds it to the fp32 sum before its single rounding.
+
 Works on the ModelProto directly (a model-level pass): onnx-graphsurgeon cannot export
 INT4/INT2 initializers, and every weight not rewritten must survive untouched. MatMuls
 on float weights, Gemm and per-channel (non-blocked) DequantizeLinear are left alone;
@@ -30,9 +35,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from passes.base import PassContext, PassResult
+from plugins_cuda import DOMAIN
 from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
 from plugins_cuda.group_quant_matmul.packing import SUPPORTED_GROUPS, pack
-from plugins_cuda.onnx_common import MIN_OPSET, attach_functions, default_opset
+from plugins_cuda.onnx_common import MIN_OPSET, default_opset
 
 CODE_TYPES = {
     TensorProto.UINT4: 4,
@@ -82,13 +88,19 @@ def _repack_codes(q: np.ndarray, z: np.ndarray, group: int, storage_bits: int):
 
 @dataclass
 class FuseGroupQuantMatMul:
-    """DequantizeLinear(block-quantized 4/2-bit weights) -> MatMul  ==>  GroupQuantMatMul."""
+    """DequantizeLinear(block-quantized 4/2-bit weights) -> MatMul (-> Add bias)  ==>  GroupQuantMatMul."""
 
     name: str = "group-quant-matmul"
     exact: bool = True
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
+        fused = self._fuse_matmuls(model, result)
+        if self._fold_bias(model, result) or fused:
+            gqmm_onnx.attach(model)  # the function for the nodes' arity (see plugins_cuda/group_quant_matmul/onnx.py)
+        return model, result
+
+    def _fuse_matmuls(self, model: onnx.ModelProto, result: PassResult) -> bool:
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
         producers = {out: n for n in graph.node for out in n.output}
@@ -111,12 +123,12 @@ class FuseGroupQuantMatMul:
                 continue
             matches.append(_Match(node, src, transpose))
         if not matches:
-            return model, result
+            return False
         opset = default_opset(model)
         if opset < MIN_OPSET:
             for m in matches:
                 result.reject(m.matmul.name, f"opset {opset} < {MIN_OPSET}: run upgrade-opset first")
-            return model, result
+            return False
 
         replaced: dict[str, onnx.NodeProto] = {}  # MatMul name -> new node
         dropped: set[int] = set()
@@ -140,7 +152,7 @@ class FuseGroupQuantMatMul:
             dropped.update({id(m.dq)} | ({id(m.transpose)} if m.transpose is not None else set()))
             result.count(f"matmul_w{bits}_g{group}", m.matmul.name)
         if not replaced:
-            return model, result
+            return False
 
         nodes = []
         for n in graph.node:
@@ -154,8 +166,47 @@ class FuseGroupQuantMatMul:
         keep = [t for t in graph.initializer if t.name in used]
         del graph.initializer[:]
         graph.initializer.extend(keep)
-        attach_functions(model, {gqmm_onnx.OP: gqmm_onnx.function_proto})
-        return model, result
+        return True
+
+    def _fold_bias(self, model: onnx.ModelProto, result: PassResult) -> bool:
+        """GroupQuantMatMul -> Add(constant [N])  ==>  GroupQuantMatMul with that bias."""
+        graph = model.graph
+        graph_inputs = {i.name for i in graph.input}  # an initializer that is also an input can be overridden
+        inits = {t.name: t for t in graph.initializer if t.name not in graph_inputs}
+        outputs = {o.name for o in graph.output}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in graph.node:
+            for name in n.input:
+                readers.setdefault(name, []).append(n)
+        dropped: set[int] = set()
+        for node in graph.node:
+            if node.domain != DOMAIN or node.op_type != gqmm_onnx.OP or gqmm_onnx.node_bias(node):
+                continue
+            users = readers.get(node.output[0], [])
+            adds = [u for u in users if u.op_type == "Add" and u.domain in ("", "ai.onnx")]
+            if not adds:
+                continue
+            name = node.name or node.output[0]
+            add = adds[0]
+            bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            qweight = inits.get(node.input[1])
+            if len(users) != 1 or node.output[0] in outputs:
+                result.reject(name, "bias Add: the product has other readers")
+            elif bias == node.output[0] or bias not in inits:
+                result.reject(name, "bias Add: the other operand is not an initializer (run fold first)")
+            elif qweight is None or list(inits[bias].dims) != [qweight.dims[0]]:
+                result.reject(name, f"bias Add: operand of shape {list(inits[bias].dims)} is not a [N] vector")
+            else:
+                node.input.append(bias)
+                node.output[0] = add.output[0]
+                dropped.add(id(add))
+                result.count("bias_folded", name)
+        if not dropped:
+            return False
+        kept = [n for n in graph.node if id(n) not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
+        return True
 
     def _check(self, m: _Match, inits, readers):
         dq = m.dq

@@ -42,8 +42,11 @@ def uses_trtforge_ops(model: onnx.ModelProto) -> bool:
 
 def for_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the trtforge local functions and tag the nodes for the parser's plugin lookup."""
+    from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    gqmm_onnx.attach(out, bias_everywhere=True)  # the AOT plugin has a fixed arity: bias-less nodes get zeros
     keep = [f for f in out.functions if f.domain != DOMAIN]
     del out.functions[:]
     out.functions.extend(keep)

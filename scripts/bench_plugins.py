@@ -4,8 +4,8 @@
 
 Per op and shape: max error vs the torch reference, kernel seconds, torch seconds
 (GroupQuantMatMul: fp16 matmul with the weights dequantized beforehand, i.e. the
-torch fast path at the same precision; GatedLinearAttention: the reference
-recurrence), and achieved memory bandwidth as a fraction of the GPU's peak.
+torch fast path at the same precision, run without bias (null bias pointer) and with a
+bias [N] (torch: F.linear with bias); GatedLinearAttention: the reference recurrence), and achieved memory bandwidth as a fraction of the GPU's peak.
 Output: {"results": [{"op", "shape", "gpu", "max_err", "seconds", "torch_seconds",
 "bandwidth_frac", ...}], ...}. Kernels are compiled with nvcc for this GPU
 (plugins_cuda/build.py flags) and launched through CuPy; torch supplies the
@@ -84,34 +84,39 @@ def bench_gqmm(cp, torch, mod, gpu: str, peak: float | None, quick: bool) -> lis
             qw = ref.quantize(w, bits, g, scale_dtype=torch.float16)
             x = torch.randn(m, k, dtype=torch.float16)
             packed, scales, zeros = qw.packed(), qw.scales, qw.zeros
-            expected = ref.group_quant_matmul(x, packed, scales, zeros, bits, g).float()
             dx, dq, ds, dz = (cp.asarray(t.numpy()) for t in (x, packed, scales, zeros))
-            dy = cp.empty((m, n), dtype=cp.float16)
+            tx, tw = x.cuda(), qw.dequantized().to(torch.float16).cuda()
             path = "gemv" if m <= 8 else "gemm"
             kernel = mod.get_function(f"gqmm_{path}_w{bits}_f16")
             grid = ((n + 3) // 4, (m + 7) // 8) if path == "gemv" else ((n + 63) // 64, (m + 63) // 64)
-            args = (dx, dq, ds, dz, cp.int32(m), cp.int32(n), cp.int32(k), cp.int32(g), dy)
-            seconds = _time(lambda kernel=kernel, grid=grid, args=args: kernel(grid, (128,), args), cp, 50)
-            err = float((torch.from_numpy(cp.asnumpy(dy)).float() - expected).abs().max())
-            tx, tw = x.cuda(), qw.dequantized().to(torch.float16).cuda()
-            torch_seconds = _time(lambda tx=tx, tw=tw: torch.matmul(tx, tw.T), cp, 50)
-            moved = packed.numel() + scales.numel() * 2 + zeros.numel() + x.numel() * 2 + m * n * 2
-            results.append(
-                {
-                    "op": "GroupQuantMatMul",
-                    "shape": {"M": m, "N": n, "K": k, "bits": bits, "group": g},
-                    "path": path,
-                    "gpu": gpu,
-                    "max_err": err,
-                    "seconds": seconds,
-                    "torch_seconds": torch_seconds,
-                    "bandwidth_frac": (moved / seconds / peak) if peak else None,
-                }
-            )
-            print(
-                f"GroupQuantMatMul w{bits} M={m} N={n} K={k} {path}: {seconds * 1e6:.1f} us "
-                f"(torch fp16 {torch_seconds * 1e6:.1f} us), max_err {err:.2e}"
-            )
+            for bias in (None, torch.randn(n, dtype=torch.float16)):
+                expected = ref.group_quant_matmul(x, packed, scales, zeros, bits, g, bias=bias).float()
+                dbias = cp.uint64(0) if bias is None else cp.asarray(bias.numpy())  # null pointer: no bias
+                dy = cp.empty((m, n), dtype=cp.float16)
+                args = (dx, dq, ds, dz, dbias, cp.int32(m), cp.int32(n), cp.int32(k), cp.int32(g), dy)
+                seconds = _time(lambda kernel=kernel, grid=grid, args=args: kernel(grid, (128,), args), cp, 50)
+                err = float((torch.from_numpy(cp.asnumpy(dy)).float() - expected).abs().max())
+                tb = None if bias is None else bias.cuda()
+                torch_seconds = _time(lambda tx=tx, tw=tw, tb=tb: torch.nn.functional.linear(tx, tw, tb), cp, 50)
+                moved = packed.numel() + scales.numel() * 2 + zeros.numel() + x.numel() * 2 + m * n * 2
+                moved += 0 if bias is None else n * 2
+                results.append(
+                    {
+                        "op": "GroupQuantMatMul",
+                        "shape": {"M": m, "N": n, "K": k, "bits": bits, "group": g},
+                        "path": path,
+                        "bias": bias is not None,
+                        "gpu": gpu,
+                        "max_err": err,
+                        "seconds": seconds,
+                        "torch_seconds": torch_seconds,
+                        "bandwidth_frac": (moved / seconds / peak) if peak else None,
+                    }
+                )
+                print(
+                    f"GroupQuantMatMul w{bits} M={m} N={n} K={k} {path}{' +bias' if bias is not None else ''}: "
+                    f"{seconds * 1e6:.1f} us (torch fp16 {torch_seconds * 1e6:.1f} us), max_err {err:.2e}"
+                )
     return results
 
 

@@ -1,4 +1,7 @@
-"""MiniLM with every weight MatMul as GroupQuantMatMul (W4A16, W2A16): onnxruntime and TensorRT-RTX (slow)."""
+"""MiniLM with every weight MatMul as GroupQuantMatMul (W4A16, W2A16), biases folded in: onnxruntime, TensorRT-RTX.
+
+Slow: three TensorRT-RTX engine builds.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +54,14 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
     except Exception as exc:
         backend, why = None, str(exc)
     config = BuildConfig(profiles=spec.profiles, target_gpus=["sm89"])
-    report = {"fp16": {"onnx_weight_bytes": _weight_bytes(fp16)}}
+    fp16_out = _run(fp16, feeds).astype(np.float32)
+    report = {
+        "fp16": {
+            "onnx_weight_bytes": _weight_bytes(fp16),
+            "max_abs_err_vs_fp32": float(np.abs(fp16_out - reference).max()),
+            "output_max_abs": float(np.abs(reference).max()),  # the scale of the errors below
+        }
+    }
     if backend is not None:
         onnx.save(fp16, tmp_path / "fp16.onnx")
         art = backend.build(tmp_path / "fp16.onnx", tmp_path / "fp16.engine", config)
@@ -61,17 +71,28 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
             quantized, weights = quantize_matmul_weights(model, bits, 64)
             assert len(weights) == 36  # 6 layers x (q, k, v, o, ffn in, ffn out)
             fused, records = run_passes(quantized, [PassSpec("group-quant-matmul")], PassContext(21))
-            assert records[0].changed == {f"matmul_w{bits}_g64": 36}, records[0].rejected
-            assert sum(n.op_type == "GroupQuantMatMul" for n in fused.graph.node) == 36
+            # every Linear of BERT has a bias: all 36 Adds are folded into the nodes
+            assert records[0].changed == {f"matmul_w{bits}_g64": 36, "bias_folded": 36}, records[0].rejected
+            assert sum(n.op_type == "GroupQuantMatMul" and len(n.input) == 5 for n in fused.graph.node) == 36
             assert not any(n.op_type == "DequantizeLinear" for n in fused.graph.node)
+            assert [len(f.input) for f in fused.functions] == [5]
             out = _run(fused, feeds)
             assert np.isfinite(out).all()
             entry = report.setdefault(f"w{bits}a16" if name == "fp16" else f"w{bits}a32", {})
             entry["cosine_vs_fp32"] = round(_cosine(out, reference), 5)
+            entry["nodes"] = {"quantized": len(quantized.graph.node), "fused": len(fused.graph.node)}
+            entry["adds"] = {
+                g: sum(n.op_type == "Add" for n in m.graph.node)
+                for g, m in (("quantized", quantized), ("fused", fused))
+            }
+            assert entry["nodes"]["fused"] == entry["nodes"]["quantized"] - 36 - 36  # DequantizeLinear, Add
             if name == "fp32":  # the rewrite is exact: same numbers as the DequantizeLinear graph
                 np.testing.assert_allclose(out, _run(quantized, feeds, optimize=False), rtol=1e-4, atol=1e-5)
                 continue
             entry["onnx_weight_bytes"] = _weight_bytes(fused)
+            entry["max_abs_err_vs_fp16"] = float(np.abs(out.astype(np.float32) - fp16_out).max())
+            unfused = _run(quantized, feeds, optimize=False).astype(np.float32)  # fp16 rounding order differs a little
+            entry["max_abs_err_vs_unfused"] = float(np.abs(out.astype(np.float32) - unfused).max())
             if backend is not None:
                 onnx.save(fused, tmp_path / f"w{bits}.onnx")
                 art = backend.build(tmp_path / f"w{bits}.onnx", tmp_path / f"w{bits}.engine", config)

@@ -60,21 +60,76 @@ def test_refinement_lowers_the_squared_error():
         assert refined < plain
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 128), (2, 64)])
-def test_group_quant_matmul_function_equals_reference(bits, group, dtype):
+def test_group_quant_matmul_function_equals_reference(bits, group, dtype, bias):
     torch.manual_seed(bits * group)
     n, k = 96, 384
     qw = gqmm.quantize(torch.randn(n, k), bits, group, scale_dtype=dtype)
     x = torch.randn(2, 5, k).to(dtype)  # batch x sequence: the function takes x [..., K]
-    model = gqmm_onnx.standalone_model(n, k, bits, group, ONNX_TYPE[dtype])
+    b = (torch.randn(n) * 4).to(dtype) if bias else None  # large enough to matter against |x·Wᵀ|
+    model = gqmm_onnx.standalone_model(n, k, bits, group, ONNX_TYPE[dtype], bias=bias)
+    assert len(model.functions[0].input) == (5 if bias else 4)
     model.graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info("x", ONNX_TYPE[dtype], ["B", "S", k]))
     model.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("y", ONNX_TYPE[dtype], ["B", "S", n]))
     feeds = {"x": x.numpy(), "qweight": qw.packed().numpy(), "scales": qw.scales.numpy(), "zeros": qw.zeros.numpy()}
+    if bias:
+        feeds["bias"] = b.numpy()
     (y,) = _session(model).run(None, feeds)
-    expected = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, bits, group)
+    expected = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, bits, group, bias=b)
     assert y.shape == (2, 5, n) and y.dtype == x.numpy().dtype
     assert _rel(y, expected) <= TOL[dtype]
+    if bias:  # the bias really is in there
+        unbiased = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, bits, group)
+        assert _rel(y, unbiased) > 5 * TOL[torch.float16]
+
+
+def test_reference_adds_the_bias_before_the_single_rounding():
+    """fp16: bias added to the fp32 sum, then one rounding (the kernel's order)."""
+    qw = gqmm.quantize(torch.randn(8, 64), 4, 32, scale_dtype=torch.float16)
+    x, b = torch.randn(3, 64).to(torch.float16), torch.randn(8).to(torch.float16)
+    y = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, 4, 32, bias=b)
+    exact = x.float() @ qw.dequantized().float().T + b.float()
+    assert torch.equal(y, exact.to(torch.float16))
+
+
+def test_attach_gives_one_arity_and_zero_biases_in_a_mixed_graph():
+    """TensorRT-RTX inlines a function only when every call passes all its inputs: mixed graphs get zero biases."""
+    n, k = 16, 64
+    qw = gqmm.quantize(torch.randn(n, k), 4, 32)
+    inits = [
+        onnx.numpy_helper.from_array(qw.packed().numpy(), "q"),
+        onnx.numpy_helper.from_array(qw.scales.numpy(), "s"),
+        onnx.numpy_helper.from_array(qw.zeros.numpy(), "z"),
+        onnx.numpy_helper.from_array(np.linspace(-1, 1, n, dtype=np.float32), "b"),
+    ]
+    nodes = [
+        gqmm_onnx.make_node(["x", "q", "s", "z"], "y0", 4, 32, name="plain"),
+        gqmm_onnx.make_node(["x", "q", "s", "z", ""], "y1", 4, 32, name="empty"),  # an explicit absent bias
+        gqmm_onnx.make_node(["x", "q", "s", "z"], "y2", 4, 32, name="biased", bias="b"),
+    ]
+    outs = [onnx.helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["M", n]) for i in range(3)]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])], outs, inits
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    del plain.graph.node[2:], plain.graph.output[2:]
+    gqmm_onnx.attach(plain)  # no bias anywhere: 4 inputs, the trailing "" dropped
+    assert [len(n.input) for n in plain.graph.node] == [4, 4] and len(plain.functions[0].input) == 4
+    gqmm_onnx.attach(model)
+    assert [len(n.input) for n in model.graph.node] == [5, 5, 5] and len(model.functions[0].input) == 5
+    assert model.graph.node[0].input[4] == model.graph.node[1].input[4] == "gqmm_zero_bias_16_float"
+    x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
+    y0, y1, y2 = _session(model).run(None, {"x": x})
+    expected = gqmm.group_quant_matmul(torch.from_numpy(x), qw.packed(), qw.scales, qw.zeros, 4, 32)
+    np.testing.assert_allclose(y0, expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_allclose(y2, expected.numpy() + np.linspace(-1, 1, n), rtol=1e-5, atol=1e-5)
+    gqmm_onnx.attach(model)  # idempotent
+    assert len(model.graph.initializer) == 5 and len(model.functions) == 1
 
 
 @pytest.fixture(scope="module")
@@ -148,18 +203,22 @@ def test_gated_linear_attention_function_equals_reference(dtype, steps):
 
 
 def test_functions_build_with_tensorrt_rtx_by_inlining(tmp_path):
-    """Both functions parse and build as plain layers (no plugin API in TensorRT-RTX)."""
+    """Both functions parse and build as plain layers (no plugin API in TensorRT-RTX); GroupQuantMatMul ± bias."""
     from converter.backends import BuildConfig, ShapeProfile, get_backend
 
     try:
         backend = get_backend("tensorrt-rtx")
     except Exception as exc:
         pytest.skip(f"tensorrt-rtx unavailable: {exc}")
-    path = tmp_path / "gqmm.onnx"
-    onnx.save(gqmm_onnx.standalone_model(64, 256, 4, 64, TensorProto.FLOAT16), path)
     profiles = {"x": ShapeProfile((1, 256), (8, 256), (64, 256))}
-    art = backend.build(path, tmp_path / "gqmm.engine", BuildConfig(profiles=profiles, target_gpus=["sm86"]))
-    assert art.sidecar["network"]["layer_types"]["MATRIX_MULTIPLY"] == 1
+    elementwise = {}
+    for bias in (False, True):
+        path = tmp_path / f"gqmm_{bias}.onnx"
+        onnx.save(gqmm_onnx.standalone_model(64, 256, 4, 64, TensorProto.FLOAT16, bias=bias), path)
+        art = backend.build(path, tmp_path / "gqmm.engine", BuildConfig(profiles=profiles, target_gpus=["sm86"]))
+        assert art.sidecar["network"]["layer_types"]["MATRIX_MULTIPLY"] == 1
+        elementwise[bias] = art.sidecar["network"]["layer_types"]["ELEMENTWISE"]
+    assert elementwise[True] == elementwise[False] + 1  # the bias Add
     path = tmp_path / "gla.onnx"
     onnx.save(gla_onnx.standalone_model(2, 16, 8, TensorProto.FLOAT16), path)
     qk, v, s = ShapeProfile((1, 2, 1, 16), (1, 2, 32, 16), (2, 2, 64, 16)), None, None
@@ -185,6 +244,7 @@ def test_tensorrt_backend_hook_inlines_without_plugins_and_maps_nodes_with_them(
         tagged = onnx.load(parsed)
         assert mode == "plugin" and not tagged.functions
         node = tagged.graph.node[0]
+        assert len(node.input) == 5  # the AOT plugin's fixed arity: a zero bias was added
         assert node.domain == "trtforge" and any(
             a.name == "plugin_namespace" and a.s == b"trtforge" for a in node.attribute
         )

@@ -117,6 +117,96 @@ def test_group_quant_matmul_pass_rejects_with_a_reason(change, reason):
     assert [n.op_type for n in out.graph.node] == ["DequantizeLinear", "MatMul"]
 
 
+def _with_bias_add(model, bias, *, first=False, bias_input=False):
+    """model's y -> Add(y, bias) (or Add(bias, y)) -> out."""
+    graph = model.graph
+    graph.node[-1].output[0] = "prod"
+    graph.node.append(helper.make_node("Add", ["bias", "prod"] if first else ["prod", "bias"], ["y"], name="add"))
+    if bias_input:
+        graph.input.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, list(bias.shape)))
+    else:
+        graph.initializer.append(numpy_helper.from_array(bias, "bias"))
+    return model
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["y+b", "b+y"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["KxN", "NxK"])
+def test_group_quant_matmul_pass_folds_the_bias_add_exactly(transposed, first):
+    rng = np.random.default_rng(2)
+    k, n, block = 128, 24, 32
+    shape, sshape = ((n, k), (n, k // block)) if transposed else ((k, n), (k // block, n))
+    codes, zero = rng.integers(0, 16, shape), rng.integers(0, 16, sshape)
+    scale = rng.uniform(0.01, 0.1, sshape).astype(np.float32)
+    model = _dq_matmul_model(codes, scale, zero, transposed=transposed, block=block, code_type=ml_dtypes.uint4)
+    bias = rng.uniform(-3, 3, n).astype(np.float32)
+    model = _with_bias_add(model, bias, first=first)
+    fused, records = run_passes(model, [PassSpec("group-quant-matmul")], PassContext(opset=21))
+    assert records[0].changed == {"matmul_w4_g32": 1, "bias_folded": 1}, records[0].rejected
+    (node,) = fused.graph.node
+    assert node.op_type == "GroupQuantMatMul" and node.input[4] == "bias" and node.output[0] == "y"
+    assert [len(f.input) for f in fused.functions] == [5]
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    w = (codes - np.repeat(zero, block, axis=1 if transposed else 0)) * np.repeat(scale, block, 1 if transposed else 0)
+    expected = x @ (w.T if transposed else w) + bias
+    np.testing.assert_allclose(_run(fused, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(fused, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    again, records = run_passes(fused, [PassSpec("group-quant-matmul")], PassContext(opset=21))
+    assert records[0].changed == {} and len(again.graph.node) == 1
+
+
+def _uint4_model(rng, k=64, n=8):
+    codes, zero = rng.integers(0, 16, (k, n)), rng.integers(0, 16, (k // 32, n))
+    scale = np.full((k // 32, n), 0.05, np.float32)
+    return _dq_matmul_model(codes, scale, zero, code_type=ml_dtypes.uint4)
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("row_vector", "is not a [N] vector"),
+        ("graph_input", "not an initializer"),
+        ("second_reader", "other readers"),
+    ],
+)
+def test_group_quant_matmul_pass_leaves_an_unfoldable_add_with_a_reason(case, reason):
+    rng = np.random.default_rng(3)
+    bias = rng.standard_normal((1, 8) if case == "row_vector" else 8).astype(np.float32)
+    model = _with_bias_add(_uint4_model(rng), bias, bias_input=case == "graph_input")
+    if case == "second_reader":
+        model.graph.output.append(helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["M", 8]))
+    fused, records = run_passes(model, [PassSpec("group-quant-matmul")], PassContext(opset=21))
+    assert records[0].changed == {"matmul_w4_g32": 1}
+    assert reason in records[0].rejected[0]["reason"]
+    assert [n.op_type for n in fused.graph.node] == ["GroupQuantMatMul", "Add"]
+    assert [len(n.input) for n in fused.graph.node] == [4, 2] and [len(f.input) for f in fused.functions] == [4]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    feeds = {"x": x, "bias": bias} if case == "graph_input" else {"x": x}
+    np.testing.assert_allclose(_run(fused, feeds)[0], _run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_group_quant_matmul_pass_gives_bias_less_nodes_a_zero_bias_in_a_mixed_graph():
+    """One MatMul with a bias, one without: one 5-input function for both (TensorRT-RTX needs one arity)."""
+    rng = np.random.default_rng(4)
+    model = _with_bias_add(_uint4_model(rng), rng.standard_normal(8).astype(np.float32))
+    other = _uint4_model(rng)
+    for t in other.graph.initializer:
+        t.name = f"o_{t.name}"
+    dq, mm = other.graph.node
+    dq.input[:] = [f"o_{i}" for i in dq.input]
+    dq.output[0], mm.input[1], mm.output[0], dq.name, mm.name = "o_w", "o_w", "y2", "o_dq", "o_mm"
+    model.graph.node.extend([dq, mm])
+    model.graph.initializer.extend(other.graph.initializer)
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["M", 8]))
+    fused, records = run_passes(model, [PassSpec("group-quant-matmul")], PassContext(opset=21))
+    assert records[0].changed == {"matmul_w4_g32": 2, "bias_folded": 1}, records[0].rejected
+    assert [len(n.input) for n in fused.graph.node] == [5, 5] and [len(f.input) for f in fused.functions] == [5]
+    zero = next(t for t in fused.graph.initializer if t.name == fused.graph.node[1].input[4])
+    assert not numpy_helper.to_array(zero).any()
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    for got, want in zip(_run(fused, {"x": x}), _run(model, {"x": x}), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _export_parallel_gla(path, dynamic=True):
     args = (torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 4), torch.rand(1, 2, 12, 8))
     axes = {name: {0: "batch", 2: "steps"} for name in "qkvg"} if dynamic else None

@@ -1,5 +1,6 @@
-// GroupQuantMatMul: y[M, N] = x[M, K] · dequant(W)[N, K]ᵀ, W packed 4- or 2-bit with a
+// GroupQuantMatMul: y[M, N] = x[M, K] · dequant(W)[N, K]ᵀ (+ bias[N]), W packed 4- or 2-bit with a
 // scale and an integer-valued zero point (activation type) per group of G consecutive k (layout: packing.py).
+// bias (activation type) is optional: nullptr means none.
 //
 // Two kernels per (activation type, bits), both correct for every M:
 //   gqmm_gemv_*  decode (M = batch·seq <= 8): one warp per output feature streams its
@@ -11,7 +12,10 @@
 //                tensor cores (WMMA 16x16x16, fp32 accumulation) for fp16/bf16 and a
 //                register-blocked SIMT loop for fp32; grid (ceil(N / 64), ceil(M / 64)), block 128.
 // Dequantised weights are rounded to the activation type before the product (what the
-// torch reference computes); accumulation is fp32.
+// torch reference computes); accumulation is fp32, the bias is added to the fp32 sum and
+// the result rounded once to the activation type (the reference's order too).
+// Arguments: x, qweight, scales, zeros, bias, M, N, K, G, y (inputs, scalars, outputs: the
+// order of TensorRT's AOT plugins; the plugin always passes a bias, zeros when the graph has none).
 // Requirements (checked by the plugin and the pass): K % G == 0, G in {32, 64, 128}.
 #include <mma.h>
 
@@ -31,8 +35,8 @@ constexpr int LDC = BN + 4;
 
 template <typename T, int BITS>
 __device__ __forceinline__ void gemv(const T* __restrict__ x, const unsigned char* __restrict__ qweight,
-                                     const T* __restrict__ scales, const T* __restrict__ zeros, int M,
-                                     int N, int K, int G, T* __restrict__ y) {
+                                     const T* __restrict__ scales, const T* __restrict__ zeros,
+                                     const T* __restrict__ bias, int M, int N, int K, int G, T* __restrict__ y) {
     constexpr int PER_WORD = 32 / BITS;
     constexpr unsigned MASK = (1u << BITS) - 1u;
     const int lane = threadIdx.x & 31;
@@ -71,9 +75,10 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const unsigned cha
             }
         }
     }
+    const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
 #pragma unroll
     for (int m = 0; m < kGemvRows; ++m) {
-        const float total = trtforge::warp_sum(acc[m]);
+        const float total = trtforge::warp_sum(acc[m]) + b;
         if (lane == 0 && m < rows) y[static_cast<size_t>(m0 + m) * N + n] = from_float<T>(total);
     }
 }
@@ -113,8 +118,9 @@ __device__ __forceinline__ void load_tiles(const T* __restrict__ x, const unsign
 // fp16 / bf16: tensor cores. 4 warps, each a 32x32 quarter of the 64x64 tile.
 template <typename T, int BITS>
 __device__ __forceinline__ void gemm_tc(const T* __restrict__ x, const unsigned char* __restrict__ qweight,
-                                        const T* __restrict__ scales, const T* __restrict__ zeros, int M,
-                                        int N, int K, int G, T* __restrict__ y) {
+                                        const T* __restrict__ scales, const T* __restrict__ zeros,
+                                        const T* __restrict__ bias, int M, int N, int K, int G,
+                                        T* __restrict__ y) {
     using namespace nvcuda;
     __shared__ __align__(32) T As[BM * LDS];
     __shared__ __align__(32) T Bs[BN * LDS];
@@ -154,7 +160,10 @@ __device__ __forceinline__ void gemm_tc(const T* __restrict__ x, const unsigned 
     for (int i = threadIdx.x; i < BM * BN; i += blockDim.x) {
         const int r = i / BN, c = i % BN;
         const int m = m0 + r, n = n0 + c;
-        if (m < M && n < N) y[static_cast<size_t>(m) * N + n] = from_float<T>(Cs[r * LDC + c]);
+        if (m < M && n < N) {
+            const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
+            y[static_cast<size_t>(m) * N + n] = from_float<T>(Cs[r * LDC + c] + b);
+        }
     }
 }
 
@@ -162,7 +171,8 @@ __device__ __forceinline__ void gemm_tc(const T* __restrict__ x, const unsigned 
 template <int BITS>
 __device__ __forceinline__ void gemm_simt(const float* __restrict__ x, const unsigned char* __restrict__ qweight,
                                           const float* __restrict__ scales, const float* __restrict__ zeros,
-                                          int M, int N, int K, int G, float* __restrict__ y) {
+                                          const float* __restrict__ bias, int M, int N, int K, int G,
+                                          float* __restrict__ y) {
     __shared__ float As[BM * LDS];
     __shared__ float Bs[BN * LDS];
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
@@ -189,12 +199,18 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ x, const uns
         }
         __syncthreads();
     }
+    float b[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int n = n0 + tx + 16 * j;
+        b[j] = bias != nullptr && n < N ? bias[n] : 0.f;
+    }
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int m = m0 + ty * 8 + i, n = n0 + tx + 16 * j;
-            if (m < M && n < N) y[static_cast<size_t>(m) * N + n] = acc[i][j];
+            if (m < M && n < N) y[static_cast<size_t>(m) * N + n] = acc[i][j] + b[j];
         }
 }
 
@@ -202,8 +218,8 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ x, const uns
 
 #define GQMM_ARGS(T)                                                                                     \
     const T *__restrict__ x, const unsigned char *__restrict__ qweight, const T *__restrict__ scales,   \
-        const T *__restrict__ zeros, int M, int N, int K, int G, T *__restrict__ y
-#define GQMM_CALL x, qweight, scales, zeros, M, N, K, G, y
+        const T *__restrict__ zeros, const T *__restrict__ bias, int M, int N, int K, int G, T *__restrict__ y
+#define GQMM_CALL x, qweight, scales, zeros, bias, M, N, K, G, y
 
 #define GQMM_KERNELS(SUFFIX, T, BITS, GEMM)                                                            \
     extern "C" __global__ void __launch_bounds__(128) gqmm_gemv_w##BITS##_##SUFFIX(GQMM_ARGS(T)) {    \

@@ -7,7 +7,12 @@ plugins_cuda/trt_plugins.py when `import tensorrt.plugin` works; when it does no
 `tensorrt` backend parses the ONNX function body instead (as TensorRT-RTX does).
 
 Two tactics, timed by the builder: 1 = gqmm_gemv_* (decode, M <= 8), 2 = gqmm_gemm_*.
-Both are correct for any M. The bias of a Linear stays a separate Add.
+Both are correct for any M. The plugin has five inputs, bias included: TensorRT's Python
+plugins declare a fixed input list (no optional inputs) and AOT kernels receive exactly
+the plugin's inputs, so a node without a bias must be given a zero bias before the
+parser maps it here: `group_quant_matmul.onnx.attach(model, bias_everywhere=True)` (x · Wᵀ
++ 0 is exact and costs one [N] vector per layer), which trt_plugins.for_plugins has to
+call before tagging the nodes. The kernels also accept a null bias (CuPy callers).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def register() -> None:
         qweight: trtp.TensorDesc,
         scales: trtp.TensorDesc,
         zeros: trtp.TensorDesc,
+        bias: trtp.TensorDesc,
         bits: int,
         group_size: int,
     ) -> trtp.TensorDesc:
@@ -51,12 +57,13 @@ def register() -> None:
         return trtp.from_shape_expr(dims, dtype=x.dtype)
 
     @trtp.autotune(PLUGIN_ID)
-    def _tune(x, qweight, scales, zeros, bits: int, group_size: int, outputs):
-        types = "FP16|BF16|FP32, UINT8|UINT8|UINT8, FP16|BF16|FP32, FP16|BF16|FP32, FP16|BF16|FP32"
+    def _tune(x, qweight, scales, zeros, bias, bits: int, group_size: int, outputs):
+        # x, qweight, scales, zeros, bias, y
+        types = "FP16|BF16|FP32, UINT8|UINT8|UINT8, FP16|BF16|FP32, FP16|BF16|FP32, FP16|BF16|FP32, FP16|BF16|FP32"
         return [trtp.AutoTuneCombination(types, "LINEAR", [TACTIC_GEMV, TACTIC_GEMM])]
 
     @trtp.aot_impl(PLUGIN_ID)
-    def _aot(x, qweight, scales, zeros, bits: int, group_size: int, outputs, tactic: int):
+    def _aot(x, qweight, scales, zeros, bias, bits: int, group_size: int, outputs, tactic: int):
         rank = len(x.shape_expr)
         k = x.shape_expr[rank - 1]
         m = x.shape_expr.numel() // k
@@ -69,6 +76,6 @@ def register() -> None:
         else:
             name = f"gqmm_gemm_w{bits}_{suffix[x.dtype]}"
             launch.grid_x, launch.grid_y = trtp.cdiv(n, 64), trtp.cdiv(m, 64)
-        extra = trtp.SymIntExprs(4)  # kernel args: x, qweight, scales, zeros, M, N, K, G, y
+        extra = trtp.SymIntExprs(4)  # kernel args: x, qweight, scales, zeros, bias, M, N, K, G, y
         extra[0], extra[1], extra[2], extra[3] = (trtp.SymInt32(e) for e in (m, n, k, group_size))
         return name, code, launch, extra

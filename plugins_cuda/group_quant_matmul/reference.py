@@ -3,7 +3,10 @@
     y[m, n] = sum_k x[m, k] * W[n, k]  (+ bias[n]),   W[n, k] = (q[n, k] - z[n, g]) * s[n, g],  g = k // G
 
 accumulated in float32 and rounded once to x's dtype; W is rounded to the scales'
-dtype first (what the kernel's dequantisation produces). The layout of q, s and z
+dtype first (what the kernel's dequantisation produces). The optional bias [N] (x's
+dtype) is added to the float32 sum before that single rounding, as the kernel does; the
+ONNX function rounds the product first and then adds (one rounding more, within fp16
+tolerance, and the same order as the MatMul -> Add it replaces). The layout of q, s and z
 is packing.py's. This module re-implements pack/unpack in torch on purpose: the
 tests check both implementations against each other.
 
@@ -62,7 +65,7 @@ def group_quant_matmul(
     group_size: int,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = x · dequant(W)ᵀ (+ bias) for x [..., K]; float32 accumulation, result in x's dtype."""
+    """y = x · dequant(W)ᵀ (+ bias [N]) for x [..., K]; float32 accumulation and bias, one rounding to x's dtype."""
     w = dequantize(unpack(qweight, bits), scales, zeros, group_size)
     y = x.to(torch.float32) @ w.to(torch.float32).T
     if bias is not None:
