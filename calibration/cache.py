@@ -19,7 +19,7 @@ import json
 import math
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from converter.model_io import atomic_path, sha256_model
 
 CACHE_FORMAT = "trtforge-calibration/1"
 _MEMO: dict[tuple, tuple[onnx.ModelProto, Calibration]] = {}
+_REMEMBERED: dict[tuple[str, int], tuple[CalibrationData, Calibration]] = {}
 
 
 @dataclass
@@ -139,6 +140,10 @@ def calibrate(
         return Calibration(
             {n: cal.stats[n] for n in tensors}, cal.key, time.perf_counter() - start, True, cal.samples, cal.shapes, 0
         )
+    if not channels and not gram and not histogram:
+        remembered = _remembered(model, data, tensors)
+        if remembered is not None:
+            return remembered
     key = stats_key(model, data, tensors, what) if cache_dir else ""
     path = Path(cache_dir) / f"calib-{key}.npz" if cache_dir else None
     if path is not None and path.exists():
@@ -159,6 +164,52 @@ def calibrate(
     _MEMO.clear()  # one model's statistics at a time: sensitivity analysis re-asks for subsets of them
     _MEMO[memo_key] = (model, cal)
     return cal
+
+
+def values_fingerprint(model: onnx.ModelProto) -> str:
+    """Hash of what decides every tensor's values: the nodes (in any order), the weights' bytes
+    and the inputs' names and element types; not value_info, node order or file layout, which
+    differ between two exports of one graph."""
+    digest = hashlib.sha256()
+    for node in sorted(n.SerializeToString(deterministic=True) for n in model.graph.node):
+        digest.update(node)
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        digest.update(f"{init.name}|{init.data_type}|{list(init.dims)}".encode())
+        digest.update(onnx.numpy_helper.to_array(init).tobytes())
+    for graph_input in model.graph.input:
+        digest.update(f"{graph_input.name}|{graph_input.type.tensor_type.elem_type}".encode())
+    return digest.hexdigest()
+
+
+def remember(
+    model: onnx.ModelProto,
+    data: CalibrationData,
+    stats: dict[str, TensorStats],
+    samples: int = 0,
+    shapes: list | None = None,
+) -> None:
+    """Hold min/max statistics of `model` known without running it (an exact rewrite's output).
+
+    A later `calibrate(..., histogram=False)` of a model with the same values (this one,
+    or its re-export by the pass manager) over the same data gets them from memory; any
+    other model, data or request still runs the model. One model is held at a time.
+    """
+    minmax_only = {n: replace(s, channel_amax=None, gram=None) for n, s in stats.items()}
+    _REMEMBERED.clear()
+    _REMEMBERED[(values_fingerprint(model), id(data))] = (
+        data,
+        Calibration(minmax_only, "", 0.0, True, samples, shapes or [], 0),
+    )
+
+
+def _remembered(model: onnx.ModelProto, data: CalibrationData, tensors: list[str]) -> Calibration | None:
+    if not _REMEMBERED:
+        return None
+    held = _REMEMBERED.get((values_fingerprint(model), id(data)))
+    if held is None or held[0] is not data or not set(tensors) <= set(held[1].stats):
+        return None
+    cal = held[1]
+    return Calibration({n: cal.stats[n] for n in tensors}, cal.key, 0.0, True, cal.samples, cal.shapes, 0)
 
 
 def write_trt_table(path: str | Path, ranges: dict[str, float], header: str = "TRT-100100-EntropyCalibration2") -> Path:

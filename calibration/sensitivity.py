@@ -24,39 +24,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from converter.ort_session import cpu_session
+
 Feeds = dict[str, np.ndarray]
 Outputs = list[dict[str, np.ndarray]]
 Metric = Callable[[Outputs, Outputs], float]
 
 
-def has_fp8(model: onnx.ModelProto) -> bool:
-    fp8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}
-    return any(i.data_type in fp8 for i in model.graph.initializer)
-
-
-def _fp16_qdq(model: onnx.ModelProto) -> bool:
-    return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) and any(
-        n.op_type == "DequantizeLinear" for n in model.graph.node
-    )
-
-
-def session_options(model: onnx.ModelProto) -> ort.SessionOptions:
-    """CPU session options; fp8 Q/DQ and fp16 Q/DQ graphs run without graph optimizations.
-
-    onnxruntime 1.32's CPU graph optimizations compute some low-precision Q/DQ graphs
-    wrongly: fp8 Q/DQ around Conv (extended level: cosine 0.48 on a two-conv graph) and
-    int8 Q/DQ EfficientNet-Lite0 converted to fp16 (basic level: cosine -0.06); both are
-    right with optimizations off.
-    """
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if has_fp8(model) or _fp16_qdq(model):
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return options
-
-
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"])
+    return cpu_session(model)
 
 
 def run_outputs(model: onnx.ModelProto, feeds: list[Feeds]) -> Outputs:

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from converter.errors import InvalidInputError
+from converter.ort_session import cpu_session
 from converter.recipe import Tolerances
 
 ort.set_default_logger_severity(3)
@@ -74,11 +75,8 @@ class OnnxRunner:
 
     def __init__(self, model: str | Path | onnx.ModelProto, name: str = "onnx"):
         self.name = name
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self.session = cpu_session(model)
         except Exception as exc:  # ORT raises its own exception types
             raise InvalidInputError(f"{name}: onnxruntime cannot load the graph ({str(exc).splitlines()[0]})") from exc
         self.inputs = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}

@@ -14,11 +14,20 @@ are rewritten in place. In FP32 the model is unchanged up to rounding (tested to
 Per-channel |X| maxima come from `ctx.calibration` (streamed, calibration/stats.py).
 Without calibration data, or on graphs with no MatMul weights, the pass changes
 nothing. A MatMul group already reading a SmoothQuant Mul is left alone (idempotent).
+
+One run of the model serves both this pass and the min/max quantization after it: the
+same run also collects min/max of every tensor the Q/DQ placement may quantize, and
+the smoothed model's statistics are handed to the calibration memo
+(`calibration.cache.remember`). Every original tensor keeps its values (the rewrite is
+exact) and the new X / s has |X / s| max = max_j(max|X_j| / s_j), from the per-channel
+maxima, so a following `quantize` with method minmax needs no second run (histogram
+methods still run the smoothed model).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -26,7 +35,10 @@ import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, PassResult
 from passes.pattern_utils import constant_array, constant_of, producer
-from passes.quant_rules import MIN_DIM, excluded
+from passes.quant_rules import MIN_DIM, excluded, place
+
+if TYPE_CHECKING:
+    from calibration.stats import TensorStats
 
 MARK = "/smoothquant/Mul"
 
@@ -81,10 +93,14 @@ class SmoothQuant:
         if ctx.calibration is None:
             result.notes.append("no calibration data (ctx.calibration): nothing smoothed")
             return model, result
-        from calibration.cache import calibrate
+        from calibration.cache import calibrate, remember  # calibration imports converter: keep passes light
 
         names = sorted(groups)
-        cal = calibrate(model, names, ctx.calibration, self.cache_dir, channels=names, histogram=False)
+        later = set(place(graph, weight_only=False, exclude_ops=[], exclude_names=[]).activations)
+        cal = calibrate(
+            model, sorted(later | set(names)), ctx.calibration, self.cache_dir, channels=names, histogram=False
+        )
+        derived: dict[str, TensorStats] = {}
         for name in names:
             stats = cal.stats[name]
             nodes = groups[name]
@@ -93,18 +109,23 @@ class SmoothQuant:
                 for node in nodes:
                     result.reject(node.name, "no finite per-channel statistics for its input")
                 continue
-            self._smooth(graph, x, nodes, stats.channel_amax.astype(np.float64), result)
+            out, inv_scale = self._smooth(graph, x, nodes, stats.channel_amax.astype(np.float64), result)
+            if out is not None:
+                derived[out] = _scaled_stats(out, stats, inv_scale)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return graph_to_model(graph, model), result
+        smoothed = graph_to_model(graph, model)
+        remember(smoothed, ctx.calibration, {**cal.stats, **derived}, samples=cal.samples, shapes=cal.shapes)
+        return smoothed, result
 
     def _smooth(
         self, graph: gs.Graph, x: gs.Tensor, nodes: list[gs.Node], x_amax: np.ndarray, result: PassResult
-    ) -> None:
+    ) -> tuple[str | None, np.ndarray]:
+        """Insert X / s and rescale the weights; returns (the X / s tensor's name, 1 / s)."""
         weights = [np.asarray(constant_array(n.inputs[1]), np.float64) for n in nodes]
         if any(w.shape[0] != len(x_amax) for w in weights):
             for node in nodes:
                 result.reject(node.name, "weight rows differ from the input's last axis")
-            return
+            return None, x_amax
         w_amax = np.max([np.abs(w).max(1) for w in weights], axis=0)
         scale = np.power(np.maximum(x_amax, 1e-5), self.alpha) / np.power(np.maximum(w_amax, 1e-5), 1 - self.alpha)
         scale = np.where((x_amax > 0) & (w_amax > 0), scale, 1.0)
@@ -118,3 +139,15 @@ class SmoothQuant:
             node.inputs[0] = out
             result.count("matmul_smoothed", node.name)
         result.count("smooth_mul_inserted")
+        return out.name, (1.0 / scale).astype(np.float32)
+
+
+def _scaled_stats(name: str, stats: TensorStats, inv_scale: np.ndarray) -> TensorStats:
+    """Min/max statistics of X * inv_scale (per last-axis channel, inv_scale > 0) from X's per-channel maxima.
+
+    Symmetric: quantization reads only max(|min|, |max|), which this gives exactly.
+    """
+    from calibration.stats import TensorStats
+
+    amax = float(np.max(stats.channel_amax.astype(np.float64) * inv_scale))
+    return TensorStats(name, count=stats.count, nonfinite=stats.nonfinite, min=-amax, max=amax)

@@ -75,6 +75,24 @@ def conv_residual(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+def mlp_stack(layers: int = 4, width: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """x[N,16,width] -> layers x (MatMul(W_i) -> Relu): distinct weights, big enough that weights dominate an engine."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}")]
+        nodes += [helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 16, width])],
+        inits,
+    )
+
+
 def feeds_for(model: onnx.ModelProto, batches: int = 4, rows: int = 4, seed: int = 1) -> list[dict[str, np.ndarray]]:
     """Seeded inputs shaped like the graph input (these tests check arithmetic, not task accuracy)."""
     rng = np.random.default_rng(seed)
