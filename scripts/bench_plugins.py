@@ -100,24 +100,40 @@ def bench_gqmm(cp, torch, mod, gpu: str, peak: float | None, quick: bool) -> lis
                 torch_seconds = _time(lambda tx=tx, tw=tw, tb=tb: torch.nn.functional.linear(tx, tw, tb), cp, 50)
                 moved = packed.numel() + scales.numel() * 2 + zeros.numel() + x.numel() * 2 + m * n * 2
                 moved += 0 if bias is None else n * 2
-                results.append(
-                    {
-                        "op": "GroupQuantMatMul",
-                        "shape": {"M": m, "N": n, "K": k, "bits": bits, "group": g},
-                        "path": path,
-                        "bias": bias is not None,
-                        "gpu": gpu,
-                        "max_err": err,
-                        "seconds": seconds,
-                        "torch_seconds": torch_seconds,
-                        "bandwidth_frac": (moved / seconds / peak) if peak else None,
-                    }
-                )
+                shape = {"M": m, "N": n, "K": k, "bits": bits, "group": g}
+                timing = (seconds, torch_seconds, moved, peak)
+                results.append(_row("GroupQuantMatMul", shape, path, gpu, err, *timing, bias=bias is not None))
                 print(
                     f"GroupQuantMatMul w{bits} M={m} N={n} K={k} {path}{' +bias' if bias is not None else ''}: "
                     f"{seconds * 1e6:.1f} us (torch fp16 {torch_seconds * 1e6:.1f} us), max_err {err:.2e}"
                 )
     return results
+
+
+def _row(
+    op: str,
+    shape: dict,
+    path: str,
+    gpu: str,
+    err: float,
+    seconds: float,
+    torch_seconds: float,
+    moved: int,
+    peak: float | None,
+    **extra,
+) -> dict:
+    """One result in the benchmark's output contract; bandwidth as a fraction of the GPU's peak."""
+    return {
+        "op": op,
+        "shape": shape,
+        "path": path,
+        **extra,
+        "gpu": gpu,
+        "max_err": err,
+        "seconds": seconds,
+        "torch_seconds": torch_seconds,
+        "bandwidth_frac": (moved / seconds / peak) if peak else None,
+    }
 
 
 def bench_gla(cp, torch, mod, gpu: str, peak: float | None, quick: bool) -> list[dict]:
@@ -154,23 +170,20 @@ def bench_gla(cp, torch, mod, gpu: str, peak: float | None, quick: bool) -> list
         cuda_in = [x.cuda() for x in tensors]
         torch_seconds = _time(lambda cuda_in=cuda_in: ref.gated_linear_attention(*cuda_in), cp, 3)
         moved = sum(x.numel() * 2 for x in tensors) + (b * h * t * dv + b * h * dk * dv) * 2
-        results.append(
-            {
-                "op": "GatedLinearAttention",
-                "shape": {"B": b, "H": h, "T": t, "Dk": dk, "Dv": dv},
-                "path": path,
-                "gpu": gpu,
-                "max_err": err,
-                "seconds": seconds,
-                "torch_seconds": torch_seconds,
-                "bandwidth_frac": (moved / seconds / peak) if peak else None,
-            }
-        )
+        shape = {"B": b, "H": h, "T": t, "Dk": dk, "Dv": dv}
+        results.append(_row("GatedLinearAttention", shape, path, gpu, err, seconds, torch_seconds, moved, peak))
         print(
             f"GatedLinearAttention B={b} H={h} T={t} {path}: {seconds * 1e6:.1f} us "
             f"(torch recurrence {torch_seconds * 1e6:.1f} us), max_err {err:.2e}"
         )
     return results
+
+
+def _skip(out: str, why: str) -> int:
+    """Nothing measurable here: say why, on stdout and in the JSON (so a comparison sees it), and exit 0."""
+    print(f"bench_plugins: {why}; nothing measured")
+    Path(out).write_text(json.dumps({"gpu": None, "skipped": why, "results": []}, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,17 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ok, why = gpu_status()
     if not ok:
-        print(f"bench_plugins: {why}: the kernels need a CUDA GPU; nothing measured")
-        return 0
+        return _skip(args.out, f"{why}: the kernels need a CUDA GPU")
     try:
         import cupy as cp
         import torch
     except ImportError as exc:
-        print(f"bench_plugins: needs cupy and torch with CUDA on the GPU machine ({exc}); nothing measured")
-        return 0
+        return _skip(args.out, f"needs cupy and torch with CUDA on the GPU machine ({exc})")
     if not torch.cuda.is_available():
-        print("bench_plugins: torch has no CUDA (CPU wheel): install a CUDA build for the baselines; nothing measured")
-        return 0
+        return _skip(args.out, "torch has no CUDA (CPU wheel): install a CUDA build for the baselines")
     gpu = torch.cuda.get_device_name(0)
     peak = _peak_bandwidth(cp, gpu)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,5 @@ def test_bench_script_without_gpu_says_so_and_exits_0(tmp_path):
         text=True,
     )
     assert proc.returncode == 0 and "no GPU" in proc.stdout
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["results"] == [] and "no GPU" in written["skipped"]
