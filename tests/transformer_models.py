@@ -22,7 +22,7 @@ import torch
 
 from converter.backends.base import ShapeProfile
 from converter.decoder_lm import DecoderLM
-from converter.models import ModelSpec
+from converter.models import ModelSpec, sentence_embedding
 from converter.sample_data import stdlib_sentences
 
 
@@ -57,23 +57,7 @@ def tiny_decoder_spec() -> ModelSpec:
     )
 
 
-class SentenceEmbedding(torch.nn.Module):
-    """MiniLM's head: BERT, mean pooling over the attention mask, L2 normalisation."""
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def tiny_bert() -> SentenceEmbedding:
+def tiny_bert() -> torch.nn.Module:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -88,7 +72,7 @@ def tiny_bert() -> SentenceEmbedding:
         attention_probs_dropout_prob=0.0,
     )
     config._attn_implementation = "eager"  # the attention subgraph MiniLM's demo exports
-    return SentenceEmbedding(BertModel(config, add_pooling_layer=False)).eval()
+    return sentence_embedding(BertModel(config, add_pooling_layer=False)).eval()
 
 
 def bert_feeds(num_batches: int, batch_size: int, seq: int = 16, offset: int = 0) -> list[dict[str, np.ndarray]]:
