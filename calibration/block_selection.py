@@ -5,18 +5,18 @@
   over attention sub-layers only (granularity "attention").
 - iterative (FinerCut): remove one unit at a time, each time the one whose removal
   changes the outputs least on the calibration data given what is already removed
-  (re-scored after every removal), over attention and MLP sub-layers separately.
-  Granularity "all" adds whole blocks as candidates: a two-sub-layer move for pre-LN
-  blocks, and for post-LN blocks the block's identity, which differs from removing
-  both sub-layers (that keeps the LayerNorms).
-  With a parameter/FLOP target the step picks the least damage per parameter/FLOP
-  saved, and the least damage among the candidates that complete the target.
+  (re-scored after every removal). By default over whole blocks and attention / MLP
+  sub-layers together (granularity "all": for post-LN blocks the block's identity
+  differs from removing both sub-layers, which keeps the LayerNorms), with a beam of
+  partial sets and a refinement by exchanges (calibration/block_search.py: why the
+  plain greedy step is myopic when units differ in size); `beam=1, refine=False,
+  granularity="sublayer"` is FinerCut's plain greedy search.
 - how much: a count (`remove`), a target fraction of parameters or FLOPs, and/or a
   budget on the validation data (`min_cosine`, `max_ppl_increase`). Every removal set
   a budget accepts has been measured on the validation data, so the result never
   exceeds the budget there; with a budget and no count/target it removes as much as
-  the budget allows (greedy: each step validates the BUDGET_TRIES best-ranked
-  candidates and stops when none of them keeps the budget).
+  the budget allows (one size at a time, until no set of the next size keeps it).
+  Without a budget the validation data only measures the final choice.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from typing import Any
 import onnx
 
 from calibration.block_scores import Costs, Feeds, GatedSession, OutputMetrics, language_model_io
+from calibration.block_search import search
 from passes.drop_blocks import canonical
 from passes.transformer_blocks import BlockGraph, Unit
 
 METHODS = ("oneshot", "iterative")
 GRANULARITIES = ("block", "sublayer", "attention", "mlp", "all")
-BUDGET_TRIES = 4  # per greedy step: validate at most this many of the best-ranked candidates
 
 
 @dataclass
 class DropConfig:
     method: str = "iterative"
-    granularity: str | None = None  # default: block for oneshot, sublayer for iterative; "all" adds blocks
+    granularity: str | None = None  # default: block for oneshot; all (blocks and sub-layers) for iterative
     score: str = "bi"  # oneshot ranking: "bi" | "direct"
     remove: int | None = None
     target_params: float | None = None  # fraction of the model's parameters to remove
@@ -46,6 +46,8 @@ class DropConfig:
     max_ppl_increase: float | None = None  # relative: 0.1 = at most 10 % higher perplexity
     min_cosine: float | None = None  # mean per-sample cosine of the outputs to the original
     metric: str = "auto"  # damage measure: "cosine" | "ppl" | "kl" (auto: ppl for LMs, else cosine)
+    beam: int = 3  # iterative: partial removal sets kept per depth (1: one greedy path, FinerCut)
+    refine: bool = True  # iterative: exchange removed units for kept ones while that lowers the damage
 
     def check(self, is_lm: bool) -> None:
         if self.method not in METHODS:
@@ -54,6 +56,8 @@ class DropConfig:
             raise ValueError(f"granularity '{self.granularity}' not in {GRANULARITIES}")
         if self.score not in ("bi", "direct"):
             raise ValueError(f"score '{self.score}' not in ('bi', 'direct')")
+        if self.beam < 1:
+            raise ValueError(f"beam must be at least 1, got {self.beam}")
         if self.metric not in ("auto", "cosine", "ppl", "kl"):
             raise ValueError(f"metric '{self.metric}' not in ('auto', 'cosine', 'ppl', 'kl')")
         if not is_lm and (self.max_ppl_increase is not None or self.metric in ("ppl", "kl")):
@@ -66,7 +70,7 @@ class DropConfig:
 
     @property
     def units(self) -> str:
-        return self.granularity or ("block" if self.method == "oneshot" else "sublayer")
+        return self.granularity or ("block" if self.method == "oneshot" else "all")
 
     @property
     def has_budget(self) -> bool:
@@ -161,39 +165,9 @@ def oneshot(ev: Evaluator, costs: Costs, units: list[Unit], ranking: dict[str, f
 
 
 def iterative(ev: Evaluator, costs: Costs, units: list[Unit], config: DropConfig) -> Selection:
-    """Greedy removal with re-scoring after every step (FinerCut)."""
-    chosen: list[str] = []
-    steps: list[dict[str, Any]] = []
-    kind = "flops_saved" if config.target_flops is not None else "params_saved"
-    targeted = config.target_params is not None or config.target_flops is not None
-    stopped = "every candidate removed"
-    while True:
-        if _goal(config, costs, chosen):
-            stopped = "goal reached"
-            break
-        candidates = [u.name for u in units if u.name not in chosen]
-        if not candidates:
-            break
-        base, before = ev.damage(chosen), costs.saved(chosen)[kind]
-        scored = []
-        for name in candidates:
-            trial = [*chosen, name]
-            gain = max(costs.saved(trial)[kind] - before, 1e-9)
-            scored.append((name, ev.damage(trial), gain, _goal(config, costs, trial)))
-        if targeted and any(done for *_, done in scored):
-            order = sorted((s for s in scored if s[3]), key=lambda s: s[1])
-        elif targeted:
-            order = sorted(scored, key=lambda s: (s[1] - base) / s[2])
-        else:
-            order = sorted(scored, key=lambda s: s[1])
-        tries = order[:BUDGET_TRIES] if config.has_budget else order[:1]
-        pick = next((s for s in tries if not config.has_budget or ev.within([*chosen, s[0]], config)), None)
-        if pick is None:
-            stopped = "budget: no further removal keeps it"
-            break
-        chosen.append(pick[0])
-        steps.append({"removed": pick[0], "calib_damage": pick[1], "candidates": len(scored)})
-    return Selection("iterative", chosen, stopped, steps)
+    """FinerCut-style search re-scored after every removal (beam and refinement: calibration/block_search.py)."""
+    chosen, stopped, steps = search(ev, costs, units, config)
+    return Selection("iterative", list(chosen.names), stopped, steps)
 
 
 def unit_scores(ev: Evaluator, probe: GatedSession, calib: list[Feeds]) -> dict[str, dict[str, float]]:

@@ -175,7 +175,8 @@ class DropBlocks:
 
     Options (recipe `options:`): `drop` (explicit names, e.g. [block3, attn5]: no data
     needed), else `method` (oneshot | iterative), `granularity` (block | sublayer |
-    attention | mlp | all), `score` (bi | direct, for oneshot), how much: `remove` (count),
+    attention | mlp | all), `score` (bi | direct, for oneshot), `beam` / `refine` (the
+    iterative search's width and exchange refinement), how much: `remove` (count),
     `target_params` / `target_flops` (fractions), budgets `max_ppl_increase`
     (relative) / `min_cosine`, `metric` (auto | cosine | ppl | kl), and the data size
     `batches` x `batch_size` when the data comes from the model's own sample source.
@@ -193,6 +194,8 @@ class DropBlocks:
     max_ppl_increase: float | None = None
     min_cosine: float | None = None
     metric: str = "auto"
+    beam: int = 3
+    refine: bool = True
     batches: int = 4
     batch_size: int = 8
 
@@ -229,6 +232,8 @@ class DropBlocks:
                 max_ppl_increase=self.max_ppl_increase,
                 min_cosine=self.min_cosine,
                 metric=self.metric,
+                beam=self.beam,
+                refine=self.refine,
             )
             selection = select(model, bg, feeds, feeds, config)
             names = selection.removed

@@ -185,13 +185,13 @@ def run_drop_blocks(
     type=click.Choice(["iterative", "oneshot", "attention-only"]),
     default="iterative",
     show_default=True,
-    help="iterative: greedy re-scored sub-layer removal (FinerCut); oneshot: rank once (ShortGPT); "
+    help="iterative: re-scored search over blocks and sub-layers (FinerCut + beam); oneshot: rank once (ShortGPT); "
     "attention-only: oneshot over attention sub-layers by BI.",
 )
 @click.option(
     "--granularity",
     type=click.Choice(["block", "sublayer", "attention", "mlp", "all"]),
-    help="Units to choose from (default: block for oneshot, sublayer for iterative; all = both).",
+    help="Units to choose from (default: block for oneshot, all = blocks and sub-layers for iterative).",
 )
 @click.option("--score", type=click.Choice(["bi", "direct"]), default="bi", show_default=True, help="oneshot ranking.")
 @click.option("--remove", type=int, help="Number of units to remove.")
@@ -202,6 +202,15 @@ def run_drop_blocks(
 )
 @click.option("--min-cosine", type=float, help="Budget: mean output cosine to the original on validation data.")
 @click.option("--metric", type=click.Choice(["auto", "cosine", "ppl", "kl"]), default="auto", show_default=True)
+@click.option(
+    "--beam", type=int, default=3, show_default=True, help="iterative: partial sets kept per step (1 = greedy)."
+)
+@click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="iterative: exchange removed units for kept ones while that lowers the calibration damage.",
+)
 @click.option("--drop", "drop_names", help="Remove exactly these units, e.g. block3,attn5 (no search).")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True)
 @click.option("--load-inputs", type=click.Path(path_type=Path), help="Calibration inputs (.npz).")
@@ -218,7 +227,7 @@ def run_drop_blocks(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def drop_blocks(model, out, method, granularity, score, remove, target_params, target_flops, max_ppl_increase,
-                min_cosine, metric, drop_names, exporter, load_inputs, validation_inputs, calibration_samples,
+                min_cosine, metric, beam, refine, drop_names, exporter, load_inputs, validation_inputs, calibration_samples,
                 validation_samples, batch_size, report_dir, build, shapes, target_gpus, as_json, quiet):  # fmt: skip
     """Remove redundant transformer blocks / sub-layers from MODEL (.onnx, demo or module:factory).
 
@@ -236,8 +245,10 @@ def drop_blocks(model, out, method, granularity, score, remove, target_params, t
     if method == "attention-only":
         method, granularity, score = "oneshot", "attention", score
     config = DropConfig(
-        method, granularity, score, remove, target_params, target_flops, max_ppl_increase, min_cosine, metric
-    )
+        method=method, granularity=granularity, score=score, remove=remove, target_params=target_params,
+        target_flops=target_flops, max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, metric=metric,
+        beam=beam, refine=refine,
+    )  # fmt: skip
     drop = [n.strip() for n in drop_names.split(",") if n.strip()] if drop_names else None
     if not drop:
         try:
