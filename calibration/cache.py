@@ -33,7 +33,7 @@ from converter.model_io import atomic_path, sha256_model
 
 CACHE_FORMAT = "trtforge-calibration/1"
 _MEMO: dict[tuple, tuple[onnx.ModelProto, Calibration]] = {}
-_REMEMBERED: dict[tuple[str, int], tuple[CalibrationData, Calibration]] = {}
+_REMEMBERED: list[tuple[str, CalibrationData, Calibration]] = []  # at most one: (values fingerprint, data, stats)
 
 
 @dataclass
@@ -195,20 +195,17 @@ def remember(
     other model, data or request still runs the model. One model is held at a time.
     """
     minmax_only = {n: replace(s, channel_amax=None, gram=None) for n, s in stats.items()}
-    _REMEMBERED.clear()
-    _REMEMBERED[(values_fingerprint(model), id(data))] = (
-        data,
-        Calibration(minmax_only, "", 0.0, True, samples, shapes or [], 0),
-    )
+    cal = Calibration(minmax_only, "", 0.0, True, samples, shapes or [], 0)
+    _REMEMBERED[:] = [(values_fingerprint(model), data, cal)]
 
 
 def _remembered(model: onnx.ModelProto, data: CalibrationData, tensors: list[str]) -> Calibration | None:
+    """The held statistics if they cover this request; the model is hashed only when data and tensors match."""
     if not _REMEMBERED:
         return None
-    held = _REMEMBERED.get((values_fingerprint(model), id(data)))
-    if held is None or held[0] is not data or not set(tensors) <= set(held[1].stats):
+    fingerprint, held_data, cal = _REMEMBERED[0]
+    if held_data is not data or not set(tensors) <= set(cal.stats) or values_fingerprint(model) != fingerprint:
         return None
-    cal = held[1]
     return Calibration({n: cal.stats[n] for n in tensors}, cal.key, 0.0, True, cal.samples, cal.shapes, 0)
 
 

@@ -109,8 +109,9 @@ class SmoothQuant:
                 for node in nodes:
                     result.reject(node.name, "no finite per-channel statistics for its input")
                 continue
-            out, inv_scale = self._smooth(graph, x, nodes, stats.channel_amax.astype(np.float64), result)
-            if out is not None:
+            smoothed_input = self._smooth(graph, x, nodes, stats.channel_amax.astype(np.float64), result)
+            if smoothed_input is not None:
+                out, inv_scale = smoothed_input
                 derived[out] = _scaled_stats(out, stats, inv_scale)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         smoothed = graph_to_model(graph, model)
@@ -119,13 +120,13 @@ class SmoothQuant:
 
     def _smooth(
         self, graph: gs.Graph, x: gs.Tensor, nodes: list[gs.Node], x_amax: np.ndarray, result: PassResult
-    ) -> tuple[str | None, np.ndarray]:
-        """Insert X / s and rescale the weights; returns (the X / s tensor's name, 1 / s)."""
+    ) -> tuple[str, np.ndarray] | None:
+        """Insert X / s and rescale the weights; returns (the X / s tensor's name, 1 / s), None if rejected."""
         weights = [np.asarray(constant_array(n.inputs[1]), np.float64) for n in nodes]
         if any(w.shape[0] != len(x_amax) for w in weights):
             for node in nodes:
                 result.reject(node.name, "weight rows differ from the input's last axis")
-            return None, x_amax
+            return None
         w_amax = np.max([np.abs(w).max(1) for w in weights], axis=0)
         scale = np.power(np.maximum(x_amax, 1e-5), self.alpha) / np.power(np.maximum(w_amax, 1e-5), 1 - self.alpha)
         scale = np.where((x_amax > 0) & (w_amax > 0), scale, 1.0)
