@@ -5,12 +5,15 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from calibration.cache import calibrate, read_trt_table, write_trt_table
 from calibration.data import check_batch, from_array_folder, from_feeds
 from calibration.observers import amax_entropy, amax_mse, amax_percentile, compute_amax
 from calibration.readers import from_image_folder, from_texts, load_calibration
+from calibration.reduce import lower_bounds, reduction_nodes
 from calibration.stats import BINS, TensorStats, collect_statistics
 from converter.errors import InvalidInputError
 from tests.quant_graphs import attention_like, conv_residual, feeds_for
@@ -108,6 +111,56 @@ def test_in_graph_reductions_match_the_numpy_path():
     feeds[1]["x"][0, 0, 0] = np.inf
     flagged = collect_statistics(model, ["x0"], from_feeds(feeds), histogram=False)
     assert flagged.stats["x0"].nonfinite > 0
+
+
+def test_in_graph_reductions_on_conv_activations_pool_and_use_graph_bounds():
+    model = conv_residual()
+    names = ["c1", "r1", "c2", "res", "logits"]
+    data = from_feeds(feeds_for(model, batches=3, rows=10), "test")  # 10 rows: two reduction runs a batch
+    full = collect_statistics(model, names, data, histogram=True)
+    reduced = collect_statistics(model, names, data, histogram=False)
+    for name in names:
+        a, b = full.stats[name], reduced.stats[name]
+        assert (a.max, a.count, a.amax) == pytest.approx((b.max, b.count, b.amax)), name
+        assert b.min == (0.0 if name == "r1" else pytest.approx(a.min)), name  # Relu output: its bound
+    nodes, plan = reduction_nodes(model, names, set(), 20)
+    ops = {r.name: sorted(n.op_type for n in nodes if n.input and n.input[0] == r.name) for r in plan}
+    # 4-D: max by GlobalMaxPool (onnxruntime's blocked layout), min only where nothing bounds it, no Size (8x8)
+    assert ops == {
+        "c1": ["GlobalMaxPool", "ReduceMin"],
+        "r1": ["GlobalMaxPool"],
+        "c2": ["GlobalMaxPool", "ReduceMin"],
+        "res": ["GlobalMaxPool", "ReduceMin"],
+        "logits": ["ReduceMax", "ReduceMin", "Size"],
+    }
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    for dim, name in zip(dynamic.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W"), strict=True):
+        dim.dim_param = name
+    del dynamic.graph.value_info[:]
+    dynamic = onnx.shape_inference.infer_shapes(dynamic)
+    nodes, plan = reduction_nodes(dynamic, ["r1"], set(), 20)
+    assert [n.op_type for n in nodes] == ["GlobalMaxPool", "Size"] and plan[0].spatial is None
+
+
+def test_lower_bounds_come_from_relu_softmax_and_constant_clip_minima():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["relu"]),
+        helper.make_node("Softmax", ["x"], ["softmax"]),
+        helper.make_node("Clip", ["x", "zero", "six"], ["relu6"]),
+        helper.make_node("Clip", ["x", "minus", "six"], ["clip_negative"]),
+        helper.make_node("Clip", ["x", "", "six"], ["clip_no_min"]),
+        helper.make_node("Constant", [], ["six"], value=numpy_helper.from_array(np.float32(6.0))),
+        helper.make_node("Abs", ["x"], ["abs"]),  # non-negative too, but not a listed op: measured
+    ]
+    inits = [numpy_helper.from_array(np.float32(0.5), "zero"), numpy_helper.from_array(np.float32(-1.0), "minus")]
+    outputs = ["relu", "softmax", "relu6", "clip_negative", "clip_no_min", "abs"]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(o, 1, [2, 4]) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert lower_bounds(model, outputs) == {"relu": 0.0, "softmax": 0.0, "relu6": 0.5}
+    old = helper.make_graph([helper.make_node("Clip", ["x"], ["y"], min=0.0, max=6.0)], "g", [x], [], [])
+    assert lower_bounds(helper.make_model(old, opset_imports=[helper.make_opsetid("", 6)]), ["y"]) == {"y": 0.0}
 
 
 def test_memory_stays_bounded_over_many_batches():
