@@ -28,7 +28,8 @@ is then the maximum alone, exactly. Such activations (ReLU6 outputs feeding ever
 convolution of a MobileNet-style network) are also the largest ones.
 
 Non-finite values: +inf shows in a maximum and -inf in a minimum and are flagged. NaN
-is not reliably seen: onnxruntime's min/max kernels skip NaN unless it comes first.
+is not reliably seen: onnxruntime's ReduceMin/ReduceMax and GlobalMaxPool drop a NaN
+in most positions (measured: seen only first in a reduction, or last in a pool window).
 Graph inputs are checked in numpy (and the calibration readers reject NaN), so only NaN
 produced inside the model can go unflagged here; the histogram path sees every value.
 """

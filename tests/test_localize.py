@@ -49,12 +49,19 @@ def _chain(depth: int = 6) -> onnx.ModelProto:
     nodes, inits, prev = [], [], "x"
     for i in range(depth):
         inits.append(numpy_helper.from_array((rng.standard_normal((8, 8)) / 3).astype(np.float32), f"w{i}"))
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"matmul_{i}"),
-                  helper.make_node("Tanh", [f"m{i}"], [f"t{i}"], name=f"tanh_{i}")]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"matmul_{i}"),
+            helper.make_node("Tanh", [f"m{i}"], [f"t{i}"], name=f"tanh_{i}"),
+        ]
         prev = f"t{i}"
     nodes.append(helper.make_node("Identity", [prev], ["y"], name="out"))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -66,13 +73,19 @@ def plant_bad_qdq(model: onnx.ModelProto, node_name: str, scale: float) -> onnx.
     bad.CopyFrom(model)
     node = next(n for n in bad.graph.node if n.name == node_name)
     src = node.input[0]
-    bad.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "bad_scale"),
-                                  numpy_helper.from_array(np.array(0, np.int8), "bad_zp")])
+    bad.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), "bad_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "bad_zp"),
+        ]
+    )
     index = list(bad.graph.node).index(node)
-    bad.graph.node.insert(index, helper.make_node("DequantizeLinear", [src + "_q", "bad_scale", "bad_zp"],
-                                                  [src + "_dq"], name="bad_dq"))
-    bad.graph.node.insert(index, helper.make_node("QuantizeLinear", [src, "bad_scale", "bad_zp"], [src + "_q"],
-                                                  name="bad_q"))
+    bad.graph.node.insert(
+        index, helper.make_node("DequantizeLinear", [src + "_q", "bad_scale", "bad_zp"], [src + "_dq"], name="bad_dq")
+    )
+    bad.graph.node.insert(
+        index, helper.make_node("QuantizeLinear", [src, "bad_scale", "bad_zp"], [src + "_q"], name="bad_q")
+    )
     node.input[0] = src + "_dq"
     return bad
 
@@ -93,7 +106,10 @@ def test_planted_qdq_error_is_localised_and_attributed(planted):
     assert found.qdq_attribution[0]["quantize"] == "bad_q"
     assert found.qdq_attribution[0]["final_cosine_without_pair"] == pytest.approx(1.0)
     assert found.qdq_attribution[0]["gain"] > 0
-    assert without_qdq(bad, *[n for n in bad.graph.node if n.name in ("bad_q", "bad_dq")]).graph.node[0].op_type == "MatMul"
+    assert (
+        without_qdq(bad, *[n for n in bad.graph.node if n.name in ("bad_q", "bad_dq")]).graph.node[0].op_type
+        == "MatMul"
+    )
 
 
 def test_names_survive_every_fold_pass_and_nothing_diverges():
@@ -112,8 +128,20 @@ def test_cli_localize_json_and_html(tmp_path):
     onnx.save(plant_bad_qdq(model, "matmul_3", 1e-4), str(cand))
     np.savez(tmp_path / "in.npz", x=_feeds(1)[0]["x"])
     html = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["verify", str(ref), str(cand), "--localize", "--json", "--html", str(html),
-                                       "--load-inputs", str(tmp_path / "in.npz")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(ref),
+            str(cand),
+            "--localize",
+            "--json",
+            "--html",
+            str(html),
+            "--load-inputs",
+            str(tmp_path / "in.npz"),
+        ],
+    )
     assert result.exit_code == ExitCode.ACCURACY_FAILED
     report = json.loads(result.output[: result.output.rindex("}") + 1])
     assert [d["node"] for d in report["divergent_layers"][:3]][0] == "matmul_3"
@@ -124,12 +152,16 @@ def test_cli_localize_json_and_html(tmp_path):
 def test_cli_verify_after_each_pass(tmp_path):
     ref = tmp_path / "ref.onnx"
     onnx.save(redundant_graph(), str(ref))
-    result = CliRunner().invoke(main, ["verify", str(ref), "--passes", "cleanup,fold-constants,precision", "--json",
-                                       "--precision", "fp16"])
+    result = CliRunner().invoke(
+        main, ["verify", str(ref), "--passes", "cleanup,fold-constants,precision", "--json", "--precision", "fp16"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert [c["candidate"] for c in report["verification"]] == ["after cleanup", "after fold-constants",
-                                                               "after precision"]
+    assert [c["candidate"] for c in report["verification"]] == [
+        "after cleanup",
+        "after fold-constants",
+        "after precision",
+    ]
     assert report["input"]["samples"]["source"] == "synthetic"
 
 

@@ -130,13 +130,18 @@ def test_precision_saturates_and_reports_out_of_range_constants():
 def test_upgrade_opset_keeps_local_functions_and_custom_domains():
     from onnx import TensorProto, helper
 
-    twice = helper.make_function("trtforge", "Twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])],
-                                 [helper.make_opsetid("", 17)])
-    graph = helper.make_graph([helper.make_node("Twice", ["x"], ["y"], domain="trtforge", name="t")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trtforge", 1)],
-                              functions=[twice])
+    twice = helper.make_function(
+        "trtforge", "Twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])], [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Twice", ["x"], ["y"], domain="trtforge", name="t")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trtforge", 1)], functions=[twice]
+    )
     model.ir_version = 8
     out, _ = run_passes(model, [PassSpec("upgrade-opset")], CTX)
     assert [f.name for f in out.functions] == ["Twice"]

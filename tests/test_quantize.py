@@ -298,9 +298,9 @@ def test_int8_engine_is_smaller_than_the_fp16_engine(tmp_path):
     optimize(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx", [], "fp16")
     config = BuildConfig(profiles={"x": ShapeProfile((1, 16, 512), (4, 16, 512), (8, 16, 512))}, target_gpus=["sm89"])
     size = {
-        name: get_backend("tensorrt-rtx").build(tmp_path / f"{name}.onnx", tmp_path / f"{name}.engine", config).sidecar[
-            "engine_bytes"
-        ]
+        name: get_backend("tensorrt-rtx")
+        .build(tmp_path / f"{name}.onnx", tmp_path / f"{name}.engine", config)
+        .sidecar["engine_bytes"]
         for name in ("fp16", "int8_fp16")
     }
     assert size["int8_fp16"] < 0.8 * size["fp16"], size
