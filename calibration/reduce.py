@@ -13,16 +13,17 @@ read such a tensor in place, any other reader gets a full copy back to NCHW firs
 took 2.5-3.9 s against 1.1 s of plain inference (256 images, 2 cores): the copies and
 two more passes over memory. What follows takes 1.5-1.7 s. For each tensor t:
 
-- 4-D float32: GlobalMaxPool(t), which runs in the blocked layout; the [N, C, 1, 1]
-  maxima come back and numpy takes their maximum. The minimum (ReduceMin, which pays
-  for the copy) only where the graph does not bound t below (next paragraph). The
-  element count is N*C from the maxima times the static spatial size, or Size(t)
-  where a spatial dimension is symbolic.
-- any other float tensor: ReduceMin, ReduceMax and Size, as scalars.
+- 4-D float32 with C, H and W known from shape inference (value_info) and non-zero:
+  GlobalMaxPool(t), which runs in the blocked layout; the [N, C, 1, 1] maxima come back
+  and numpy takes their maximum; the element count is their number times H*W.
+- any other float tensor: ReduceMax and Size, as scalars (GlobalMaxPool rejects empty
+  tensors, and without NCHWc there is nothing to gain).
+- either way ReduceMin (which pays for the copy) only where the graph does not bound t
+  below (next paragraph);
 - channel statistics (SmoothQuant): ReduceMax(Abs(t)) over every axis but the last.
 
 Lower bounds: a tensor produced by Relu, Sigmoid, Softmax or a Clip whose constant
-minimum is lo >= 0 never goes below that bound, and its recorded `min` is the bound
+minimum is lo >= 0 (and whose maximum, if any, is a constant >= lo) never goes below that bound, and its recorded `min` is the bound
 (not the observed minimum): the symmetric range quantization needs, max(|min|, |max|),
 is then the maximum alone, exactly. Such activations (ReLU6 outputs feeding every
 convolution of a MobileNet-style network) are also the largest ones.
@@ -36,7 +37,6 @@ produced inside the model can go unflagged here; the histogram path sees every v
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +70,7 @@ def lower_bounds(model: onnx.ModelProto, names: list[str]) -> dict[str, float]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = node.attribute[0].t
     for node in model.graph.node:
-        if not node.output or node.output[0] not in wanted:
+        if not node.output or node.output[0] not in wanted or node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type in NON_NEGATIVE_OPS:
             bounds[node.output[0]] = 0.0
@@ -82,14 +82,21 @@ def lower_bounds(model: onnx.ModelProto, names: list[str]) -> dict[str, float]:
 
 
 def _clip_minimum(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float | None:
-    for attr in node.attribute:  # opset < 11
-        if attr.name == "min":
-            return float(attr.f)
-    if len(node.input) > 1 and node.input[1] in constants:
-        value = numpy_helper.to_array(constants[node.input[1]])
-        if value.size == 1 and np.isfinite(value).all():
-            return float(value.reshape(()))
-    return None
+    """Clip's lower bound when min is a constant and max is absent or a constant >= min (Clip(x, 2, 1) is 1)."""
+    attrs = {a.name: float(a.f) for a in node.attribute}  # opset < 11
+    if "min" in attrs:
+        return attrs["min"] if attrs.get("max", np.inf) >= attrs["min"] else None
+
+    def scalar(index: int) -> float | None:
+        name = node.input[index] if len(node.input) > index else ""
+        value = numpy_helper.to_array(constants[name]) if name in constants else None
+        return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+    lo, hi = scalar(1), scalar(2)
+    has_max = len(node.input) > 2 and node.input[2] != ""
+    if lo is None or not np.isfinite(lo) or (has_max and (hi is None or hi < lo)):
+        return None
+    return lo
 
 
 def output_name(tensor: str, what: str) -> str:
@@ -104,8 +111,8 @@ class Reduction:
     max: str
     min: str | None  # None: the graph's lower bound `bound` stands for the minimum
     bound: float | None = None
-    size: str | None = None  # None: count = size of the pooled maxima x `spatial`
-    spatial: int | None = None
+    size: str | None = None  # None: count = size of the pooled maxima x `spatial` (H*W)
+    spatial: int = 1
     cmax: str | None = None
 
     @property
@@ -124,21 +131,20 @@ def reduction_nodes(
     types, bounds = _float_types(model, names), lower_bounds(model, names)
     nodes, plan = [], []
     for i, (name, (elem_type, shape)) in enumerate(types.items()):
-        pooled = elem_type == onnx.TensorProto.FLOAT and len(shape) == 4
+        pooled = elem_type == onnx.TensorProto.FLOAT and len(shape) == 4 and all(d != "?" and d > 0 for d in shape[1:])
         r = Reduction(name, output_name(name, "max"), None, bounds.get(name))
         if pooled:
             nodes.append(helper.make_node("GlobalMaxPool", [name], [r.max], name=f"trtforge_calib_pool_{i}"))
-            spatial = shape[2:]
-            if all(isinstance(d, int) and d > 0 for d in spatial):
-                r.spatial = math.prod(spatial)
+            r.spatial = shape[2] * shape[3]
         else:
-            nodes.append(helper.make_node("ReduceMax", [name], [r.max], name=f"trtforge_calib_max_{i}", keepdims=0))
+            r.size = output_name(name, "size")
+            nodes += [
+                helper.make_node("ReduceMax", [name], [r.max], name=f"trtforge_calib_max_{i}", keepdims=0),
+                helper.make_node("Size", [name], [r.size], name=f"trtforge_calib_size_{i}"),
+            ]
         if r.bound is None:
             r.min = output_name(name, "min")
             nodes.append(helper.make_node("ReduceMin", [name], [r.min], name=f"trtforge_calib_min_{i}", keepdims=0))
-        if r.spatial is None:
-            r.size = output_name(name, "size")
-            nodes.append(helper.make_node("Size", [name], [r.size], name=f"trtforge_calib_size_{i}"))
         if name in channels and len(shape) >= 2:
             absolute, r.cmax = f"{name}__trtforge_abs", output_name(name, "cmax")
             nodes.append(helper.make_node("Abs", [name], [absolute], name=f"trtforge_calib_abs_{i}"))

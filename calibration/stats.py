@@ -198,17 +198,33 @@ def _session_from(blob: bytes, threads: int, arena: bool = False) -> ort.Inferen
         ) from exc
 
 
-def _split_rows(feeds: Feeds, rows: int) -> Iterable[Feeds]:
-    total = int(next(iter(feeds.values())).shape[0])
+def _fixed_batch_inputs(model: onnx.ModelProto) -> set[str]:
+    """Inputs whose first dimension is a number: their rows cannot be split into smaller runs."""
+    fixed = set()
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value"):
+            fixed.add(vi.name)
+    return fixed
+
+
+def _split_rows(feeds: Feeds, rows: int, fixed: set[str]) -> Iterable[Feeds]:
+    """Runs of at most `rows` rows; the whole batch when its inputs do not share a splittable first axis
+    (a static batch size, a scalar or a [1, ...] input broadcast over the batch, no inputs at all)."""
+    lengths = {v.shape[0] if v.ndim else None for v in feeds.values()}
+    total = lengths.pop() if len(lengths) == 1 else None
+    if total is None or total <= rows or fixed & feeds.keys():
+        yield feeds
+        return
     for start in range(0, total, rows):
         yield {k: v[start : start + rows] for k, v in feeds.items()}
 
 
 def _plan(
-    model: onnx.ModelProto, names: list[str], feeds: Feeds, budget: float, threads: int
+    model: onnx.ModelProto, names: list[str], feeds: Feeds, budget: float, threads: int, fixed: set[str]
 ) -> tuple[list[list[str]], list[ort.InferenceSession], int]:
     """Run one sample to size the outputs; return tensor groups, their sessions and rows per run."""
-    probe = next(iter(_split_rows(feeds, 1)))
+    probe = next(iter(_split_rows(feeds, 1, fixed)))
     session = _session(model, names, threads)
     sizes = [v.nbytes for v in session.run(names, probe)]
     per_sample = max(sum(sizes), 1)
@@ -252,7 +268,7 @@ def collect_statistics(
         reduced = _session_from(blob, threads, arena=True)
         del blob
     input_names = [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}]
-    budget = budget_mb * (1 << 20)
+    budget, fixed = budget_mb * (1 << 20), _fixed_batch_inputs(model)
     groups: list[list[str]] | None = None
     sessions: list[ort.InferenceSession] = []
     rows_per_run, runs, samples, batches = 1, 0, 0, 0
@@ -275,14 +291,14 @@ def collect_statistics(
             for n in wanted:
                 if n in graph_inputs and n in feeds:
                     stats[n].update(feeds[n], histogram, n in channels, n in gram)
-            for chunk in _split_rows(feeds, REDUCED_ROWS_PER_RUN) if reduced is not None else ():
+            for chunk in _split_rows(feeds, REDUCED_ROWS_PER_RUN, fixed) if reduced is not None else ():
                 fold_reduced(stats, plan, dict(zip(reduced_outputs, reduced.run(reduced_outputs, chunk), strict=True)))
                 runs += 1
             if groups is None and from_graph:  # size one sample's outputs, then plan chunks
-                groups, sessions, rows_per_run = _plan(model, from_graph, feeds, budget, threads)
+                groups, sessions, rows_per_run = _plan(model, from_graph, feeds, budget, threads, fixed)
                 runs += 1
             for group, session in zip(groups or [], sessions, strict=True):
-                for chunk in _split_rows(feeds, rows_per_run):
+                for chunk in _split_rows(feeds, rows_per_run, fixed):
                     values = session.run(group, chunk)
                     runs += 1
                     if pending is not None:

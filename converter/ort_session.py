@@ -44,6 +44,8 @@ def session_options(model: onnx.ModelProto) -> ort.SessionOptions:
 def cpu_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     """A CPU session; a path is loaded by onnxruntime itself (external data stays on disk)."""
     if isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"]
+        )
     structure = onnx.load(str(model), load_external_data=False)  # initializer types only, no weights read
     return ort.InferenceSession(str(model), session_options(structure), providers=["CPUExecutionProvider"])

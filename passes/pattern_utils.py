@@ -152,4 +152,3 @@ def dims_equal(a: Dim | None, b: Dim | None) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
     return isinstance(a, str) and a == b and not a.startswith("?")
-

@@ -111,6 +111,7 @@ def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"pass '{name}': bad options {options} ({exc})") from exc
 
+
 # Quantization (calibrated from PassContext.calibration): SmoothQuant migration, then Q/DQ.
 from passes.quantize import Quantize  # noqa: E402
 from passes.smooth_quant import SmoothQuant  # noqa: E402

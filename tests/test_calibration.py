@@ -139,8 +139,31 @@ def test_in_graph_reductions_on_conv_activations_pool_and_use_graph_bounds():
         dim.dim_param = name
     del dynamic.graph.value_info[:]
     dynamic = onnx.shape_inference.infer_shapes(dynamic)
-    nodes, plan = reduction_nodes(dynamic, ["r1"], set(), 20)
-    assert [n.op_type for n in nodes] == ["GlobalMaxPool", "Size"] and plan[0].spatial is None
+    nodes, plan = reduction_nodes(dynamic, ["r1"], set(), 20)  # H, W symbolic: maybe empty, no pooling
+    assert [n.op_type for n in nodes] == ["ReduceMax", "Size"] and plan[0].size
+
+
+def test_in_graph_reductions_keep_whole_batches_that_cannot_be_split():
+    """A static batch, a [1] input broadcast over the batch and an empty 4-D tensor still calibrate."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16, 4, 5, 5])
+    s = helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [1])
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("lo", [2]), ("hi", [2]), ("ax", [2]))]
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["y"]),
+        helper.make_node("Relu", ["y"], ["r"]),
+        helper.make_node("Slice", ["y", "lo", "hi", "ax"], ["empty"]),  # [16, 4, 0, 5]
+    ]
+    out = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("r", "empty")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, s], out, consts))
+    model = onnx.shape_inference.infer_shapes(model)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((16, 4, 5, 5)).astype(np.float32), "s": np.float32([2.0])} for _ in range(2)]
+    full = collect_statistics(model, ["y", "r", "empty"], from_feeds(feeds, "t"), histogram=True)
+    reduced = collect_statistics(model, ["y", "r", "empty"], from_feeds(feeds, "t"), histogram=False)
+    assert reduced.runs == 2  # one run a batch: the batch size is part of the model
+    for name in ("y", "r"):
+        assert (full.stats[name].max, full.stats[name].count) == (reduced.stats[name].max, reduced.stats[name].count)
+    assert reduced.stats["empty"].count == 0 and reduced.stats["empty"].nonfinite == 0
 
 
 def test_lower_bounds_come_from_relu_softmax_and_constant_clip_minima():
@@ -151,11 +174,13 @@ def test_lower_bounds_come_from_relu_softmax_and_constant_clip_minima():
         helper.make_node("Clip", ["x", "zero", "six"], ["relu6"]),
         helper.make_node("Clip", ["x", "minus", "six"], ["clip_negative"]),
         helper.make_node("Clip", ["x", "", "six"], ["clip_no_min"]),
+        helper.make_node("Clip", ["x", "seven", "six"], ["clip_min_above_max"]),  # all 6: not >= 7
+        helper.make_node("Relu", ["x"], ["custom_relu"], domain="custom"),
         helper.make_node("Constant", [], ["six"], value=numpy_helper.from_array(np.float32(6.0))),
         helper.make_node("Abs", ["x"], ["abs"]),  # non-negative too, but not a listed op: measured
     ]
-    inits = [numpy_helper.from_array(np.float32(0.5), "zero"), numpy_helper.from_array(np.float32(-1.0), "minus")]
-    outputs = ["relu", "softmax", "relu6", "clip_negative", "clip_no_min", "abs"]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("zero", 0.5), ("minus", -1.0), ("seven", 7.0))]
+    outputs = ["relu", "softmax", "relu6", "clip_negative", "clip_no_min", "clip_min_above_max", "custom_relu", "abs"]
     graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(o, 1, [2, 4]) for o in outputs], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     assert lower_bounds(model, outputs) == {"relu": 0.0, "softmax": 0.0, "relu6": 0.5}
