@@ -7,9 +7,10 @@
   batches are kept in memory: a greedy search re-reads them once per candidate.
 - `demo_splits`: calibration and validation sets that do not overlap, for the demos:
   MiniLM gets standard-library docstring sentences (calibration first, validation
-  the following ones); the decoder LM gets windows of its training text for
-  calibration and its held-out text (the split its perplexity is reported on) for
-  validation.
+  the following ones); the decoder LM gets windows of the first half of its held-out
+  text for calibration and of the second half for validation. Not its training text:
+  the LM has partly memorised it (v1: perplexity 2.6-2.9 there, 3.85 held out), and
+  scores measured on memorised text chose removals that generalised worse.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 Feeds = dict[str, np.ndarray]
-LM_CALIBRATION, LM_VALIDATION = "train", "held-out"
+LM_CALIBRATION, LM_VALIDATION = "held-out-a", "held-out-b"
 
 
 def as_feed_list(data: Any) -> list[Feeds] | None:
@@ -115,7 +116,7 @@ def demo_splits(
         return (
             [{"input_ids": calib[i : i + batch_size]} for i in range(0, calib_samples, batch_size)],
             [{"input_ids": val[i : i + batch_size]} for i in range(0, val_samples, batch_size)],
-            f"{seq}-byte windows: {calib_samples} from the training text (calibration), "
-            f"{val_samples} from the held-out text (validation)",
+            f"{seq}-byte windows of the held-out text: {calib_samples} from its first half (calibration), "
+            f"{val_samples} from its second half (validation)",
         )
     raise ValueError(f"no built-in calibration/validation split for '{demo}'")

@@ -11,23 +11,23 @@ held-out split (every 10th module) gives the perplexity that drop-blocks budgets
     trtforge convert decoder-lm                   # the same model as a built-in demo
 
 The weights are cached in $TRTFORGE_CACHE (default ~/.cache/trtforge) as
-decoder_lm_v1.pt; training takes about two minutes on 2 CPU cores.
+decoder_lm_v2.pt; training takes about two minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import functools
 import math
 import os
-import pkgutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-VERSION = "v1"
+VERSION = "v2"  # v2: the text is built in a fresh interpreter (converter/lm_corpus.py)
 CONFIG = {"vocab": 256, "d_model": 128, "layers": 8, "heads": 4, "kv_heads": 2, "ffn": 384, "max_seq": 128}
 TRAIN = {"steps": 900, "batch": 24, "seq": 96, "lr": 3e-3, "seed": 0}
 
@@ -87,27 +87,19 @@ class DecoderLM(torch.nn.Module):
         return self.head(self.ln_f(x))
 
 
+@functools.lru_cache(maxsize=1)
 def corpus() -> tuple[bytes, bytes]:
-    """(train, held-out) bytes: stdlib module docstrings, every 10th module held out."""
-    names = sorted(
-        m.name for m in pkgutil.iter_modules() if m.module_finder.path.endswith(("lib/python3.11", "python3.11"))
-    )
-    names = [
-        n for n in names if not n.startswith("_") and n not in ("antigravity", "this", "idlelib", "tkinter", "turtle")
-    ]
-    train, held = [], []
-    for index, name in enumerate(names):
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # some stdlib modules need optional system libraries
-            continue
-        docs = [inspect.getdoc(module) or ""]
-        for attr in sorted(dir(module))[:200]:
-            if not attr.startswith("_"):
-                docs.append(inspect.getdoc(getattr(module, attr, None)) or "")
-        text = "\n\n".join(d for d in dict.fromkeys(docs) if d and len(d) > 40)
-        (held if index % 10 == 0 else train).append(text)
-    return "\n\n".join(train).encode("utf-8", "ignore"), "\n\n".join(held).encode("utf-8", "ignore")
+    """(train, held-out) bytes: stdlib module docstrings, every 10th module held out.
+
+    Built by converter/lm_corpus.py in a fresh isolated interpreter, so the text does not
+    depend on what this process imported or patched (v1 built it in-process and varied).
+    """
+    script = Path(__file__).with_name("lm_corpus.py")
+    done = subprocess.run([sys.executable, "-I", "-S", str(script)], capture_output=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the decoder LM's text failed: {done.stderr.decode(errors='replace')[-300:]}")
+    train, _, held = done.stdout.partition(b"\0")
+    return train, held
 
 
 def cache_path() -> Path:

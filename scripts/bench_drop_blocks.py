@@ -1,8 +1,9 @@
 """Benchmark block dropping: one-shot Block Influence vs the iterative search vs attention-only.
 
 On MiniLM (embedding cosine to the original model on validation sentences that the
-calibration never saw) and on the decoder LM (perplexity on its held-out text), at
-1, 2, 3 blocks' worth of parameters, in one run. Every method chooses on the
+calibration never saw) and on the decoder LM (perplexity on the second half of its
+held-out text, calibrated on the first half), at 1, 2, 3 blocks' worth of parameters,
+in one run. Every method chooses on the
 calibration data only; the validation data only measures the choice.
 
 - oneshot_bi: ShortGPT, remove the k blocks with the lowest Block Influence;

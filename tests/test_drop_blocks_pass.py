@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -142,3 +143,23 @@ def test_pass_runs_the_iterative_search_with_its_options():
     for options in ({"target_params": 0.3}, {"target_params": 0.3, **greedy}):
         _, records = run_passes(model, [PassSpec("drop-blocks", options)], ctx)
         assert sum(records[0].changed.values()) >= 1 and "iterative: removed" in records[0].notes[0]
+
+
+def test_decoder_lm_text_does_not_depend_on_what_the_process_imported():
+    """v1 built the text in-process: it varied with imported submodules and pytest's patches (sys.stdout...)."""
+    import hashlib
+    import subprocess
+    import sys
+    import unittest.mock  # noqa: F401  (submodules that used to leak into the text)
+    import xml.etree.ElementTree  # noqa: F401
+
+    from converter.decoder_lm import corpus
+
+    here = hashlib.sha256(b"".join(corpus())).hexdigest()
+    code = (
+        "import hashlib; from converter.decoder_lm import corpus; print(hashlib.sha256(b''.join(corpus())).hexdigest())"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent
+    )
+    assert fresh.stdout.strip() == here
