@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -56,19 +55,12 @@ def feeds_for_pass(
     return None, f"the model names no built-in sample data (trtforge.sample_data={source!r})"
 
 
-@functools.lru_cache(maxsize=1)
-def _lm_corpus() -> tuple[bytes, bytes]:
-    from converter.decoder_lm import corpus
-
-    return corpus()
-
-
 def lm_windows(split: str, count: int, seq: int, seed: int) -> np.ndarray:
     """`count` windows of `seq` tokens (bytes) of the decoder LM's text: "train", "held-out",
     or the held-out text's first / second half ("held-out-a" / "held-out-b", disjoint)."""
-    from converter.decoder_lm import windows
+    from converter.decoder_lm import corpus, windows  # corpus() is cached
 
-    train, held = _lm_corpus()
+    train, held = corpus()
     text = {
         "train": train,
         "held-out": held,
