@@ -28,8 +28,8 @@ import onnx
 from calibration.data import CalibrationData
 from calibration.observers import compute_amax
 from calibration.stats import BINS, TensorStats, collect_statistics
-from converter.errors import InvalidInputError
-from converter.model_io import atomic_path, sha256_model
+from converter.core.errors import InvalidInputError
+from converter.core.model_io import atomic_path, sha256_model
 
 CACHE_FORMAT = "trtforge-calibration/1"
 _MEMO: dict[tuple, tuple[onnx.ModelProto, Calibration]] = {}

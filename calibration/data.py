@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.errors import InvalidInputError
+from converter.core.errors import InvalidInputError
 
 Feeds = dict[str, np.ndarray]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

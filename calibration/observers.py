@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.stats import TensorStats
-from converter.errors import InvalidInputError
+from converter.core.errors import InvalidInputError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 FP8_MAX = 448.0

@@ -28,7 +28,7 @@ from calibration.data import (
     from_array_folder,
     input_specs,
 )
-from converter.errors import InvalidInputError
+from converter.core.errors import InvalidInputError
 
 TEXT_SUFFIXES = (".txt",)
 
@@ -47,7 +47,7 @@ def default_tokenizer_dir(model: onnx.ModelProto) -> str | None:
     """The tokenizer of the demo an exported model came from (metadata 'trtforge.source')."""
     source = {p.key: p.value for p in model.metadata_props}.get("trtforge.source", "")
     if source == "minilm":
-        from converter.models import _minilm_folder
+        from converter.demos.models import _minilm_folder
 
         return str(_minilm_folder())
     return None
@@ -168,7 +168,7 @@ def load_calibration(
 def docstring_sentences(count: int, offset: int = 0, min_words: int = 6) -> list[str]:
     """Real English sentences from the docstrings of the whole standard library, deterministic.
 
-    converter.sample_data.stdlib_sentences covers a few modules' first paragraphs
+    converter.demos.sample_data.stdlib_sentences covers a few modules' first paragraphs
     (about 300 sentences); calibration needs more, and a disjoint validation set.
     """
     seen: set[str] = set()

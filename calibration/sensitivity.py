@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from converter.ort_session import cpu_session
+from converter.core.ort_session import cpu_session
 
 Feeds = dict[str, np.ndarray]
 Outputs = list[dict[str, np.ndarray]]

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from calibration.data import CalibrationData, Feeds
 from calibration.reduce import float_ranks, fold_reduced, serialize_with_reductions
-from converter.errors import InvalidInputError
+from converter.core.errors import InvalidInputError
 
 BINS = 2048
 # Rows per run of the in-graph reductions: they read each activation again right after

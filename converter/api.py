@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converter import inspection
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.convert import ConvertResult, convert
-from converter.errors import InvalidInputError
-from converter.export import ExportResult, export_model
-from converter.inputs import SampleInputs, check_against_graph, resolve_inputs
-from converter.localize import localize as localize_layers
-from converter.model_io import atomic_path, load_model, opset_of, save_model
-from converter.models import is_torch_spec, resolve_spec
-from converter.recipe import Recipe, Tolerances
-from converter.verify import (
+from converter.core.errors import InvalidInputError
+from converter.core.model_io import atomic_path, load_model, opset_of, save_model
+from converter.demos.models import is_torch_spec, resolve_spec
+from converter.pipelines import inspection
+from converter.pipelines.convert import ConvertResult, convert
+from converter.pipelines.export import ExportResult, export_model
+from converter.pipelines.recipe import Recipe, Tolerances
+from converter.pipelines.sample_inputs import SampleInputs, check_against_graph, resolve_inputs
+from converter.verification.compare import (
     Comparison,
     EngineRunner,
     OnnxRunner,
@@ -38,6 +37,7 @@ from converter.verify import (
     compare_results,
     skipped,
 )
+from converter.verification.localize import localize as localize_layers
 from passes.base import PassContext
 from passes.manager import PassRecord, PassSpec, run_passes
 
@@ -180,7 +180,7 @@ def verify(
     """Compare each candidate (ONNX or engine) against the reference (torch spec or ONNX) on real inputs.
 
     With `localize`, every ONNX candidate is also compared layer by layer with an ONNX
-    reference (converter/localize.py) to say where its error entered. With `passes`,
+    reference (converter/verification/localize.py) to say where its error entered. With `passes`,
     the ONNX reference is run through those passes and compared after each one.
     """
     if not candidates and not passes:

@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from converter.errors import PassError
+from converter.core.errors import PassError
 from passes.base import PassContext, PassResult
 from passes.graph_utils import is_sorted
 from passes.model_utils import (

@@ -9,40 +9,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from converter.errors import InvalidInputError
+from converter.core.errors import InvalidInputError
+from passes.attention.fuse_attention import FuseAttention
 from passes.base import Pass
-from passes.cleanup import Cleanup
-from passes.constant_fold import ConstantFold
-from passes.dedupe import Dedupe
-from passes.drop_blocks import DropBlocks
-from passes.fold_batchnorm import FoldBatchNorm
-from passes.fold_linear import FoldLinear
-from passes.fold_pad import FoldPad
-from passes.fold_shapes import FoldShapes
-from passes.fuse_attention import FuseAttention
-from passes.fuse_gelu import FuseGelu
-from passes.fuse_group_quant_matmul import FuseGroupQuantMatMul
-from passes.fuse_linear_attention import FuseGatedLinearAttention
-from passes.fuse_norms import FuseNorms
-from passes.precision import ConvertPrecision
-from passes.reparam import Reparameterize
-from passes.upgrade_opset import UpgradeOpset
+from passes.blocks.drop_blocks import DropBlocks
+from passes.custom_ops.gated_linear_attention import GatedLinearAttention
+from passes.custom_ops.group_quant_matmul import GroupQuantMatMul
+from passes.fold.cleanup import Cleanup
+from passes.fold.dedupe import Dedupe
+from passes.fold.fold_batchnorm import FoldBatchNorm
+from passes.fold.fold_constants import FoldConstants
+from passes.fold.fold_linear import FoldLinear
+from passes.fold.fold_pad import FoldPad
+from passes.fold.fold_shapes import FoldShapes
+from passes.fold.fuse_gelu import FuseGelu
+from passes.fold.fuse_norms import FuseNorms
+from passes.fold.reparam import Reparam
+from passes.fold.upgrade_opset import UpgradeOpset
+from passes.precision.precision import Precision
 
 PASSES: dict[str, Callable[..., Pass]] = {
     "cleanup": Cleanup,
-    "fold-constants": ConstantFold,
+    "fold-constants": FoldConstants,
     "fold-shapes": FoldShapes,
     "fold-pad": FoldPad,
     "fold-batchnorm": FoldBatchNorm,
-    "reparam": Reparameterize,
+    "reparam": Reparam,
     "fold-linear": FoldLinear,
     "dedupe": Dedupe,
     "fuse-gelu": FuseGelu,
     "fuse-norms": FuseNorms,
     "upgrade-opset": UpgradeOpset,
-    "precision": ConvertPrecision,
-    "group-quant-matmul": FuseGroupQuantMatMul,
-    "gated-linear-attention": FuseGatedLinearAttention,
+    "precision": Precision,
+    "group-quant-matmul": GroupQuantMatMul,
+    "gated-linear-attention": GatedLinearAttention,
     "fuse-attention": FuseAttention,
     "drop-blocks": DropBlocks,
 }
@@ -113,8 +113,8 @@ def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
 
 
 # Quantization (calibrated from PassContext.calibration): SmoothQuant migration, then Q/DQ.
-from passes.quantize import Quantize  # noqa: E402
-from passes.smooth_quant import SmoothQuant  # noqa: E402
+from passes.quant.quantize import Quantize  # noqa: E402
+from passes.quant.smoothquant import SmoothQuant  # noqa: E402
 
 PASSES["smoothquant"] = SmoothQuant
 PASSES["quantize"] = Quantize

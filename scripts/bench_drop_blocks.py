@@ -8,7 +8,7 @@ calibration data only; the validation data only measures the choice.
 
 - oneshot_bi: ShortGPT, remove the k blocks with the lowest Block Influence;
 - oneshot_direct: the same, ranked by the direct measure (output change if removed);
-- iterative: the search (calibration/block_search.py: blocks and sub-layers, beam of
+- iterative: the search (passes/blocks/search.py: blocks and sub-layers, beam of
   3, refinement by exchanges) for the least calibration damage that saves at least
   oneshot_bi's parameters minus PARAM_TOLERANCE, i.e. the same parameter reduction:
   unit sets with the same weight matrices differ only in biases and LayerNorms (in
@@ -46,15 +46,15 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from calibration.block_data import demo_splits  # noqa: E402
-from calibration.block_scores import Costs, GatedSession  # noqa: E402
-from calibration.block_selection import DropConfig, Evaluator, select, unit_scores  # noqa: E402
 from converter.backends import BuildConfig, get_backend  # noqa: E402
-from converter.export import export_model  # noqa: E402
-from converter.model_io import save_model  # noqa: E402
-from converter.models import resolve_spec  # noqa: E402
-from passes.drop_blocks import canonical, remove_units  # noqa: E402
-from passes.transformer_blocks import BlockGraph, find_blocks  # noqa: E402
+from converter.core.model_io import save_model  # noqa: E402
+from converter.demos.models import resolve_spec  # noqa: E402
+from converter.pipelines.export import export_model  # noqa: E402
+from passes.blocks.data import demo_splits  # noqa: E402
+from passes.blocks.discovery import BlockGraph, find_blocks  # noqa: E402
+from passes.blocks.drop_blocks import canonical, remove_units  # noqa: E402
+from passes.blocks.scores import Costs, GatedSession  # noqa: E402
+from passes.blocks.selection import DropConfig, Evaluator, select, unit_scores  # noqa: E402
 
 MODELS = {
     # name: (metric, levels (blocks' worth), calibration / validation samples; the same with --quick)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from converter.gpu import gpu_status  # noqa: E402
+from converter.core.gpu import gpu_status  # noqa: E402
 
 # Peak DRAM bandwidth (bytes/s) by GPU name, for when the driver does not report clocks.
 PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "L4": 3.0e11}

@@ -48,8 +48,8 @@ from calibration.data import from_array_folder  # noqa: E402
 def worker(args) -> None:
     model = onnx.load(args.model)
     if args.worker == "trtforge":  # the chosen setting's passes alone: statistics, ranges, Q/DQ, save
-        from converter.model_io import save_model
-        from converter.quantize import _passes
+        from converter.core.model_io import save_model
+        from converter.pipelines.quantize import _passes
         from passes.base import PassContext
         from passes.manager import run_passes
 
@@ -192,7 +192,7 @@ def run_modelopt(model: Path, calib: Path, out: Path) -> dict:
 # ----------------------------------------------------------------------------- scoring
 def score(reference: Path, candidate: Path, val: Path) -> dict:
     from calibration.sensitivity import run_outputs, sample_cosines, top1_agreement
-    from converter.quantize import count_qdq
+    from converter.pipelines.quantize import count_qdq
 
     ref_model, cand_model = onnx.load(str(reference)), onnx.load(str(candidate))
     feeds = list(from_array_folder(val, ref_model, batch_size=64))
@@ -237,7 +237,7 @@ BUDGET = {"minilm": 0.002, "efficientnet-lite0": 0.002}  # max 1 - mean cosine o
 
 def trtforge_rows(name: str, folder: Path, fp32: Path, quick: bool, add) -> None:
     """trtforge: choose method and SmoothQuant alpha on a calibration subset, then time the chosen setting alone."""
-    from converter.quantize import quantize
+    from converter.pipelines.quantize import quantize
 
     calib = folder / "calib"
     start = time.perf_counter()

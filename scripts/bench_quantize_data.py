@@ -17,7 +17,7 @@ from calibration.readers import docstring_sentences
 def minilm_data(calib: int, val: int, folder: Path) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from converter.models import _minilm_folder
+    from converter.demos.models import _minilm_folder
 
     tok = AutoTokenizer.from_pretrained(str(_minilm_folder()))
     sentences = docstring_sentences(calib + val)

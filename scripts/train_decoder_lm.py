@@ -1,4 +1,4 @@
-"""Train (or load from cache) the small decoder LM; see converter/decoder_lm.py."""
+"""Train (or load from cache) the small decoder LM; see converter/demos/decoder_lm.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from converter.decoder_lm import TRAIN, cache_path, held_out_windows, load_or_train, perplexity  # noqa: E402
+from converter.demos.decoder_lm import TRAIN, cache_path, held_out_windows, load_or_train, perplexity  # noqa: E402
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from converter.backends.base import ShapeProfile
-from converter.models import ModelSpec
-from converter.sample_data import sample_images
+from converter.demos.models import ModelSpec
+from converter.demos.sample_data import sample_images
 
 
 class TinyConvNet(torch.nn.Module):

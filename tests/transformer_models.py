@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from converter.backends.base import ShapeProfile
-from converter.decoder_lm import DecoderLM
-from converter.models import ModelSpec, sentence_embedding
-from converter.sample_data import stdlib_sentences
+from converter.demos.decoder_lm import DecoderLM
+from converter.demos.models import ModelSpec, sentence_embedding
+from converter.demos.sample_data import stdlib_sentences
 
 
 def text_ids(count: int, length: int, vocab: int, offset: int = 0) -> np.ndarray:
@@ -170,7 +170,7 @@ def hidden_states(module: torch.nn.Module, feeds: dict[str, np.ndarray], input_n
 @functools.cache
 def exported(spec_name: str, exporter: str = "torchscript") -> str:
     """Path of the spec's export with `exporter` (once per test session)."""
-    from converter.export import export_model
+    from converter.pipelines.export import export_model
 
     spec = {"decoder": tiny_decoder_spec, "bert": tiny_bert_spec}[spec_name]()
     folder = Path(tempfile.mkdtemp(prefix="trtforge-blocks-"))

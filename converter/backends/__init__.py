@@ -5,8 +5,8 @@ from __future__ import annotations
 from converter.backends.base import Backend, BuildConfig, EngineArtifact, ShapeProfile, load_sidecar
 from converter.backends.tensorrt import TensorRTBackend
 from converter.backends.tensorrt_rtx import TensorRTRTXBackend
-from converter.errors import BackendUnavailableError, InvalidInputError
-from converter.gpu import gpu_available
+from converter.core.errors import BackendUnavailableError, InvalidInputError
+from converter.core.gpu import gpu_available
 
 BACKENDS = {"tensorrt": TensorRTBackend, "tensorrt-rtx": TensorRTRTXBackend}
 BACKEND_CHOICES = ["auto", *BACKENDS]

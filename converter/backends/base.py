@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from converter.model_io import sha256_file
+from converter.core.model_io import sha256_file
 
 SIDECAR_SUFFIX = ".json"
 

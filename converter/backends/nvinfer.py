@@ -28,9 +28,9 @@ from converter.backends.base import (
     ShapeProfile,
     sidecar_path_for,
 )
-from converter.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
-from converter.gpu import gpu_status
-from converter.model_io import atomic_path, atomic_write_text, sha256_file
+from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
+from converter.core.gpu import gpu_status
+from converter.core.model_io import atomic_path, atomic_write_text, sha256_file
 
 
 def make_logger(trt: ModuleType, verbose: bool = False):

@@ -20,8 +20,8 @@ from typing import Any
 
 from converter.backends.base import BuildConfig
 from converter.backends.nvinfer import NvinferBackend
-from converter.errors import UnsupportedError
-from converter.model_io import atomic_write_bytes
+from converter.core.errors import UnsupportedError
+from converter.core.model_io import atomic_write_bytes
 
 
 class TensorRTBackend(NvinferBackend):

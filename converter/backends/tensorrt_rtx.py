@@ -3,7 +3,7 @@
 `tensorrt-rtx-cu13` (import `tensorrt_rtx`) builds for chosen compute capabilities
 (Turing to Blackwell: sm75, sm80, sm86, sm89, sm120, sm121), several in one engine.
 What it cannot do, by design of TensorRT-RTX:
-- it is strongly typed: precision comes from the graph (see passes/precision.py);
+- it is strongly typed: precision comes from the graph (see passes/precision/precision.py);
 - it has no timing cache (kernels are tuned at run time; a runtime cache lives there);
 - it has no plugin API: trtforge custom ops reach it as ONNX local functions, which
   its parser inlines;
@@ -19,7 +19,7 @@ from typing import Any
 
 from converter.backends.base import BuildConfig
 from converter.backends.nvinfer import NvinferBackend
-from converter.errors import InvalidInputError, UnsupportedError
+from converter.core.errors import InvalidInputError, UnsupportedError
 
 # RTX boxes of the last three generations: Ampere, Ada, Blackwell.
 DEFAULT_TARGETS = ["sm86", "sm89", "sm120"]

@@ -64,7 +64,7 @@ def parallel(q, k, v, g, state) -> tuple[torch.Tensor, torch.Tensor]:
 
 class ParallelGLA(torch.nn.Module):
     """Gated linear attention written the way a model author writes the parallel form
-    (no initial state): what passes/fuse_linear_attention.py recognises after export."""
+    (no initial state): what passes/custom_ops/gated_linear_attention.py recognises after export."""
 
     def forward(self, q, k, v, g):
         log_cum = torch.cumsum(torch.log(g), dim=2)  # [B, H, T, Dk]

@@ -1,6 +1,6 @@
 """Write W4A16/W2A16 weight-only quantization into an ONNX model as blocked DequantizeLinear.
 
-A minimal producer of the pattern passes/fuse_group_quant_matmul.py consumes, for tests,
+A minimal producer of the pattern passes/custom_ops/group_quant_matmul.py consumes, for tests,
 demos and benchmarks: every MatMul whose second input is a float initializer W [K, N]
 becomes MatMul(x, DequantizeLinear(q, scale, zero_point; axis=0, block_size=G)),
 quantized by reference.quantize (group-wise asymmetric min/max, optional refinement).

@@ -1,0 +1,221 @@
+"""Load, validate and save ONNX models; atomic file writes; content hashes.
+
+Why this module exists: every stage reads and writes ONNX, and each one must
+(a) fail with one line naming the file when the input is broken, (b) handle models
+over protobuf's 2 GB limit through external data, and (c) never leave a
+half-written output behind. Writes go to a temporary name in the destination folder
+and are renamed into place, so a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from converter.core.errors import InvalidInputError, ModelLoadError
+
+# protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (engines and weights can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_model(model: onnx.ModelProto) -> str:
+    """Hash of the serialized graph and its weights, independent of file layout."""
+    digest = hashlib.sha256()
+    digest.update(model.graph.SerializeToString(deterministic=True))
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            digest.update(onnx.numpy_helper.to_array(init).tobytes())
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it into place only on success."""
+    final = Path(path)
+    if final.is_dir():
+        raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"{final}: cannot create its folder ({exc.strerror})") from exc
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text (UTF-8) to `path` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """Relative locations of the external-data files a loaded-without-data model refers to."""
+    files: set[str] = set()
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    files.add(entry.value)
+    return sorted(files)
+
+
+def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file, with its external data, or raise ModelLoadError naming the file.
+
+    Checks: the file exists, parses as ONNX, every external-data file it names
+    exists, and the graph has inputs and outputs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.output:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
+    for location in external_data_files(model):
+        if not (path.parent / location).exists():
+            raise ModelLoadError(f"{path}: external data file '{location}' is missing (looked in {path.parent})")
+    if load_weights and external_data_files(model):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"{path}: external data is unreadable or truncated ({str(exc).splitlines()[0]})"
+            ) from exc
+    return model
+
+
+def check_model(model: onnx.ModelProto, name: str = "model") -> None:
+    """Run the ONNX checker; models over 2 GB are checked without their weights."""
+    try:
+        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model)
+        else:
+            stripped = onnx.ModelProto()
+            stripped.CopyFrom(model)
+            for init in stripped.graph.initializer:
+                init.ClearField("raw_data")
+            onnx.checker.check_model(stripped)
+    except onnx.checker.ValidationError as exc:
+        raise ModelLoadError(f"{name}: invalid ONNX graph ({str(exc).splitlines()[0]})") from exc
+
+
+PACKED_BITS = {  # sub-byte types, stored packed
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+    onnx.TensorProto.FLOAT4E2M1: 4,
+    onnx.TensorProto.INT2: 2,
+    onnx.TensorProto.UINT2: 2,
+}
+
+
+def weights_nbytes(model: onnx.ModelProto) -> int:
+    """Bytes held by initializers, from their dims and dtypes: without serialising the
+    model, and without reading `raw_data` (each read copies the whole buffer)."""
+    total = 0
+    for init in model.graph.initializer:
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        if init.data_type in PACKED_BITS:
+            total += -(-count * PACKED_BITS[init.data_type] // 8)
+        else:
+            total += count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    return total
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> Path:
+    """Save atomically; weights go to '<name>.data' beside it when they exceed the threshold.
+
+    With external data two files must appear together, so both are written into a
+    temporary folder beside the destination and renamed into place, data file first.
+    The model passed in is not modified.
+    """
+    final = Path(path)
+    if final.is_dir():
+        raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
+    if weights_nbytes(model) < external_data_threshold:
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(model.SerializeToString(deterministic=True))
+        stale = final.with_name(final.name + ".data")
+        if stale.exists():
+            stale.unlink()
+        return final
+
+    data_name = final.name + ".data"
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(
+            copy,
+            str(staging / final.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=min(1024, external_data_threshold),
+        )
+        if (staging / data_name).exists():
+            os.replace(staging / data_name, final.parent / data_name)
+        os.replace(staging / final.name, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return `path` as a Path or raise InvalidInputError when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such {what}")
+    return path
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset a model imports (0 when it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -1,0 +1,167 @@
+"""Recipe: the written-down form of one conversion (passes, precision, target, tolerances).
+
+A recipe is YAML or JSON (read with yaml.safe_load, which reads both). Every run
+writes the recipe it actually used into its report, so
+`trtforge convert MODEL --recipe report.json` (the `recipe` key is picked out)
+reproduces a result. Unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from converter.backends.base import ShapeProfile
+from converter.core.errors import InvalidInputError
+from passes.manager import PassSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+DEFAULT_PASSES = ["fold"]
+
+# Per precision: elementwise |a - b| <= atol + rtol * |b|, and cosine >= min_cosine.
+DEFAULT_TOLERANCES = {
+    "fp32": {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999},
+    "fp16": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999},
+    "bf16": {"atol": 1e-1, "rtol": 5e-2, "min_cosine": 0.99},
+}
+
+
+@dataclass
+class Tolerances:
+    """Default tolerances, plus optional per-output overrides (Polygraphy's `--atol out:1e-3`)."""
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def for_precision(cls, precision: str, overrides: dict[str, float] | None = None) -> Tolerances:
+        values = dict(DEFAULT_TOLERANCES[precision])
+        values.update({k: float(v) for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
+
+    def for_output(self, name: str) -> Tolerances:
+        """The tolerances that apply to output `name`."""
+        special = self.per_output.get(name)
+        if not special:
+            return self
+        return Tolerances(
+            special.get("atol", self.atol), special.get("rtol", self.rtol), special.get("min_cosine", self.min_cosine)
+        )
+
+
+@dataclass
+class Recipe:
+    passes: list[PassSpec] = field(default_factory=lambda: [PassSpec(n) for n in DEFAULT_PASSES])
+    precision: str = "fp32"
+    backend: str = "auto"
+    target_gpus: list[str] = field(default_factory=list)
+    shapes: dict[str, ShapeProfile] = field(default_factory=dict)
+    exporter: str = "torchscript"
+    opset: int | None = None
+    tolerances: dict[str, float] = field(default_factory=dict)
+    verify_batches: int = 2
+    verify_batch_size: int = 4
+
+    def effective_passes(self) -> list[PassSpec]:
+        """The recipe's passes, plus the precision pass at the end when precision is not fp32."""
+        passes = list(self.passes)
+        if self.precision != "fp32" and not any(p.name == "precision" for p in passes):
+            passes.append(PassSpec("precision", {"target": self.precision}))
+        return passes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passes": [{"name": p.name, "options": p.options} if p.options else p.name for p in self.passes],
+            "precision": self.precision,
+            "backend": self.backend,
+            "target_gpus": list(self.target_gpus),
+            "shapes": {k: v.to_dict() for k, v in self.shapes.items()},
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "tolerances": dict(self.tolerances),
+            "verify_batches": self.verify_batches,
+            "verify_batch_size": self.verify_batch_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        if "recipe" in data and isinstance(data["recipe"], dict):  # a trtforge report
+            data = data["recipe"]
+        known = set(cls().to_dict())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"{source}: unknown key(s) {unknown} (known: {sorted(known)})")
+        recipe = cls()
+        if "passes" in data:
+            if not isinstance(data["passes"], (list, type(None))):
+                raise InvalidInputError(f"{source}: passes must be a list, e.g. [cleanup, fold]")
+            recipe.passes = [_pass_spec(item, source) for item in data["passes"] or []]
+        for key in ("precision", "backend", "exporter"):
+            if key in data:
+                setattr(recipe, key, str(data[key]))
+        _one_of(source, "precision", recipe.precision, PRECISIONS)
+        _one_of(source, "exporter", recipe.exporter, ("torchscript", "dynamo"))
+        _one_of(source, "backend", recipe.backend.replace("_", "-"), ("auto", "tensorrt", "tensorrt-rtx"))
+        if not isinstance(data.get("target_gpus") or [], list):
+            raise InvalidInputError(f"{source}: target_gpus must be a list, e.g. [sm86, sm89]")
+        recipe.target_gpus = [str(t) for t in data.get("target_gpus") or []]
+        recipe.shapes = {k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()}
+        recipe.opset = _number(source, "opset", data.get("opset"), int, 7) if data.get("opset") is not None else None
+        tolerances = data.get("tolerances") or {}
+        bad = sorted(set(tolerances) - {"atol", "rtol", "min_cosine"})
+        if bad:
+            raise InvalidInputError(f"{source}: unknown tolerance(s) {bad}")
+        recipe.tolerances = {k: _number(source, f"tolerances.{k}", v, float, 0.0) for k, v in tolerances.items()}
+        recipe.verify_batches = _number(source, "verify_batches", data.get("verify_batches", 2), int, 1)
+        recipe.verify_batch_size = _number(source, "verify_batch_size", data.get("verify_batch_size", 4), int, 1)
+        return recipe
+
+
+def _one_of(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidInputError(f"{source}: {key} '{value}' not in {allowed}")
+
+
+def _number(source: str, key: str, value: Any, kind: type, minimum: float):
+    """`value` as int/float >= minimum, or a one-line error naming the key."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{source}: {key} must be a number, got {value!r}") from exc
+    if isinstance(value, bool) or number < minimum or (kind is int and number != value):
+        raise InvalidInputError(f"{source}: {key} must be a {kind.__name__} >= {minimum}, got {value!r}")
+    return number
+
+
+def _pass_spec(item: Any, source: str) -> PassSpec:
+    if isinstance(item, str):
+        return PassSpec(item)
+    if isinstance(item, dict) and "name" in item:
+        return PassSpec(str(item["name"]), dict(item.get("options") or {}))
+    raise InvalidInputError(f"{source}: a pass must be a name or {{name, options}}, got {item!r}")
+
+
+def _profile(value: Any, where: str) -> ShapeProfile:
+    try:
+        return ShapeProfile(tuple(value["min"]), tuple(value["opt"]), tuple(value["max"]))
+    except (KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{where}: expected {{min, opt, max}} lists") from exc
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: a recipe must be a mapping")
+    return Recipe.from_dict(data, str(path))

@@ -1,0 +1,111 @@
+"""Where a run's input samples come from, in order of preference.
+
+1. a file the user gives (`--load-inputs x.npz`: one array per input name);
+2. the torch model spec's real sample data (demos: text or photographs);
+3. the ONNX metadata key `trtforge.sample_data`, which `export` writes, naming that
+   same real data for an ONNX file on its own (a built-in demo always; a user
+   `module:factory` only with trust_model_code, since that imports and runs code
+   named by the file);
+4. seeded random data shaped from the graph, reported as "synthetic" so that no
+   accuracy claim rests on noise unawares.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from converter.backends.base import ShapeProfile
+from converter.core.errors import InvalidInputError
+from converter.demos.models import Feeds, ModelSpec, feeds_for_source
+from converter.demos.sample_data import synthetic_feeds
+
+
+@dataclass
+class SampleInputs:
+    feeds: list[Feeds]
+    source: str  # "file:<path>", "demo:<name>", "synthetic"
+
+    @property
+    def count(self) -> int:
+        return sum(len(next(iter(f.values()))) if f else 0 for f in self.feeds)
+
+
+def load_inputs_file(path: str | Path) -> list[Feeds]:
+    """An .npz of input arrays (one batch) -> feeds; errors name the file and the bad array."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such inputs file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InvalidInputError(
+                    f"{path}: expected an .npz archive (one array per input name), got a single array"
+                )
+            feeds = {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from exc
+    if not feeds:
+        raise InvalidInputError(f"{path}: holds no arrays")
+    for name, value in feeds.items():
+        if value.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{path}: input '{name}' has non-numeric dtype {value.dtype}")
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise InvalidInputError(f"{path}: input '{name}' contains NaN or Inf")
+    return [feeds]
+
+
+def check_against_graph(inputs: SampleInputs, model: onnx.ModelProto, where: str) -> None:
+    """Every graph input present with the right rank and static dims."""
+    for value_info in model.graph.input:
+        name = value_info.name
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+        for feeds in inputs.feeds:
+            if name not in feeds:
+                raise InvalidInputError(f"{where}: sample data has no array for input '{name}'")
+            shape = feeds[name].shape
+            if len(shape) != len(dims) or any(d > 0 and d != s for d, s in zip(dims, shape, strict=False)):
+                raise InvalidInputError(
+                    f"{where}: sample '{name}' has shape {list(shape)}, the model expects {dims} (-1 = any)"
+                )
+
+
+def _graph_shapes(model: onnx.ModelProto, profiles: dict[str, ShapeProfile]) -> tuple[dict, dict]:
+    shapes, dtypes = {}, {}
+    for value_info in model.graph.input:
+        tensor_type = value_info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim]
+        shape = profiles[value_info.name].opt if value_info.name in profiles else tuple(d if d > 0 else 1 for d in dims)
+        shapes[value_info.name] = tuple(shape)
+        dtypes[value_info.name] = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    return shapes, dtypes
+
+
+def resolve_inputs(
+    model: onnx.ModelProto | None,
+    spec: ModelSpec | None = None,
+    inputs_file: str | Path | None = None,
+    num_batches: int = 2,
+    batch_size: int = 4,
+    profiles: dict[str, ShapeProfile] | None = None,
+    trust_model_code: bool = False,
+) -> SampleInputs:
+    """Pick the best available sample inputs (see module docstring)."""
+    if inputs_file:
+        return SampleInputs(load_inputs_file(inputs_file), f"file:{inputs_file}")
+    if spec is not None and spec.sample_source != "synthetic":
+        return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
+    if model is not None:
+        source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
+        feeds = feeds_for_source(source, num_batches, batch_size, trust_model_code) if source else None
+        if feeds is not None:
+            return SampleInputs(feeds, source)
+        shapes, dtypes = _graph_shapes(model, profiles or {})
+        return SampleInputs([synthetic_feeds(shapes, dtypes, seed=b) for b in range(num_batches)], "synthetic")
+    if spec is not None:
+        return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
+    raise InvalidInputError("no model to derive sample inputs from")

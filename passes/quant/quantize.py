@@ -1,0 +1,279 @@
+"""Quantize: calibrated Q/DQ for TensorRT (int8 / fp8 W8A8, int4 / int2 weight-only).
+
+A model-level pass (`run_model`): it runs the model in onnxruntime on the
+calibration data of `ctx.calibration` (a calibration.CalibrationData), so it needs
+the whole model, and the weight-only formats need opset 21 (DequantizeLinear with
+block_size). Placement follows TensorRT's rules (passes/quant/rules.py), the number
+formats are in passes/quant/formats.py, activation ranges come from calibration/
+(streamed statistics, one observer per `method`, cached by model and data).
+
+Options: mode (int8 | fp8 | int4-wo | int2-wo), method (minmax | percentile |
+entropy | mse), percentile, exclude_ops, exclude_names (fnmatch patterns),
+include_names, block_size (int4 default 128, int2 default 64), quantize_bmm,
+residual, pooling, cache_dir. Lossy (`exact = False`): the verifier measures what
+it cost.
+
+Mixed precision: with `max_cosine_drop`, the pass scores every quantized layer
+alone on the first `sensitivity_samples` calibration samples
+(calibration/sensitivity.py) and keeps the most sensitive ones in high precision,
+the fewest that bring 1 - mean cosine to the budget; `self.mixed` holds the report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import PassContext, PassResult
+from passes.fold.upgrade_opset import UpgradeOpset, default_opset
+from passes.pattern_utils import constant_array
+from passes.quant.formats import (
+    activation_qdq,
+    block_int4,
+    decoupled_int2,
+    per_channel_fp8,
+    per_channel_int8,
+    weight_dq,
+)
+from passes.quant.rules import Placement, place
+
+MODES = ("int8", "fp8", "int4-wo", "int2-wo")
+LAST_MIXED: Any = None  # the last mixed-precision report (a calibration.sensitivity.MixedPrecision), for the API
+WEIGHT_ONLY = ("int4-wo", "int2-wo")
+BLOCK_OPSET = 21
+FP8_OPSET = 19
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
+
+
+@dataclass
+class Quantize:
+    """Insert Q/DQ (see module docstring)."""
+
+    mode: str = "int8"
+    method: str = "mse"
+    percentile: float = 99.99
+    exclude_ops: list[str] = field(default_factory=list)
+    exclude_names: list[str] = field(default_factory=list)
+    block_size: int | None = None
+    quantize_bmm: bool = True
+    residual: bool = True
+    pooling: bool = True
+    cache_dir: str | None = None
+    budget_mb: float = 128.0
+    include_names: list[str] | None = None
+    max_cosine_drop: float | None = None
+    sensitivity_samples: int = 64
+    name: str = "quantize"
+    exact: bool = False
+    mixed: Any = field(default=None, repr=False, compare=False)  # last MixedPrecision report
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}' not in {MODES}")
+        if self.method not in ("minmax", "percentile", "entropy", "mse"):
+            raise ValueError(f"method '{self.method}' not in minmax, percentile, entropy, mse")
+        self.block_size = self.block_size or (128 if self.mode == "int4-wo" else 64)
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block_size {self.block_size} not in 16, 32, 64, 128, 256")
+
+    @property
+    def weight_only(self) -> bool:
+        return self.mode in WEIGHT_ONLY
+
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        if self.max_cosine_drop is None:
+            return self._quantize(model, ctx)
+        return self._mixed(model, ctx)
+
+    def _mixed(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        from calibration.sensitivity import Evaluator, choose_high_precision
+
+        full, result = replace(self, max_cosine_drop=None)._quantize(model, ctx)
+        weighted = set(_weighted_names(model))
+        layers = [name for name in dict.fromkeys(result.touched) if name in weighted]
+        if ctx.calibration is None or not layers:
+            return full, result
+        feeds, rows = [], 0
+        for batch in ctx.calibration:
+            feeds.append(batch)
+            rows += len(next(iter(batch.values())))
+            if rows >= self.sensitivity_samples:
+                break
+        evaluator = Evaluator(model, feeds)
+
+        def build(include: list[str] | None, exclude: list[str]) -> onnx.ModelProto:
+            variant = replace(
+                self, max_cosine_drop=None, include_names=include, exclude_names=list(self.exclude_names) + exclude
+            )
+            return variant._quantize(model, ctx)[0]
+
+        global LAST_MIXED
+        self.mixed = LAST_MIXED = choose_high_precision(build, layers, evaluator, float(self.max_cosine_drop))
+        if not self.mixed.kept:
+            result.notes.append(f"budget {self.max_cosine_drop}: met with every layer quantized")
+            return full, result
+        final, result = replace(
+            self, max_cosine_drop=None, exclude_names=list(self.exclude_names) + self.mixed.kept
+        )._quantize(model, ctx)
+        result.count("kept_high_precision", n=len(self.mixed.kept))
+        result.notes.append(
+            f"budget {self.max_cosine_drop}: {len(self.mixed.kept)} of {len(layers)} layers kept in high precision, "
+            f"drop {self.mixed.score.drop:.5f} (all quantized: {self.mixed.full_score.drop:.5f}), "
+            f"{self.mixed.evaluations} evaluations"
+        )
+        return final, result
+
+    def _quantize(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        from passes.manager import graph_to_model  # the manager imports the registry, which imports us
+
+        result = PassResult()
+        needed = BLOCK_OPSET if self.weight_only else (FP8_OPSET if self.mode == "fp8" else 0)
+        if default_opset(model) < needed:
+            model, _ = UpgradeOpset(target=needed).run_model(model, ctx)
+            result.count("opset_upgraded")
+        graph = gs.import_onnx(model)
+        plan = place(
+            graph,
+            self.weight_only,
+            list(self.exclude_ops),
+            list(self.exclude_names),
+            self.quantize_bmm,
+            self.residual,
+            self.pooling,
+            self.block_size,
+            self.include_names,
+        )
+        for node_name, why in plan.rejected:
+            result.reject(node_name, why)
+        if not plan.weights and not plan.activations:
+            result.notes.append("nothing to quantize")
+            return model, result
+        ranges, hessians = self._calibrate(model, plan, ctx, result)
+        if ranges is None and not self.weight_only:
+            return model, result
+        self._rewrite_activations(graph, plan, ranges or {}, result)
+        self._rewrite_weights(graph, plan, hessians, result)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        out = graph_to_model(graph, model)
+        return out, result
+
+    # ------------------------------------------------------------------ calibration
+    def _calibrate(self, model, plan: Placement, ctx: PassContext, result: PassResult):
+        """Activation ranges (W8A8) or layer-input Gram matrices (int2); None when no data."""
+        from calibration.cache import calibrate  # calibration imports converter; keep passes light
+
+        data = ctx.calibration
+        if self.weight_only:
+            if self.mode != "int2-wo" or data is None:
+                return None, {}
+            inputs = {site.node.inputs[0].name for site in plan.weights if site.node.op == "MatMul"}
+            cal = calibrate(
+                model,
+                sorted(inputs),
+                data,
+                self.cache_dir,
+                gram=sorted(inputs),
+                budget_mb=self.budget_mb,
+                histogram=False,
+            )
+            result.notes.append(_describe(cal))
+            return None, {n: s.gram for n, s in cal.stats.items() if s.gram is not None}
+        if data is None:
+            for tensor in plan.activations:
+                result.reject(tensor, "no calibration data: activation range unknown")
+            result.notes.append("no calibration data (ctx.calibration): nothing quantized")
+            return None, {}
+        cal = calibrate(
+            model,
+            sorted(plan.activations),
+            data,
+            self.cache_dir,
+            budget_mb=self.budget_mb,
+            histogram=self.method != "minmax",
+        )
+        result.notes.append(_describe(cal))
+        fmt = "fp8" if self.mode == "fp8" else "int8"
+        ranges = cal.ranges(self.method, fmt, self.percentile)
+        self._drop_unquantizable(plan, cal.stats, ranges, result)
+        return ranges, {}
+
+    def _drop_unquantizable(self, plan: Placement, stats, ranges: dict[str, float], result: PassResult) -> None:
+        """Tensors with non-finite values or no range: their readers stay in high precision."""
+        bad = {n for n, s in stats.items() if s.nonfinite or not (ranges.get(n, 0) > 0) or not s.count}
+        if not bad:
+            return
+        dropped = {node.name for n in bad for node, _ in plan.activations[n]}
+        for name in sorted(bad):
+            result.reject(name, "non-finite or all-zero in calibration: left in high precision")
+        for tensor in list(plan.activations):
+            plan.activations[tensor] = [(nd, i) for nd, i in plan.activations[tensor] if nd.name not in dropped]
+            if not plan.activations[tensor]:
+                del plan.activations[tensor]
+        plan.weights = [w for w in plan.weights if w.node.name not in dropped]
+
+    # ------------------------------------------------------------------ rewrites
+    def _rewrite_activations(
+        self, graph: gs.Graph, plan: Placement, ranges: dict[str, float], result: PassResult
+    ) -> None:
+        fmt = "fp8" if self.mode == "fp8" else "int8"
+        qmax = 448.0 if fmt == "fp8" else 127.0
+        for name, readers in plan.activations.items():
+            tensor = plan.tensors[name]
+            nodes, dq_out = activation_qdq(tensor, ranges[name] / qmax, fmt, _safe(name))
+            graph.nodes.extend(nodes)
+            for node, index in readers:
+                node.inputs[index] = dq_out
+                result.touched.append(node.name)
+            result.count("activation_qdq")
+
+    def _rewrite_weights(
+        self, graph: gs.Graph, plan: Placement, hessians: dict[str, np.ndarray], result: PassResult
+    ) -> None:
+        done: dict[tuple[str, int], gs.Variable] = {}
+        for site in plan.weights:
+            const = site.node.inputs[site.index]
+            key = (const.name, site.axis)
+            if key not in done:
+                w = np.asarray(constant_array(const), np.float32)
+                node, done[key] = self._quantize_weight(const.name, w, site, hessians)
+                graph.nodes.append(node)
+            site.node.inputs[site.index] = done[key]
+            result.count("weight_dq", site.node.name)
+
+    def _quantize_weight(self, name: str, w: np.ndarray, site, hessians) -> tuple[gs.Node, gs.Variable]:
+        prefix = _safe(name)
+        if self.mode == "int8":
+            q, scale = per_channel_int8(w, site.axis)
+            return weight_dq(prefix, q, scale, site.axis)
+        if self.mode == "fp8":
+            q, scale = per_channel_fp8(w, site.axis)
+            return weight_dq(prefix, q, scale, site.axis)
+        k_first = w if site.axis == 0 else w.T  # blocks run along K
+        if self.mode == "int4-wo":
+            q, scale = block_int4(k_first, self.block_size)
+        else:
+            hessian = hessians.get(site.node.inputs[0].name) if site.axis == 0 else None
+            q, scale = decoupled_int2(k_first, self.block_size, hessian)
+        if site.axis == 1:
+            q, scale = q.T.copy(), scale.T.copy()
+        return weight_dq(prefix, q, scale, site.axis, self.block_size)
+
+
+def _weighted_names(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+
+
+def _describe(cal) -> str:
+    origin = "from cache" if cal.from_cache else f"{cal.runs} onnxruntime runs"
+    return (
+        f"calibration: {len(cal.stats)} tensors, {cal.samples} samples, {len(cal.shapes)} input shapes, "
+        f"{origin}, {cal.seconds:.2f} s"
+    )
