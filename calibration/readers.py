@@ -29,6 +29,7 @@ from calibration.data import (
     input_specs,
 )
 from converter.core.errors import InvalidInputError
+from converter.core.metadata import SOURCE, metadata_value
 
 TEXT_SUFFIXES = (".txt",)
 
@@ -45,11 +46,11 @@ def _text_lines(files: list[Path]) -> list[str]:
 
 def default_tokenizer_dir(model: onnx.ModelProto) -> str | None:
     """The tokenizer of the demo an exported model came from (metadata 'trtforge.source')."""
-    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.source", "")
+    source = metadata_value(model, SOURCE)
     if source == "minilm":
-        from converter.demos.models import _minilm_folder
+        from converter.demos.models import minilm_folder
 
-        return str(_minilm_folder())
+        return str(minilm_folder())
     return None
 
 

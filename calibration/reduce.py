@@ -43,6 +43,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.core.model_io import opset_of
+
 # ops whose output never goes below 0 (Clip: its constant minimum, when >= 0)
 NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
 
@@ -163,7 +165,7 @@ def serialize_with_reductions(
     model: onnx.ModelProto, names: list[str], channels: set[str]
 ) -> tuple[bytes, list[Reduction]]:
     """The model's bytes with the reduction nodes appended and their outputs as the graph outputs."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    opset = opset_of(model) or 18
     nodes, plan = reduction_nodes(model, names, channels, opset)
     saved_outputs, count = list(model.graph.output), len(model.graph.node)
     model.graph.node.extend(nodes)

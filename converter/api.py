@@ -22,10 +22,10 @@ import onnx
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import atomic_path, load_model, opset_of, save_model
-from converter.demos.models import is_torch_spec, resolve_spec
 from converter.pipelines import inspection
 from converter.pipelines.convert import ConvertResult, convert
 from converter.pipelines.export import ExportResult, export_model
+from converter.pipelines.model_ref import is_torch_spec, resolve_spec
 from converter.pipelines.recipe import Recipe, Tolerances
 from converter.pipelines.sample_inputs import SampleInputs, check_against_graph, resolve_inputs
 from converter.verification.compare import (

@@ -24,6 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from converter.core.errors import PassError
+from converter.core.model_io import opset_of
 from passes.base import PassContext, PassResult
 from passes.graph_utils import is_sorted
 from passes.model_utils import (
@@ -84,10 +85,6 @@ def graph_to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export a graph, keeping the source model's opsets, IR version and metadata, with
     types inferred (for model-level passes that edit a graph of their own)."""
     return infer_types(export_graph(graph, like))
-
-
-def _default_opset(model: onnx.ModelProto) -> int | None:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _initializer_count(graph: gs.Graph) -> int:
@@ -215,7 +212,7 @@ def run_passes(
     counts = (len(model.graph.node), len(model.graph.initializer))
     for spec in specs:
         pass_ = create_pass(spec.name, spec.options)
-        ctx.opset = _default_opset(current.like) or ctx.opset
+        ctx.opset = opset_of(current.like) or ctx.opset
         before, start = counts, time.perf_counter()
         try:
             result, changed = current.run(pass_, ctx)

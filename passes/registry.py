@@ -120,3 +120,9 @@ PASSES["smoothquant"] = SmoothQuant
 PASSES["quantize"] = Quantize
 DESCRIPTIONS["smoothquant"] = "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"
 DESCRIPTIONS["quantize"] = "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"
+
+
+def needs_calibration(names: list[str]) -> bool:
+    """Whether any of the named passes (groups expanded) reads calibration data (PassContext.calibration)."""
+    expanded = expand_groups([(name, {}) for name in names])
+    return any(getattr(PASSES.get(name), "needs_calibration", False) for name, _ in expanded)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.core.model_io import opset_of
 from plugins_cuda import DOMAIN, DOMAIN_VERSION
 
 MIN_OPSET = 15  # CastLike
@@ -48,16 +49,12 @@ class Body:
         return name
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def attach_functions(model: onnx.ModelProto, builders: dict[str, Callable[[int], onnx.FunctionProto]]) -> None:
     """Add the FunctionProto of each trtforge op used in the main graph, and the domain import."""
     used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
     if not used:
         return
-    opset = default_opset(model)
+    opset = opset_of(model)
     have = {(f.domain, f.name) for f in model.functions}
     for name in sorted(used):
         if (DOMAIN, name) not in have and name in builders:
@@ -65,10 +62,3 @@ def attach_functions(model: onnx.ModelProto, builders: dict[str, Callable[[int],
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.ir_version = max(model.ir_version, 10)
-
-
-def all_builders() -> dict[str, Callable[[int], onnx.FunctionProto]]:
-    from plugins_cuda.gated_linear_attention import onnx as gla_onnx
-    from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
-
-    return {gqmm_onnx.OP: gqmm_onnx.function_proto, gla_onnx.OP: gla_onnx.function_proto}

@@ -17,9 +17,9 @@ from calibration.readers import docstring_sentences
 def minilm_data(calib: int, val: int, folder: Path) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from converter.demos.models import _minilm_folder
+    from converter.demos.models import minilm_folder
 
-    tok = AutoTokenizer.from_pretrained(str(_minilm_folder()))
+    tok = AutoTokenizer.from_pretrained(str(minilm_folder()))
     sentences = docstring_sentences(calib + val)
     for name, part in (("calib", sentences[:calib]), ("val", sentences[calib:])):
         (folder / name).mkdir()

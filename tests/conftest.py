@@ -30,7 +30,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory, tiny_onnx) -> Path:
     from converter import api
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
 
     path = tmp_path_factory.mktemp("tiny_engine") / "tiny.engine"
     api.build(tiny_onnx, path, "tensorrt-rtx", resolve_spec(TINY).profiles, ["sm86"])

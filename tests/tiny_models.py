@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from converter.backends.base import ShapeProfile
-from converter.demos.models import ModelSpec
+from converter.core.model_spec import ModelSpec
+from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import sample_images
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converter.backends.base import ShapeProfile
+from converter.core.model_spec import ModelSpec
+from converter.core.profiles import ShapeProfile
 from converter.demos.decoder_lm import DecoderLM
-from converter.demos.models import ModelSpec, sentence_embedding
+from converter.demos.models import sentence_embedding
 from converter.demos.sample_data import stdlib_sentences
 
 

@@ -16,20 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from converter.core.model_io import sha256_file
+from converter.core.profiles import ShapeProfile
 
 SIDECAR_SUFFIX = ".json"
-
-
-@dataclass
-class ShapeProfile:
-    """min/opt/max shapes for one input (an optimization profile entry)."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
 @dataclass

@@ -19,10 +19,12 @@ import numpy as np
 import onnx
 
 from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
+from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import load_model, save_model
-from converter.demos.models import feeds_for_source, is_torch_spec, parse_profiles, resolve_spec, spec_from_metadata
+from converter.core.profiles import parse_profiles
 from converter.pipelines.block_report import bar_chart, print_summary
 from converter.pipelines.export import EXPORTERS, export_model
+from converter.pipelines.model_ref import feeds_for_source, is_torch_spec, resolve_spec, spec_from_metadata
 from converter.pipelines.report import new_report, to_json, write_report
 from converter.pipelines.sample_inputs import load_inputs_file
 from converter.verification.compare import OnnxRunner
@@ -41,7 +43,7 @@ def _data(model: onnx.ModelProto, calib_inputs, val_inputs, calib_samples: int, 
         calib = load_inputs_file(calib_inputs)
         val = load_inputs_file(val_inputs) if val_inputs else calib
         return calib, val, f"calibration {calib_inputs}, validation {val_inputs or 'the same file'}"
-    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
+    source = metadata_value(model, SAMPLE_DATA)
     demo = source.removeprefix("demo:")
     if source.startswith("demo:") and demo in DEMO_SPLITS:
         return demo_splits(demo, calib_samples, val_samples, batch_size)

@@ -29,7 +29,9 @@ from converter.cli.options import (
     trust_option,
 )
 from converter.core.errors import AccuracyError, ExitCode, TrtforgeError
-from converter.demos.models import DEFAULT_DEMO, parse_profiles
+from converter.core.profiles import parse_profiles
+from converter.core.version import __version__
+from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines.export import EXPORTERS
 from converter.pipelines.recipe import PRECISIONS
 from converter.pipelines.report import new_report, print_inspect, write_report
@@ -65,7 +67,7 @@ class TrtforgeGroup(click.Group):
 
 @click.group(cls=TrtforgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.version_option("0.1.0", prog_name="trtforge")
+@click.version_option(__version__, prog_name="trtforge")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """trtforge: PyTorch/ONNX -> optimized ONNX -> TensorRT engine, verified at every stage.

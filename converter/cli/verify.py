@@ -10,7 +10,7 @@ from converter import api
 from converter.backends import BACKEND_CHOICES
 from converter.cli.options import emit, fail_on_accuracy, output_options, shapes_option, summary, trust_option
 from converter.core.errors import InvalidInputError
-from converter.demos.models import parse_profiles
+from converter.core.profiles import parse_profiles
 from converter.pipelines.html_report import write_html
 from converter.pipelines.recipe import PRECISIONS, Tolerances
 from converter.pipelines.report import new_report, write_report

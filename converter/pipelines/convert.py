@@ -20,10 +20,12 @@ import onnx
 
 from converter.backends import BuildConfig, ShapeProfile, get_backend
 from converter.core.errors import InvalidInputError
+from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
-from converter.demos.models import DEFAULT_DEMO, is_torch_spec, resolve_spec, spec_from_metadata
+from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines.export import export_model
 from converter.pipelines.html_report import write_html
+from converter.pipelines.model_ref import is_torch_spec, resolve_spec, spec_from_metadata
 from converter.pipelines.recipe import Recipe, Tolerances, load_recipe
 from converter.pipelines.report import artifact, new_report, write_report
 from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs
@@ -171,9 +173,7 @@ def _convert(
     )
     check_against_graph(sample, source, str(source_path))
     report["input"]["samples"] = {"source": sample.source, "count": sample.count}
-    classify = (
-        spec.task if spec else {p.key: p.value for p in source.metadata_props}.get("trtforge.task")
-    ) == "classification"
+    classify = (spec.task if spec else metadata_value(source, TASK)) == "classification"
 
     ref_label = "torch" if spec else "source.onnx"
     ref_runner = (

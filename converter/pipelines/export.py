@@ -19,11 +19,12 @@ from pathlib import Path
 import onnx
 
 from converter.core.errors import ExportError, InvalidInputError
+from converter.core.metadata import EXPORTER, SAMPLE_DATA, SOURCE, TASK, write_metadata
 from converter.core.model_io import EXTERNAL_DATA_THRESHOLD, load_model, save_model, sha256_file
-from converter.demos.models import ModelSpec
+from converter.core.model_spec import ModelSpec
+from converter.core.version import __version__
 
 EXPORTERS = ("torchscript", "dynamo")
-TRTFORGE_VERSION = "0.1.0"
 
 
 @dataclass
@@ -91,14 +92,6 @@ def _export_dynamo(module, args, spec: ModelSpec, path: Path, opset: int, dynami
     program.save(str(path), external_data=True)
 
 
-def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
-    kept = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in sorted(entries.items()):
-        model.metadata_props.add(key=key, value=value)
-
-
 def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
     """Give graph outputs the spec's names (the dynamo exporter picks its own)."""
     for output, wanted in zip(model.graph.output, names, strict=False):
@@ -152,16 +145,8 @@ def export_model(
         model = load_model(raw)
     if spec.output_names:
         _rename_outputs(model, spec.output_names)
-    model.producer_name, model.producer_version = "trtforge", TRTFORGE_VERSION
-    _set_metadata(
-        model,
-        {
-            "trtforge.source": spec.name,
-            "trtforge.exporter": exporter,
-            "trtforge.sample_data": spec.sample_source,
-            "trtforge.task": spec.task,
-        },
-    )
+    model.producer_name, model.producer_version = "trtforge", __version__
+    write_metadata(model, {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task})
     save_model(model, out_path, external_data_threshold)
     seconds = time.perf_counter() - start
     return ExportResult(
@@ -173,7 +158,3 @@ def export_model(
         external_data=out_path.with_name(out_path.name + ".data").exists(),
         sha256=sha256_file(out_path),
     )
-
-
-def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}

@@ -18,6 +18,7 @@ import onnx
 
 from converter.backends import get_backend, load_sidecar
 from converter.core.errors import InvalidInputError, TrtforgeError
+from converter.core.metadata import read_metadata
 from converter.core.model_io import external_data_files, load_model, weights_nbytes
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -44,7 +45,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         "ir_version": model.ir_version,
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "metadata": {p.key: p.value for p in model.metadata_props},
+        "metadata": read_metadata(model),
         "inputs": [_value_info(v) for v in graph.input],
         "outputs": [_value_info(v) for v in graph.output],
         "num_nodes": len(graph.node),

@@ -26,6 +26,7 @@ from calibration.data import CalibrationData, from_feeds
 from calibration.readers import load_calibration
 from calibration.sensitivity import Evaluator, Metric, run_outputs, sample_cosines, top1_agreement
 from converter.core.errors import InvalidInputError
+from converter.core.metadata import SAMPLE_DATA, TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
 from converter.demos.models import DEMOS
 from passes.base import PassContext
@@ -59,9 +60,9 @@ def _source_model(model: str, work: Path, log: Log) -> Path:
 
 def sample_calibration(model: onnx.ModelProto, batches: int, batch_size: int, skip: int = 0) -> CalibrationData | None:
     """The model's own real sample data (ONNX metadata 'trtforge.sample_data' naming a demo), or None."""
-    from converter.demos.models import feeds_for_source
+    from converter.pipelines.model_ref import feeds_for_source
 
-    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
+    source = metadata_value(model, SAMPLE_DATA)
     feeds = feeds_for_source(source, skip + batches, batch_size) if source else None
     return from_feeds(feeds[skip:], source) if feeds else None
 
@@ -144,7 +145,7 @@ def quantize(
         if block_size:
             options["block_size"] = block_size
         report: dict[str, Any] = {"model": str(model), "mode": mode, "calibration": None}
-        task = {p.key: p.value for p in source.metadata_props}.get("trtforge.task")
+        task = metadata_value(source, TASK)
         metric = metric or (classification_drop if task == "classification" else None)
         evaluator = None
         alpha, chosen, start = None, ("minmax" if method == "auto" else method), time.perf_counter()

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from converter.backends.base import ShapeProfile
 from converter.core.errors import InvalidInputError
+from converter.core.profiles import ShapeProfile
 from passes.manager import PassSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from converter.core.model_io import atomic_write_text, sha256_file
-from converter.pipelines.export import TRTFORGE_VERSION
+from converter.core.version import __version__
 
 REPORT_FORMAT = "trtforge-report/1"
 
@@ -31,7 +31,7 @@ def artifact(path: str | Path, kind: str) -> dict[str, Any]:
 def new_report(command: str) -> dict[str, Any]:
     return {
         "format": REPORT_FORMAT,
-        "trtforge_version": TRTFORGE_VERSION,
+        "trtforge_version": __version__,
         "command": command,
         "environment": {"python": sys.version.split()[0], "platform": platform.platform()},
         "stages": {},

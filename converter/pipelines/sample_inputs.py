@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.backends.base import ShapeProfile
 from converter.core.errors import InvalidInputError
-from converter.demos.models import Feeds, ModelSpec, feeds_for_source
+from converter.core.metadata import SAMPLE_DATA, metadata_value
+from converter.core.model_spec import Feeds, ModelSpec
+from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import synthetic_feeds
+from converter.pipelines.model_ref import feeds_for_source
 
 
 @dataclass
@@ -100,7 +102,7 @@ def resolve_inputs(
     if spec is not None and spec.sample_source != "synthetic":
         return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
     if model is not None:
-        source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
+        source = metadata_value(model, SAMPLE_DATA)
         feeds = feeds_for_source(source, num_batches, batch_size, trust_model_code) if source else None
         if feeds is not None:
             return SampleInputs(feeds, source)

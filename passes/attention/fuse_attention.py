@@ -154,10 +154,11 @@ class FuseAttention:
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         """Upgrade the opset first when there is something to fuse and the model is older than 23."""
-        from passes.fold.upgrade_opset import UpgradeOpset, default_opset
+        from converter.core.model_io import opset_of
+        from passes.fold.upgrade_opset import UpgradeOpset
         from passes.manager import graph_to_model, infer_types  # the manager imports the registry, which imports us
 
-        ctx.opset = default_opset(model) or ctx.opset
+        ctx.opset = opset_of(model) or ctx.opset
         before = ctx.opset
         graph = gs.import_onnx(model)
         if before < ATTENTION_OPSET and self.upgrade_opset:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from converter.core.metadata import SAMPLE_DATA, metadata_value
+
 Feeds = dict[str, np.ndarray]
 LM_CALIBRATION, LM_VALIDATION = "held-out-a", "held-out-b"
 
@@ -45,9 +47,9 @@ def feeds_for_pass(
     feeds = as_feed_list(calibration)
     if feeds:
         return feeds, "the recipe's calibration data"
-    from converter.demos.models import feeds_for_source
+    from converter.pipelines.model_ref import feeds_for_source
 
-    source = {p.key: p.value for p in model.metadata_props}.get("trtforge.sample_data", "")
+    source = metadata_value(model, SAMPLE_DATA)
     if source.startswith("demo:"):
         found = feeds_for_source(source, batches, batch_size)
         if found:
@@ -73,9 +75,9 @@ def lm_windows(split: str, count: int, seq: int, seed: int) -> np.ndarray:
 def minilm_batches(sentences: list[str], batch_size: int, max_length: int = 128) -> list[Feeds]:
     from transformers import AutoTokenizer
 
-    from converter.demos.models import _minilm_folder
+    from converter.demos.models import minilm_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(_minilm_folder()))
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     batches = []
     for start in range(0, len(sentences), batch_size):
         enc = tokenizer(

@@ -28,11 +28,12 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
+from converter.core.metadata import DROPPED_BLOCKS, read_metadata, write_metadata
 from passes.base import PassContext, PassResult
 from passes.blocks.discovery import BlockGraph, Unit, find_blocks
 
 GATE_PREFIX = "trtforge_keep_"
-METADATA_KEY = "trtforge.drop_blocks"
+METADATA_KEY = DROPPED_BLOCKS
 
 
 def plan(bg: BlockGraph, names: Iterable[str]) -> list[Unit]:
@@ -128,17 +129,10 @@ def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -
     values = [v for v in graph.value_info if v.name in used]
     del graph.value_info[:]
     graph.value_info.extend(values)
-    entries = {p.key: p.value for p in out.metadata_props}
+    entries = read_metadata(out)
     previous = [x for x in entries.get(METADATA_KEY, "").split(",") if x]
-    _set_metadata(out, METADATA_KEY, ",".join(previous + [u.name for u in units]))
+    write_metadata(out, {METADATA_KEY: ",".join(previous + [u.name for u in units])})
     return out
-
-
-def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    kept = [p for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=key, value=value)
 
 
 def gated_model(model: onnx.ModelProto, units: list[Unit], expose: Iterable[str] = ()) -> onnx.ModelProto:
@@ -183,6 +177,7 @@ class DropBlocks:
     """
 
     name: str = "drop-blocks"
+    needs_calibration = True
     exact: bool = False
     drop: list[str] = field(default_factory=list)
     method: str = "iterative"
@@ -207,7 +202,7 @@ class DropBlocks:
         from passes.blocks.selection import DropConfig, select
 
         result = PassResult()
-        entries = {p.key: p.value for p in model.metadata_props}
+        entries = read_metadata(model)
         if METADATA_KEY in entries:
             result.notes.append(f"already applied (removed {entries[METADATA_KEY]}): nothing more removed")
             return model, result

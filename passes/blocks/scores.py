@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from converter.core.metadata import TASK, metadata_value
 from passes.blocks.discovery import BlockGraph
 from passes.blocks.drop_blocks import GATE_PREFIX, gated_model, live, plan, substitutions
 
@@ -44,7 +45,7 @@ class LanguageModelIO:
 
 def language_model_io(model: onnx.ModelProto) -> LanguageModelIO | None:
     """Token input and logits output when the metadata says the model is a language model."""
-    task = {p.key: p.value for p in model.metadata_props}.get("trtforge.task", "")
+    task = metadata_value(model, TASK)
     if task != "language-model":
         return None
     ints = [

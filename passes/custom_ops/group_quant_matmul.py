@@ -34,11 +34,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from converter.core.model_io import opset_of
 from passes.base import PassContext, PassResult
 from plugins_cuda import DOMAIN
 from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
 from plugins_cuda.group_quant_matmul.packing import SUPPORTED_GROUPS, pack
-from plugins_cuda.onnx_common import MIN_OPSET, default_opset
+from plugins_cuda.onnx_common import MIN_OPSET
 
 CODE_TYPES = {
     TensorProto.UINT4: 4,
@@ -124,7 +125,7 @@ class GroupQuantMatMul:
             matches.append(_Match(node, src, transpose))
         if not matches:
             return False
-        opset = default_opset(model)
+        opset = opset_of(model)
         if opset < MIN_OPSET:
             for m in matches:
                 result.reject(m.matmul.name, f"opset {opset} < {MIN_OPSET}: run upgrade-opset first")

@@ -23,12 +23,9 @@ from typing import ClassVar
 import onnx
 import onnx.version_converter
 
+from converter.core.model_io import opset_of
 from passes.base import PassContext, PassResult
 from passes.model_utils import is_large, without_large_weights
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 @dataclass
@@ -44,7 +41,7 @@ class UpgradeOpset:
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
-        current = default_opset(model)
+        current = opset_of(model)
         if current >= self.target:
             result.notes.append(f"opset {current} >= {self.target}: unchanged")
             return model, result

@@ -29,8 +29,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from converter.core.model_io import opset_of
 from passes.base import PassContext, PassResult
-from passes.fold.upgrade_opset import UpgradeOpset, default_opset
+from passes.fold.upgrade_opset import UpgradeOpset
 from passes.pattern_utils import constant_array
 from passes.quant.formats import (
     activation_qdq,
@@ -72,6 +73,7 @@ class Quantize:
     max_cosine_drop: float | None = None
     sensitivity_samples: int = 64
     name: str = "quantize"
+    needs_calibration = True
     exact: bool = False
     mixed: Any = field(default=None, repr=False, compare=False)  # last MixedPrecision report
 
@@ -136,7 +138,7 @@ class Quantize:
 
         result = PassResult()
         needed = BLOCK_OPSET if self.weight_only else (FP8_OPSET if self.mode == "fp8" else 0)
-        if default_opset(model) < needed:
+        if opset_of(model) < needed:
             model, _ = UpgradeOpset(target=needed).run_model(model, ctx)
             result.count("opset_upgraded")
         graph = gs.import_onnx(model)

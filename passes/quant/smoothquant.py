@@ -75,6 +75,7 @@ class SmoothQuant:
     exclude_names: tuple[str, ...] | list[str] = ()
     cache_dir: str | None = None
     name: str = "smoothquant"
+    needs_calibration = True
     exact: bool = True
 
     def __post_init__(self) -> None:

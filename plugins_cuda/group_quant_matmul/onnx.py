@@ -30,8 +30,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from converter.core.model_io import opset_of
 from plugins_cuda import DOMAIN, DOMAIN_VERSION
-from plugins_cuda.onnx_common import MIN_OPSET, Body, default_opset
+from plugins_cuda.onnx_common import MIN_OPSET, Body
 
 OP = "GroupQuantMatMul"
 INPUTS = ["x", "qweight", "scales", "zeros", "bias"]  # bias optional
@@ -135,7 +136,7 @@ def attach(model: onnx.ModelProto, bias_everywhere: bool = False) -> None:
             del node.input[4:]  # drop a trailing "" (TensorRT-RTX rejects empty function inputs)
     keep = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, OP)]
     del model.functions[:]
-    model.functions.extend([*keep, function_proto(default_opset(model), bias=with_bias)])
+    model.functions.extend([*keep, function_proto(opset_of(model), bias=with_bias)])
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.ir_version = max(model.ir_version, 10)

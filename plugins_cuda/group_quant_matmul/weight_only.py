@@ -17,8 +17,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from converter.core.model_io import opset_of
 from plugins_cuda.group_quant_matmul.reference import QuantizedWeight, quantize
-from plugins_cuda.onnx_common import default_opset
 
 
 def quantize_matmul_weights(
@@ -29,7 +29,7 @@ def quantize_matmul_weights(
     min_elements: int = 0,
 ) -> tuple[onnx.ModelProto, dict[str, QuantizedWeight]]:
     """(a copy of `model` with MatMul weights quantized, {weight name: its quantization})."""
-    opset = default_opset(model)
+    opset = opset_of(model)
     if opset < 21:
         raise ValueError(f"blocked DequantizeLinear needs opset >= 21 (model has {opset}): upgrade it first")
     out = onnx.ModelProto()

@@ -260,10 +260,10 @@ def test_text_reader_tokenizes_per_batch_with_varying_lengths():
         [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", "S"])],
         [],
     )
-    from converter.demos.models import _minilm_folder
+    from converter.demos.models import minilm_folder
 
     texts = ["A short line.", "A much longer sentence with many more words in it than the first one."] * 3
-    data = from_texts(texts, model, _minilm_folder(), batch_size=2, max_length=16)
+    data = from_texts(texts, model, minilm_folder(), batch_size=2, max_length=16)
     batches = list(data)
     assert data.count == 6 and len(batches) == 3
     assert set(batches[0]) == {"input_ids", "attention_mask"} and batches[0]["input_ids"].dtype == np.int64

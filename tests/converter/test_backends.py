@@ -39,7 +39,7 @@ def test_rtx_builds_engine_with_sidecar(tiny_engine, tiny_onnx):
 
 
 def test_rtx_builds_several_targets_in_one_engine(tmp_path, tiny_onnx):
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
 
     art = api.build(
         tiny_onnx,

@@ -43,7 +43,7 @@ def test_efficientnet_lite0_classifies_real_photos(tmp_path):
 
 
 def test_minilm_dynamo_export_matches_torch(tmp_path):
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
     from converter.verification.compare import OnnxRunner
 
     spec = resolve_spec("minilm")

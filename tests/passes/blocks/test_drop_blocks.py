@@ -106,8 +106,8 @@ def test_cli_on_a_graph_without_blocks_exits_unsupported(tmp_path):
 # --------------------------------------------------------------------------- real models
 @pytest.mark.slow
 def test_minilm_block_and_sublayer_removal_match_torch(tmp_path):
-    from converter.demos.models import resolve_spec
     from converter.pipelines.export import export_model
+    from converter.pipelines.model_ref import resolve_spec
 
     spec = resolve_spec("minilm")
     model = onnx.load(export_model(spec, tmp_path / "m.onnx").path)
@@ -120,8 +120,8 @@ def test_minilm_block_and_sublayer_removal_match_torch(tmp_path):
 
 @pytest.mark.slow
 def test_decoder_lm_removal_matches_torch_and_budget_holds(tmp_path):
-    from converter.demos.models import resolve_spec
     from converter.pipelines.export import export_model
+    from converter.pipelines.model_ref import resolve_spec
     from passes.blocks.data import demo_splits
 
     spec = resolve_spec("decoder-lm")

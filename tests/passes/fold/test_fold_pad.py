@@ -235,7 +235,7 @@ def test_efficientnet_lite0_same_padding_folds(tmp_path):
     """The real case: 17 'same' Pad nodes whose pads come from a shape subgraph."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
-    from converter.demos.models import resolve_spec
+    from converter.pipelines.model_ref import resolve_spec
 
     spec = resolve_spec("efficientnet-lite0")
     path = tmp_path / "eff.onnx"

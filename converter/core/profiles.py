@@ -1,0 +1,51 @@
+"""Input shapes and optimization profiles, and the `--shapes` syntax that names them.
+
+`name:1x8/4x128/16x256` is trtexec's and Polygraphy's min/opt/max form; `name:1x128` a
+static shape. Every command and the API parse shapes here, so the syntax and its
+one-line errors are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from converter.core.errors import InvalidInputError
+
+
+@dataclass
+class ShapeProfile:
+    """min/opt/max shapes for one input (an optimization profile entry)."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1x3x224x224' -> (1, 3, 224, 224)."""
+    if not re.fullmatch(r"\d{1,9}(x\d{1,9})*", text.strip()):
+        raise InvalidInputError(f"bad shape '{text}': expected positive dims joined by 'x', e.g. 1x3x224x224")
+    dims = tuple(int(d) for d in text.strip().split("x"))
+    if 0 in dims:
+        raise InvalidInputError(f"bad shape '{text}': dims must be at least 1")
+    return dims
+
+
+def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile]:
+    """'name:1x8/4x128/16x256' (min/opt/max) or 'name:1x128' (static) -> profiles."""
+    profiles: dict[str, ShapeProfile] = {}
+    for item in items:
+        name, sep, dims = item.rpartition(":")
+        if not sep or not name:
+            raise InvalidInputError(f"--shapes '{item}': expected NAME:MIN/OPT/MAX or NAME:SHAPE")
+        parts = [parse_shape(p) for p in dims.split("/")]
+        if len(parts) == 1:
+            parts *= 3
+        if len(parts) != 3 or len({len(p) for p in parts}) != 1:
+            raise InvalidInputError(f"--shapes '{item}': need one shape or three of equal rank (min/opt/max)")
+        profiles[name] = ShapeProfile(*parts)
+    return profiles

@@ -1,0 +1,134 @@
+"""The model argument of every command: a built-in demo, a `module:factory` spec or an ONNX file.
+
+A user factory is imported and called here only: a spec on the command line means the
+user asked for that code to run; a spec named by an ONNX file's metadata is imported
+only with `trust_model_code` (a file must not make trtforge run code by itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.core.errors import InvalidInputError
+from converter.core.metadata import SOURCE, metadata_value
+from converter.core.model_spec import Feeds, ModelSpec
+from converter.core.profiles import ShapeProfile
+from converter.demos.models import DEMOS
+from converter.demos.sample_data import synthetic_feeds
+
+
+def _import_factory(spec: str) -> Callable[[], Any]:
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInputError(f"model spec '{spec}': cannot import module '{module_name}' ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InvalidInputError(f"model spec '{spec}': '{attr}' is not a callable in {module_name}")
+    return factory
+
+
+def _call_factory(spec: str) -> Any:
+    """Import and call a 'module:factory'; its failures become one-line input errors."""
+    factory = _import_factory(spec)
+    try:
+        return factory()
+    except Exception as exc:  # user code: any exception is the user's model failing to build
+        raise InvalidInputError(f"model spec '{spec}': the factory raised {type(exc).__name__}: {exc}") from exc
+
+
+def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> ModelSpec:
+    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module."""
+    made = _call_factory(spec)
+    if isinstance(made, ModelSpec):
+        return made
+    import torch
+
+    if not isinstance(made, torch.nn.Module):
+        raise InvalidInputError(
+            f"model spec '{spec}': the factory returned {type(made).__name__}, expected an nn.Module or a ModelSpec"
+        )
+    bad = {n: d for n, d in (dtypes or {}).items() if d not in ("float32", "float16", "int64", "int32", "bool")}
+    if bad:
+        raise InvalidInputError(f"--dtypes {bad}: use float32, float16, int64, int32 or bool")
+    if not shapes:
+        raise InvalidInputError(f"model spec '{spec}': give input shapes, e.g. --shapes x:1x3x224x224")
+    names = list(shapes)
+    np_dtypes = {n: np.dtype((dtypes or {}).get(n, "float32")) for n in names}
+
+    def feeds(num_batches: int, batch_size: int) -> list[Feeds]:
+        return [synthetic_feeds(shapes, np_dtypes, seed=b) for b in range(num_batches)]
+
+    return ModelSpec(
+        name=spec,
+        factory=lambda: made.eval(),
+        input_names=names,
+        output_names=[],
+        sample_feeds=feeds,
+        dynamic_axes={n: {0: "batch"} for n in names},
+        profiles={n: ShapeProfile(s, s, s) for n, s in shapes.items()},
+        sample_source="synthetic",
+    )
+
+
+def is_torch_spec(model: str) -> bool:
+    return model in DEMOS or (":" in model and not Path(model).exists() and not model.endswith(".onnx"))
+
+
+def resolve_spec(
+    model: str, shapes: dict[str, tuple[int, ...]] | None = None, dtypes: dict[str, str] | None = None
+) -> ModelSpec:
+    """A demo name or a 'module:factory' spec -> ModelSpec."""
+    if model in DEMOS:
+        return DEMOS[model]()
+    if ":" in model:
+        return user_spec(model, shapes or {}, dtypes)
+    if Path(model).exists():
+        raise InvalidInputError(f"{model}: this command takes a torch model (a demo or module:factory), not a file")
+    raise InvalidInputError(
+        f"'{model}': no such file, and not a demo ({', '.join(DEMOS)}) or a package.module:factory spec"
+    )
+
+
+def feeds_for_source(
+    source: str, num_batches: int, batch_size: int, trust_model_code: bool = False
+) -> list[Feeds] | None:
+    """Real sample feeds named by ONNX metadata 'trtforge.sample_data'.
+
+    'demo:<name>' names a built-in demo; 'spec:<module>:<factory>' a user factory
+    that returns a ModelSpec with real sample data.
+    """
+    kind, _, name = source.partition(":")
+    if kind == "demo" and name in DEMOS:
+        return DEMOS[name]().sample_feeds(num_batches, batch_size)
+    if kind == "spec" and ":" in name and trust_model_code:
+        made = _call_factory(name)
+        if isinstance(made, ModelSpec):
+            return made.sample_feeds(num_batches, batch_size)
+    return None
+
+
+def spec_from_metadata(model, trust_model_code: bool = False) -> ModelSpec | None:
+    """The spec an exported ONNX came from (metadata 'trtforge.source'), for its default profiles.
+
+    A user `module:factory` named by a file is imported only with trust_model_code.
+    """
+    source = metadata_value(model, SOURCE)
+    if source in DEMOS:
+        return DEMOS[source]()
+    if ":" in source and trust_model_code:
+        try:
+            made = _call_factory(source)
+        except InvalidInputError:
+            return None
+        return made if isinstance(made, ModelSpec) else None
+    return None
