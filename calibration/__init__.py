@@ -9,5 +9,4 @@
 - cache.py: collection with a cache keyed by model, data and method; TensorRT
   calibration tables;
 - sensitivity.py: per-layer sensitivity and mixed precision under a budget.
-Other modules here (block_*.py) score transformer blocks for the drop-blocks pass.
 """

@@ -29,7 +29,6 @@ from calibration.data import (
     input_specs,
 )
 from converter.core.errors import InvalidInputError
-from converter.core.metadata import SOURCE, metadata_value
 
 TEXT_SUFFIXES = (".txt",)
 
@@ -44,14 +43,20 @@ def _text_lines(files: list[Path]) -> list[str]:
     return lines
 
 
-def default_tokenizer_dir(model: onnx.ModelProto) -> str | None:
-    """The tokenizer of the demo an exported model came from (metadata 'trtforge.source')."""
-    source = metadata_value(model, SOURCE)
-    if source == "minilm":
-        from converter.demos.models import minilm_folder
-
-        return str(minilm_folder())
-    return None
+def tokenize_batches(
+    tokenizer, texts: list[str], batch_size: int, max_length: int, dtypes: dict[str, np.dtype]
+) -> Iterator[tuple[int, Feeds]]:
+    """(index of the first text, feeds) per batch: padded to the batch's longest text, truncated to
+    `max_length`; only the tokenizer outputs named in `dtypes`, cast to those types."""
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        yield start, {n: enc[n].astype(dtype) for n, dtype in dtypes.items()}
 
 
 def from_texts(
@@ -65,7 +70,6 @@ def from_texts(
     """Sentences -> tokenized feeds (only the inputs the model has), one batch at a time."""
     if not texts:
         raise InvalidInputError(f"{source}: no text lines")
-    tokenizer_dir = tokenizer_dir or default_tokenizer_dir(model)
     if not tokenizer_dir:
         raise InvalidInputError(f"{source}: text calibration needs the model's tokenizer: give --tokenizer DIR")
     try:
@@ -78,17 +82,11 @@ def from_texts(
     missing = [n for n in specs if n not in ("input_ids", "attention_mask", "token_type_ids")]
     if missing:
         raise InvalidInputError(f"{source}: the model's inputs {missing} are not tokenizer outputs")
+    dtypes = {n: dtype for n, (dtype, _) in specs.items()}
 
     def batches() -> Iterator[tuple[str, Feeds]]:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="np",
-            )
-            yield f"{source}[{start}:{start + batch_size}]", {n: enc[n].astype(specs[n][0]) for n in specs}
+        for start, feeds in tokenize_batches(tokenizer, texts, batch_size, max_length, dtypes):
+            yield f"{source}[{start}:{start + batch_size}]", feeds
 
     return CalibrationData(batches, len(texts), -(-len(texts) // batch_size), source)
 

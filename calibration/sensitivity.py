@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from converter.core.ort_session import cpu_session
 
@@ -31,12 +30,8 @@ Outputs = list[dict[str, np.ndarray]]
 Metric = Callable[[Outputs, Outputs], float]
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return cpu_session(model)
-
-
 def run_outputs(model: onnx.ModelProto, feeds: list[Feeds]) -> Outputs:
-    session = _session(model)
+    session = cpu_session(model)
     names = [o.name for o in session.get_outputs()]
     inputs = {i.name for i in session.get_inputs()}
     return [

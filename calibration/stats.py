@@ -32,6 +32,7 @@ import onnxruntime as ort
 from calibration.data import CalibrationData, Feeds
 from calibration.reduce import float_ranks, fold_reduced, serialize_with_reductions
 from converter.core.errors import InvalidInputError
+from converter.core.ort_session import cpu_session
 
 BINS = 2048
 # Rows per run of the in-graph reductions: they read each activation again right after
@@ -183,15 +184,11 @@ def _session(model: onnx.ModelProto, outputs: list[str], threads: int) -> ort.In
 
 def _session_from(blob: bytes, threads: int, arena: bool = False) -> ort.InferenceSession:
     """`arena=False` returns activation memory between runs (their outputs are kept while numpy folds them);
-    a session whose outputs are a few numbers keeps the arena: fresh pages for every activation cost 30 %."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = arena
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # numpy runs between runs
-    if threads:
-        options.intra_op_num_threads = threads
+    a session whose outputs are a few numbers keeps the arena: fresh pages for every activation cost 30 %.
+    No spinning: numpy runs between runs. Optimized: the model calibrated is the float one, not a
+    low-precision Q/DQ graph onnxruntime miscomputes (converter/core/ort_session.py)."""
     try:
-        return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        return cpu_session(blob, optimize=True, threads=threads, arena=arena, spinning=False)
     except Exception as exc:  # ORT's own exception types
         raise InvalidInputError(
             f"onnxruntime cannot load the model for calibration ({str(exc).splitlines()[0]})"

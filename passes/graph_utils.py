@@ -5,6 +5,27 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 
+class FreshNames:
+    """Names for the tensors and nodes a pass adds: `base` when the graph does not use it,
+    else `base_1`, `base_2`, ...; every name handed out counts as used.
+
+    A new name differs from every tensor and node name of the graph. Those are collected
+    once: listing the graph's tensors for every new name made passes quadratic in the
+    model size.
+    """
+
+    def __init__(self, graph: gs.Graph):
+        self.used = set(graph.tensors()) | {node.name for node in graph.nodes}
+
+    def __call__(self, base: str) -> str:
+        name, n = base, 0
+        while name in self.used:
+            n += 1
+            name = f"{base}_{n}"
+        self.used.add(name)
+        return name
+
+
 def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 

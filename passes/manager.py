@@ -1,5 +1,12 @@
 """Pass manager: run an ordered list of passes, timing and recording each one.
 
+Every pass of the list is built and validated by the registry before the first one
+runs, so a bad name or option fails at once. Each pass then runs by its declared level
+(passes/base.py): graph passes on the graph, model passes on a ModelProto. A
+TrtforgeError a pass raises reaches the caller as it is; any other exception is a bug
+in the pass and becomes PassFailedError naming it. The opset a pass reports
+(`PassResult.opset`) becomes `ctx.opset` for the passes after it.
+
 One onnx-graphsurgeon graph carries the model from pass to pass: it is imported once
 (lazily: the caller's weights are read, never copied or modified) and exported once at
 the end, with every weight written a single time. After each graph pass the graph is
@@ -7,7 +14,7 @@ cleaned of dead nodes and topologically sorted, and, when the pass changed anyth
 that inference could learn from (see `keeps_types` in passes/base.py), its tensor
 types are re-inferred on a weight-free view. Exporting and re-importing the
 whole model around every pass cost more than the passes themselves on real models.
-Model-level passes (`run_model`, e.g. opset conversion) get the graph exported to a
+Model-level passes (`level = "model"`, e.g. opset conversion) get the graph exported to a
 ModelProto; those that declare `reads_weights = False` get it without its large
 weights, which are bound back by name afterwards. With `on_stage`, every stage's model
 is exported for the caller (the verifier measures accuracy per pass from these).
@@ -23,29 +30,21 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from converter.core.errors import PassError
+from converter.core.errors import TrtforgeError
 from converter.core.model_io import opset_of
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassFailedError, PassResult
 from passes.graph_utils import is_sorted
 from passes.model_utils import (
     export_graph,
     import_with_types,
     infer_graph_types,
+    infer_types,
     large_constant_names,
     restore_weights,
-    without_large_weights,
 )
-from passes.registry import create_pass, expand_groups
+from passes.registry import PassSpec, build_passes
 
 MAX_NAMES_RECORDED = 50
-
-
-@dataclass
-class PassSpec:
-    """A pass by name with its options, as written in a recipe."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,27 +63,11 @@ class PassRecord:
     touched: list[str]
     rejected: list[dict[str, str]]
     notes: list[str]
+    details: dict[str, Any]  # the pass's structured findings (PassResult.details)
     accuracy: dict[str, Any] = field(default_factory=dict)  # filled by the caller (verifier)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Refresh value_info by shape/type inference (best effort), without copying the weights."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(without_large_weights(model), data_prop=True)
-    except Exception:  # inference is best effort: the graph is valid without it
-        return model
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    return model
-
-
-def graph_to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a graph, keeping the source model's opsets, IR version and metadata, with
-    types inferred (for model-level passes that edit a graph of their own)."""
-    return infer_types(export_graph(graph, like))
 
 
 def _initializer_count(graph: gs.Graph) -> int:
@@ -92,7 +75,7 @@ def _initializer_count(graph: gs.Graph) -> int:
 
 
 def _run_model_pass(
-    pass_: Any, graph: gs.Graph, like: onnx.ModelProto, ctx: PassContext
+    pass_: Pass, graph: gs.Graph, like: onnx.ModelProto, ctx: PassContext
 ) -> tuple[gs.Graph, onnx.ModelProto, PassResult, bool]:
     """Run a model-level pass on the graph; (graph, model it stands for, result, changed).
 
@@ -100,7 +83,7 @@ def _run_model_pass(
     `reads_weights = False`, e.g. the opset converter) runs on a weight-free export,
     and the weights are bound back by name: no copy of them either way.
     """
-    light = not getattr(pass_, "reads_weights", True)
+    light = not pass_.reads_weights
     placeholders = large_constant_names(graph) if light else set()
     model_in = export_graph(graph, like, weights=not light)
     model_out, result = pass_.run_model(model_in, ctx)
@@ -133,6 +116,7 @@ def _record(
         touched=result.touched[:MAX_NAMES_RECORDED],
         rejected=[{"node": r.node, "reason": r.reason} for r in result.rejected[:MAX_NAMES_RECORDED]],
         notes=list(result.notes),
+        details=dict(result.details),
     )
 
 
@@ -161,9 +145,9 @@ class _Current:
             self.exported = export_graph(self.graph, self.like) if self.edited else _inferred_copy(self.source)
         return self.exported
 
-    def run(self, pass_: Any, ctx: PassContext) -> tuple[PassResult, bool]:
+    def run(self, pass_: Pass, ctx: PassContext) -> tuple[PassResult, bool]:
         """Run one pass on the graph; (its result, whether the graph changed)."""
-        if hasattr(pass_, "run_model"):  # model-level passes (e.g. opset conversion)
+        if pass_.level == "model":
             self.graph, self.like, result, changed = _run_model_pass(pass_, self.graph, self.like, ctx)
         else:
             nodes = len(self.graph.nodes)
@@ -176,7 +160,7 @@ class _Current:
             changed = bool(result.changed) or len(self.graph.nodes) != nodes
             if changed and (nested or not is_sorted(self.graph)):
                 self.graph.toposort()
-            if changed and not getattr(pass_, "keeps_types", False):
+            if changed and not pass_.keeps_types:
                 infer_graph_types(self.graph, self.like)
         if changed:
             self.edited, self.exported = True, None
@@ -204,21 +188,25 @@ def run_passes(
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
     """Run `specs` in order on `model`; return the final model and one record per pass.
 
-    `model` is never modified; the returned model shares no data with it.
+    `model` is never modified; the returned model shares no data with it. Raises
+    InvalidInputError for a bad pass name or option before any pass runs.
     """
+    passes = build_passes(specs)
     records: list[PassRecord] = []
-    specs = [PassSpec(name, options) for name, options in expand_groups([(s.name, s.options) for s in specs])]
     current = _Current(import_with_types(model), like=model, source=model)
     counts = (len(model.graph.node), len(model.graph.initializer))
-    for spec in specs:
-        pass_ = create_pass(spec.name, spec.options)
-        ctx.opset = opset_of(current.like) or ctx.opset
+    ctx.opset = opset_of(model) or ctx.opset
+    for spec, pass_ in passes:
         before, start = counts, time.perf_counter()
         try:
             result, changed = current.run(pass_, ctx)
-        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise PassError(f"pass '{spec.name}' failed: {type(exc).__name__}: {exc}") from exc
+        except TrtforgeError:  # raised on purpose: the user's data or an unsupported model
+            raise
+        except Exception as exc:
+            raise PassFailedError(spec.name, exc) from exc
         seconds = time.perf_counter() - start
+        if result.opset is not None:
+            ctx.opset = result.opset
         if changed:
             counts = (len(current.graph.nodes), _initializer_count(current.graph))
         record = _record(spec, pass_.exact, seconds, before, counts, result)

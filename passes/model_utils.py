@@ -1,4 +1,4 @@
-"""ModelProto helpers shared by the pass manager and passes that run inference."""
+"""ModelProto helpers shared by the pass manager and the passes: export, type inference, weight-free views."""
 
 from __future__ import annotations
 
@@ -154,6 +154,23 @@ def export_graph(
         elif name not in io_names and (tensor.dtype is not None or tensor.shape is not None):
             out.value_info.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
     return model
+
+
+def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Refresh value_info by shape/type inference (best effort), without copying the weights."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(without_large_weights(model), data_prop=True)
+    except Exception:  # inference is best effort: the graph is valid without it
+        return model
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model
+
+
+def graph_to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph, keeping the source model's opsets, IR version and metadata, with
+    types inferred (for model-level passes that edit a graph of their own)."""
+    return infer_types(export_graph(graph, like))
 
 
 def infer_graph_types(graph: gs.Graph, like: onnx.ModelProto | None = None) -> None:

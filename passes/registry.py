@@ -1,13 +1,21 @@
-"""Pass registry: name -> factory taking the pass's options as keyword arguments.
+"""Pass registry: the passes recipes and `optimize --passes` name, and their validation.
 
-Recipes and the `optimize --passes` flag refer to passes by these names. A new pass
-module adds one line here.
+Every pass class is listed once in `REGISTERED`, with the line `trtforge passes`
+prints for it; its name is the class's declared `name`. A new pass module adds one
+line there. `build_passes` turns a recipe's pass list into pass objects before
+anything runs: an unknown name, an unknown option or a bad value is an
+InvalidInputError naming the pass and the option, with a "did you mean" where a
+registered name is close.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 from converter.core.errors import InvalidInputError
 from passes.attention.fuse_attention import FuseAttention
@@ -27,45 +35,34 @@ from passes.fold.fuse_norms import FuseNorms
 from passes.fold.reparam import Reparam
 from passes.fold.upgrade_opset import UpgradeOpset
 from passes.precision.precision import Precision
+from passes.quant.quantize import Quantize
+from passes.quant.smoothquant import SmoothQuant
 
-PASSES: dict[str, Callable[..., Pass]] = {
-    "cleanup": Cleanup,
-    "fold-constants": FoldConstants,
-    "fold-shapes": FoldShapes,
-    "fold-pad": FoldPad,
-    "fold-batchnorm": FoldBatchNorm,
-    "reparam": Reparam,
-    "fold-linear": FoldLinear,
-    "dedupe": Dedupe,
-    "fuse-gelu": FuseGelu,
-    "fuse-norms": FuseNorms,
-    "upgrade-opset": UpgradeOpset,
-    "precision": Precision,
-    "group-quant-matmul": GroupQuantMatMul,
-    "gated-linear-attention": GatedLinearAttention,
-    "fuse-attention": FuseAttention,
-    "drop-blocks": DropBlocks,
-}
+# fmt: off
+REGISTERED: list[tuple[type[Pass], str]] = [
+    (Cleanup, "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)"),
+    (FoldConstants, "evaluate constant subgraphs and static shape arithmetic (exact)"),
+    (FoldShapes, "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)"),
+    (FoldPad, "constant zero Pad folded into the following Conv/AveragePool pads (exact)"),
+    (FoldBatchNorm, "inference BatchNormalization folded into Conv/ConvTranspose/Gemm/MatMul (exact)"),
+    (Reparam, "parallel conv/linear branches summed on one input (RepVGG/RepMLP) -> one conv/linear (exact)"),
+    (FoldLinear, "MatMul+Add->Gemm (2-D), linear chains merged, constant scales/biases absorbed (exact)"),
+    (Dedupe, "merge identical initializers and common subexpressions (exact)"),
+    (FuseGelu, "erf/tanh GELU subgraphs -> Gelu (opset >= 20; exact)"),
+    (FuseNorms, "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)"),
+    (UpgradeOpset, "convert the model to a newer opset (option target, default 20; exact)"),
+    (Precision, "convert float32 compute to fp16/bf16 for strongly typed builders (lossy)"),
+    (GroupQuantMatMul, "block-quantized 4/2-bit DequantizeLinear->MatMul -> trtforge::GroupQuantMatMul, packed (exact)"),
+    (GatedLinearAttention, "parallel-form gated linear attention (cumsum-log-gate decay) -> trtforge::GatedLinearAttention (exact)"),
+    (FuseAttention, "scaled-dot-product attention (masks, causal, GQA) -> Attention (opset 23, upgrades; exact)"),
+    (DropBlocks, "remove redundant transformer blocks/sub-layers scored on calibration data (lossy)"),
+    (SmoothQuant, "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"),
+    (Quantize, "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"),
+]
+# fmt: on
 
-DESCRIPTIONS: dict[str, str] = {
-    "cleanup": "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)",
-    "fold-constants": "evaluate constant subgraphs and static shape arithmetic (exact)",
-    "fold-shapes": "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)",
-    "fold-pad": "constant zero Pad folded into the following Conv/AveragePool pads (exact)",
-    "fold-batchnorm": "inference BatchNormalization folded into Conv/ConvTranspose/Gemm/MatMul (exact)",
-    "reparam": "parallel conv/linear branches summed on one input (RepVGG/RepMLP) -> one conv/linear (exact)",
-    "fold-linear": "MatMul+Add->Gemm (2-D), linear chains merged, constant scales/biases absorbed (exact)",
-    "dedupe": "merge identical initializers and common subexpressions (exact)",
-    "fuse-gelu": "erf/tanh GELU subgraphs -> Gelu (opset >= 20; exact)",
-    "fuse-norms": "decomposed LayerNorm/RMSNorm -> LayerNormalization (17) / RMSNormalization (23) (exact)",
-    "upgrade-opset": "convert the model to a newer opset (option target, default 20; exact)",
-    "precision": "convert float32 compute to fp16/bf16 for strongly typed builders (lossy)",
-    "group-quant-matmul": "block-quantized 4/2-bit DequantizeLinear->MatMul -> trtforge::GroupQuantMatMul, packed (exact)",
-    "gated-linear-attention": "parallel-form gated linear attention (cumsum-log-gate decay) -> trtforge::GatedLinearAttention (exact)",
-    "fuse-attention": "scaled-dot-product attention (masks, causal, GQA) -> Attention (opset 23, upgrades; exact)",
-    "drop-blocks": "remove redundant transformer blocks/sub-layers scored on calibration data (lossy)",
-}
-
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls, _ in REGISTERED}
+DESCRIPTIONS: dict[str, str] = {cls.name: text for cls, text in REGISTERED}
 
 # Named sequences of passes, usable wherever a pass name is (recipes, --passes).
 GROUPS: dict[str, list[str]] = {
@@ -88,6 +85,19 @@ GROUPS: dict[str, list[str]] = {
 }
 
 
+@dataclass
+class PassSpec:
+    """A pass by name with its options, as written in a recipe."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 def expand_groups(names_and_options: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """Replace group names by their passes (groups take no options)."""
     expanded = []
@@ -101,28 +111,61 @@ def expand_groups(names_and_options: list[tuple[str, dict[str, Any]]]) -> list[t
     return expanded
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether an option value (as YAML/JSON give it) fits a field's type annotation.
+
+    Lists and tuples stand for each other; an int is a float; bool is never a number.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin in (list, tuple):
+        element = args[0] if args else Any
+        return isinstance(value, list | tuple) and all(_fits(v, element) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _check_options(cls: type[Pass], options: dict[str, Any]) -> None:
+    """Every option is a field of the pass, of its type; else InvalidInputError naming it."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key, value in options.items():
+        if key not in fields:
+            takes = f"options: {', '.join(fields)}" if fields else "it takes no options"
+            raise InvalidInputError(f"pass '{cls.name}': unknown option '{key}' ({_did_you_mean(key, fields)}{takes})")
+        if not _fits(value, hints[key]):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise InvalidInputError(f"pass '{cls.name}': option '{key}' = {value!r} is not {expected}")
+
+
 def create_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
     """Instantiate a registered pass, or raise InvalidInputError naming the bad name/option."""
     if name not in PASSES:
-        known = ", ".join(sorted(PASSES) + sorted(GROUPS))
-        raise InvalidInputError(f"unknown pass '{name}' (known: {known})")
+        known = sorted(PASSES) + sorted(GROUPS)
+        raise InvalidInputError(f"unknown pass '{name}' ({_did_you_mean(name, known)}known: {', '.join(known)})")
+    cls, options = PASSES[name], options or {}
+    _check_options(cls, options)
     try:
-        return PASSES[name](**(options or {}))
-    except (TypeError, ValueError) as exc:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:  # the pass's own checks of its values (__post_init__)
         raise InvalidInputError(f"pass '{name}': bad options {options} ({exc})") from exc
 
 
-# Quantization (calibrated from PassContext.calibration): SmoothQuant migration, then Q/DQ.
-from passes.quant.quantize import Quantize  # noqa: E402
-from passes.quant.smoothquant import SmoothQuant  # noqa: E402
-
-PASSES["smoothquant"] = SmoothQuant
-PASSES["quantize"] = Quantize
-DESCRIPTIONS["smoothquant"] = "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"
-DESCRIPTIONS["quantize"] = "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"
+def build_passes(specs: list[PassSpec]) -> list[tuple[PassSpec, Pass]]:
+    """Every pass of a recipe (groups expanded), built and validated before any of them runs."""
+    expanded = expand_groups([(s.name, s.options) for s in specs])
+    return [(PassSpec(name, options), create_pass(name, options)) for name, options in expanded]
 
 
 def needs_calibration(names: list[str]) -> bool:
     """Whether any of the named passes (groups expanded) reads calibration data (PassContext.calibration)."""
     expanded = expand_groups([(name, {}) for name in names])
-    return any(getattr(PASSES.get(name), "needs_calibration", False) for name, _ in expanded)
+    return any(name in PASSES and PASSES[name].needs_calibration for name, _ in expanded)

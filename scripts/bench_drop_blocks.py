@@ -48,13 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converter.backends import BuildConfig, get_backend  # noqa: E402
 from converter.core.model_io import save_model  # noqa: E402
-from converter.demos.models import resolve_spec  # noqa: E402
+from converter.demos.splits import demo_splits  # noqa: E402
 from converter.pipelines.export import export_model  # noqa: E402
-from passes.blocks.data import demo_splits  # noqa: E402
+from converter.pipelines.model_ref import resolve_spec  # noqa: E402
+from passes.blocks.config import DropConfig  # noqa: E402
 from passes.blocks.discovery import BlockGraph, find_blocks  # noqa: E402
-from passes.blocks.drop_blocks import canonical, remove_units  # noqa: E402
-from passes.blocks.scores import Costs, GatedSession  # noqa: E402
-from passes.blocks.selection import DropConfig, Evaluator, select, unit_scores  # noqa: E402
+from passes.blocks.rewiring import canonical, remove_units  # noqa: E402
+from passes.blocks.selection import Scored, score_units, select  # noqa: E402
 
 MODELS = {
     # name: (metric, levels (blocks' worth), calibration / validation samples; the same with --quick)
@@ -75,9 +75,7 @@ class Bench:
     bg: BlockGraph
     calib: list
     val: list
-    ev: Evaluator
-    scores: dict
-    costs: Costs
+    scored: Scored
     spec: Any
     path: Path
     work: Path
@@ -111,17 +109,14 @@ def setup(name: str, quick: bool, work: Path, backend) -> Bench:
     model = onnx.load(path)
     bg = find_blocks(model)
     calib, val, note = demo_splits(name, *(quick_sizes if quick else sizes), batch_size=16)
-    ev = Evaluator(model, bg, calib, val)
-    probe = GatedSession(model, bg, probe=True)
-    scores = unit_scores(ev, probe, calib)
-    costs = Costs.of(model, bg, probe.matmul_flops(calib[0]))
+    scored = score_units(model, bg, calib, val)
     print(f"{name}: {bg.message} ({note})", flush=True)
-    return Bench(name, metric, model, bg, calib, val, ev, scores, costs, spec, path, work, backend, not quick)
+    return Bench(name, metric, model, bg, calib, val, scored, spec, path, work, backend, not quick)
 
 
 def row(b: Bench, method: str, level: str, removed: list[str], seconds: float, **extra: Any) -> dict:
     """One result row, with the pruned ONNX parsed (and built) by TensorRT-RTX when it is installed."""
-    saved = b.costs.saved(removed)
+    saved = b.scored.costs.saved(removed)
     out = {
         "model": b.name,
         "method": method,
@@ -130,8 +125,8 @@ def row(b: Bench, method: str, level: str, removed: list[str], seconds: float, *
         "params_saved_frac": round(saved["params_saved_frac"], 5),
         "flops_saved_frac": round(saved["flops_saved_frac"], 5),
         "metric": b.metric,
-        "value": b.ev.metrics(removed, "val")[b.key],
-        "calib_damage": b.ev.damage(removed),
+        "value": b.scored.ev.metrics(removed, "val")[b.key],
+        "calib_damage": b.scored.ev.damage(removed),
         "seconds": round(seconds, 2),
         **extra,
     }
@@ -146,7 +141,7 @@ def row(b: Bench, method: str, level: str, removed: list[str], seconds: float, *
 
 def run(b: Bench, method: str, level: str, config: DropConfig) -> dict:
     start = time.perf_counter()
-    sel = select(b.model, b.bg, b.calib, b.val, config, b.ev, b.scores, b.costs)
+    sel = select(b.model, b.bg, b.calib, b.val, config, b.scored)
     return row(b, method, level, sel.removed, time.perf_counter() - start, stopped=sel.stopped)
 
 
@@ -155,9 +150,9 @@ def oracle(b: Bench, level: str, saved: float) -> dict:
     start = time.perf_counter()
     names = [u.name for u in b.bg.units("all")]
     sets = {tuple(canonical(b.bg, c)) for k in (1, 2, 3) for c in itertools.combinations(names, k)}
-    equal = [list(s) for s in sets if abs(b.costs.saved(s)["params_saved_frac"] - saved) <= PARAM_TOLERANCE]
+    equal = [list(s) for s in sets if abs(b.scored.costs.saved(s)["params_saved_frac"] - saved) <= PARAM_TOLERANCE]
     sign = -1 if b.key == "cosine" else 1
-    best = min(equal, key=lambda s: sign * b.ev.metrics(s, "val")[b.key])
+    best = min(equal, key=lambda s: sign * b.scored.ev.metrics(s, "val")[b.key])
     note = f"chosen on the validation data among {len(equal)} sets of <= 3 units: an upper bound, not a method"
     return row(b, "oracle_validation", level, best, time.perf_counter() - start, note=note)
 
@@ -172,7 +167,7 @@ def bench_model(name: str, quick: bool, work: Path, backend) -> list[dict]:
         bi = run(b, "oneshot_bi", level, DropConfig(method="oneshot", granularity="block", score="bi", remove=k))
         rows.append(bi)
         rows.append(run(b, "oneshot_direct", level, DropConfig(method="oneshot", score="direct", remove=k)))
-        target = b.costs.saved(bi["removed"])["params_saved_frac"] - PARAM_TOLERANCE
+        target = b.scored.costs.saved(bi["removed"])["params_saved_frac"] - PARAM_TOLERANCE
         rows.append(run(b, "iterative", level, DropConfig(target_params=target)))
         if not quick:
             rows.append(run(b, "iterative_greedy", level, DropConfig(target_params=target, **GREEDY)))
@@ -183,7 +178,7 @@ def bench_model(name: str, quick: bool, work: Path, backend) -> list[dict]:
     rows.append(attn)
     if not quick:
         rows.append(run(b, "iterative_attention", half, DropConfig(granularity="attention", remove=blocks // 2)))
-        target = b.costs.saved(attn["removed"])["params_saved_frac"] - PARAM_TOLERANCE
+        target = b.scored.costs.saved(attn["removed"])["params_saved_frac"] - PARAM_TOLERANCE
         rows.append(run(b, "iterative", half, DropConfig(target_params=target)))
     for r in rows:
         r["baseline"] = rows[0]["value"]

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from converter.api import optimize  # noqa: E402
 from converter.backends import BuildConfig, get_backend  # noqa: E402
 from converter.core.model_spec import ModelSpec
-from converter.demos.models import resolve_spec  # noqa: E402
 from converter.pipelines.export import export_model  # noqa: E402
+from converter.pipelines.model_ref import resolve_spec  # noqa: E402
 from converter.verification.compare import OnnxRunner  # noqa: E402
 from scripts.fixture_models import repvgg_spec  # noqa: E402
 
@@ -51,7 +51,7 @@ MODELS = {
 
 
 def run_trtforge(src: Path, dst: Path) -> None:
-    optimize(src, dst, ["fold"])
+    optimize(src, dst, passes=["fold"])
 
 
 def run_onnxslim(src: Path, dst: Path) -> None:

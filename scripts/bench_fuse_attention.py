@@ -48,8 +48,9 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converter.backends import BuildConfig, get_backend  # noqa: E402
-from converter.demos.models import _minilm_module, resolve_spec  # noqa: E402
+from converter.demos.models import _minilm_module  # noqa: E402
 from converter.pipelines.export import export_model  # noqa: E402
+from converter.pipelines.model_ref import resolve_spec  # noqa: E402
 from converter.verification.compare import OnnxRunner, TorchRunner  # noqa: E402
 from passes.base import PassContext  # noqa: E402
 from passes.manager import PassSpec, run_passes  # noqa: E402

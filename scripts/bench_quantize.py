@@ -243,11 +243,12 @@ def trtforge_rows(name: str, folder: Path, fp32: Path, quick: bool, add) -> None
     start = time.perf_counter()
     data = from_array_folder(calib, onnx.load(str(fp32)), batch_size=32)
     if quick:  # the smoke run skips the search: minmax, and SmoothQuant 0.9 where there are MatMuls
+        alpha = 0.9 if name == "minilm" else "off"
         searched = quantize(
-            fp32, folder / "search.onnx", "int8", data, "minmax", 0.9 if name == "minilm" else "off", search_samples=16
+            fp32, folder / "search.onnx", calib=data, method="minmax", smoothquant=alpha, search_samples=16
         )
     else:
-        searched = quantize(fp32, folder / "search.onnx", "int8", data, "auto", "auto", search_samples=64)
+        searched = quantize(fp32, folder / "search.onnx", calib=data, search_samples=64)
     method, alpha = searched.report["method"], searched.report["smoothquant_alpha"]
     search_seconds = round(time.perf_counter() - start, 1)
     out = folder / "trtforge_int8.onnx"
@@ -267,11 +268,12 @@ def trtforge_rows(name: str, folder: Path, fp32: Path, quick: bool, add) -> None
         return
     from converter.api import optimize
 
-    optimize(out, folder / "trtforge_int8_fp16.onnx", [], "fp16")  # the rest in fp16: the engine to ship
+    # the rest in fp16: the engine to ship
+    optimize(out, folder / "trtforge_int8_fp16.onnx", passes=[], precision="fp16")
     add("trtforge int8 + fp16 rest", folder / "trtforge_int8_fp16.onnx", {"seconds": 0.0, "peak_rss_mb": float("nan")})
     budget = folder / "trtforge_budget.onnx"
     start = time.perf_counter()
-    mixed = quantize(fp32, budget, "int8", data, method, alpha or "off", max_cosine_drop=BUDGET[name])
+    mixed = quantize(fp32, budget, calib=data, method=method, smoothquant=alpha or "off", max_cosine_drop=BUDGET[name])
     add(
         "trtforge int8 budget",
         budget,
@@ -296,7 +298,7 @@ def bench_model(name: str, work: Path, quick: bool, tools: set[str], log) -> tup
     folder = work / name
     folder.mkdir()
     api.export(name, folder / "model.onnx")
-    api.optimize(folder / "model.onnx", folder / "fp32.onnx", ["fold"])
+    api.optimize(folder / "model.onnx", folder / "fp32.onnx", passes=["fold"])
     fp32 = folder / "fp32.onnx"
     calib_n, val_n = (64, 64) if quick else (512, 512) if name == "minilm" else (256, 256)
     (minilm_data if name == "minilm" else effnet_data)(calib_n, val_n, folder)
@@ -334,7 +336,7 @@ def bench_model(name: str, work: Path, quick: bool, tools: set[str], log) -> tup
     if not quick and "trtforge" in tools:
         from converter.api import optimize
 
-        optimize(fp32, folder / "fp16.onnx", [], "fp16")
+        optimize(fp32, folder / "fp16.onnx", passes=[], precision="fp16")
         names = ("input_ids", "attention_mask", "token_type_ids") if name == "minilm" else ("image",)
         profiles = (
             {n: ShapeProfile((1, 64), (8, 64), (32, 64)) for n in names}

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.onnx_helpers import make_model
+
 D, HEADS, HEAD_DIM = 16, 4, 4
 
 
@@ -159,12 +161,8 @@ def attention_graph(
     o = g.op("Reshape", [g.op("Transpose", [o], perm=[0, 2, 1, 3]), g.ints([0, 0, D])])
     g.nodes.append(helper.make_node("Identity", [o], ["y"], name="out"))
     out_type = TensorProto.FLOAT16 if fp16_softmax else TensorProto.FLOAT
-    graph = helper.make_graph(
-        g.nodes, "attention", inputs, [helper.make_tensor_value_info("y", out_type, ["B", "S", D])], g.inits
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    return model
+    outputs = [helper.make_tensor_value_info("y", out_type, ["B", "S", D])]
+    return make_model(g.nodes, inputs, outputs, g.inits, opset=opset, ir_version=10, name="attention")
 
 
 def feeds(model: onnx.ModelProto, batch: int = 2, seq: int = 5, seed: int = 1) -> dict[str, np.ndarray]:

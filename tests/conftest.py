@@ -33,5 +33,5 @@ def tiny_engine(tmp_path_factory, tiny_onnx) -> Path:
     from converter.pipelines.model_ref import resolve_spec
 
     path = tmp_path_factory.mktemp("tiny_engine") / "tiny.engine"
-    api.build(tiny_onnx, path, "tensorrt-rtx", resolve_spec(TINY).profiles, ["sm86"])
+    api.build(tiny_onnx, path, backend="tensorrt-rtx", shapes=resolve_spec(TINY).profiles, target_gpus=["sm86"])
     return path

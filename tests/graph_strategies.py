@@ -12,6 +12,8 @@ import onnx
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.onnx_helpers import make_model
+
 UNARY = ["Relu", "Sigmoid", "Tanh", "Abs", "Identity", "Dropout", "NoopCast"]
 BINARY = ["Add", "Mul", "Sub", "Max"]
 WIDTH = 6
@@ -75,13 +77,4 @@ def random_graphs(draw) -> onnx.ModelProto:
             ]
         live.append(out)
     nodes.append(helper.make_node("Identity", [live[-1]], ["y"], name="out_identity"))
-    graph = helper.make_graph(
-        nodes,
-        "random",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, {"x": ["N", WIDTH]}, {"y": ["N", WIDTH]}, inits, name="random")

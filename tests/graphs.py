@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.onnx_helpers import make_model
+
 
 def redundant_graph() -> onnx.ModelProto:
     """x[N,4] -> Identity -> Dropout -> Cast(float->float) -> MatMul(W) -> Add(c1 + c2)
@@ -29,16 +31,7 @@ def redundant_graph() -> onnx.ModelProto:
         helper.make_node("Reshape", ["biased", "new_shape"], ["reshaped"], name="reshape"),
         helper.make_node("Identity", ["reshaped"], ["y"], name="final_identity"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "redundant",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        initializer=[w, c1, c2, unused, minus_one, idx],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, {"x": ["N", 4]}, {"y": ["N", 8]}, [w, c1, c2, unused, minus_one, idx], name="redundant")
 
 
 def unsupported_op_graph() -> onnx.ModelProto:

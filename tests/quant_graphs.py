@@ -7,13 +7,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.data import from_feeds
+from tests.onnx_helpers import make_model
 
 
-def _model(nodes, inputs, outputs, inits, opset: int = 20) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    return onnx.shape_inference.infer_shapes(model)
+def shaped_model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+    """An opset-20 model with its shapes inferred (calibration and quantization read value_info)."""
+    return onnx.shape_inference.infer_shapes(make_model(nodes, inputs, outputs, inits, opset=20, ir_version=10))
 
 
 def attention_like(seed: int = 0, outlier: float = 0.0) -> onnx.ModelProto:
@@ -41,7 +40,7 @@ def attention_like(seed: int = 0, outlier: float = 0.0) -> onnx.ModelProto:
         helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
         helper.make_node("MatMul", ["p", "h"], ["y"], name="bmm_context"),
     ]
-    return _model(
+    return shaped_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 32])],
@@ -67,7 +66,7 @@ def conv_residual(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc", transB=1),
     ]
-    return _model(
+    return shaped_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 32])],
@@ -85,7 +84,7 @@ def mlp_stack(layers: int = 4, width: int = 256, seed: int = 0) -> onnx.ModelPro
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}")]
         nodes += [helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
         x = f"r{i}"
-    return _model(
+    return shaped_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, width])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 16, width])],

@@ -1,13 +1,21 @@
-"""Options and output helpers shared by every CLI command module."""
+"""What every command module shares: the option groups (each flag defined once), consoles, printing.
+
+A command module declares its flags from these, parses them into the keyword
+arguments of one converter.api function, calls it and prints the report it returns.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
+from converter.backends import BACKEND_CHOICES
 from converter.core.errors import AccuracyError
 from converter.pipelines.report import print_summary, to_json
 
@@ -15,31 +23,95 @@ from converter.pipelines.report import print_summary, to_json
 console = Console() if sys.stdout.isatty() else Console(width=130)
 err_console = Console(stderr=True)
 
-
-def output_options(func):
-    """--json and --quiet, shared by every command."""
-    func = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")(func)
-    func = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(func)
-    return func
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+PATH = click.Path(path_type=Path)
 
 
-def shapes_option(func):
-    return click.option(
-        "--shapes",
-        multiple=True,
-        metavar="NAME:MIN/OPT/MAX",
-        help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
-    )(func)
+def stack(*decorators: Decorator) -> Decorator:
+    """Several option decorators as one, in the order written (the order --help lists them)."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
 
 
-def target_gpu_option(func):
-    return click.option(
-        "--target-gpu",
-        "target_gpus",
-        multiple=True,
-        metavar="SM",
-        help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
-    )(func)
+def out_option(help: str, required: bool = True, **attrs: Any) -> Decorator:
+    """-o/--out: the file (or folder) the command writes."""
+    return click.option("-o", "--out", type=PATH, required=required, help=help, **attrs)
+
+
+onnx_out_option = out_option("Output .onnx file.")
+
+
+def choice_option(
+    name: str, choices, default: str | None, help: str | None, dest: str | None = None, **attrs: Any
+) -> Decorator:
+    """A --flag taking one of `choices` (the default shown in --help when there is one)."""
+    attrs.setdefault("show_default", default is not None)
+    decls = (name, dest) if dest else (name,)
+    return click.option(*decls, type=click.Choice(choices), default=default, help=help, **attrs)
+
+
+def backend_option(default: str | None = "auto", help: str | None = None) -> Decorator:
+    return choice_option("--backend", BACKEND_CHOICES, default, help)
+
+
+def load_inputs_option(help: str, dest: str = "inputs") -> Decorator:
+    """--load-inputs: an .npz of inputs (one array per input name)."""
+    return click.option("--load-inputs", dest, type=PATH, help=help)
+
+
+def batch_size_option(help: str | None = None) -> Decorator:
+    return click.option("--batch-size", type=int, default=16, show_default=True, help=help)
+
+
+def output_options(func=None, *, what: str = "result"):
+    """--json and --quiet, shared by every command (`what` the JSON is: the result, the report)."""
+
+    def apply(f):
+        f = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")(f)
+        return click.option("--json", "as_json", is_flag=True, help=f"Print the {what} as JSON on stdout.")(f)
+
+    return apply(func) if func is not None else apply
+
+
+shapes_option = click.option(
+    "--shapes",
+    multiple=True,
+    metavar="NAME:MIN/OPT/MAX",
+    help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
+)
+
+target_gpu_option = click.option(
+    "--target-gpu",
+    "target_gpus",
+    multiple=True,
+    metavar="SM",
+    help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
+)
+
+trust_option = click.option(
+    "--trust-model-code",
+    is_flag=True,
+    help="Let an ONNX file's metadata name a module:factory to import for sample data/profiles.",
+)
+
+
+def progress_log(silent: bool) -> Callable[[str], None]:
+    """Where a use case's progress messages go: dim lines on stderr, or nowhere with --quiet/--json."""
+    if silent:
+        return lambda _msg: None
+    return lambda msg: err_console.print(f"[dim]{msg}[/dim]")
+
+
+@contextlib.contextmanager
+def status(message: str, silent: bool) -> Iterator[None]:
+    """A spinner on the console while a long step runs (none with --quiet/--json)."""
+    with console.status(message) if not silent else contextlib.nullcontext():
+        yield
 
 
 def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> None:
@@ -51,6 +123,7 @@ def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> No
 
 
 def fail_on_accuracy(report: dict[str, Any]) -> None:
+    """Exit code 3 for a report that is not verified or did not pass."""
     if report.get("verified") == "not verified":
         raise AccuracyError("not verified: nothing could be checked on this machine (see the skipped reasons)")
     if not report.get("passed"):
@@ -61,9 +134,6 @@ def summary(report: dict[str, Any]) -> None:
     print_summary(report, console)
 
 
-def trust_option(func):
-    return click.option(
-        "--trust-model-code",
-        is_flag=True,
-        help="Let an ONNX file's metadata name a module:factory to import for sample data/profiles.",
-    )(func)
+def names(csv: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c'] (comma-separated flag values)."""
+    return [p.strip() for p in (csv or "").split(",") if p.strip()]

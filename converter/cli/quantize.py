@@ -1,21 +1,38 @@
-"""`trtforge quantize`: calibrated Q/DQ for TensorRT (a thin shell over converter.pipelines.quantize.quantize)."""
+"""`trtforge quantize`: calibrated Q/DQ for TensorRT (converter.api.quantize)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 from calibration.data import IMAGE_NORMS
-from converter.pipelines.quantize import METHODS
-from converter.pipelines.quantize import quantize as run_quantize
-from converter.pipelines.report import new_report, to_json, write_report
+from converter import api
+from converter.cli.options import (
+    PATH,
+    batch_size_option,
+    choice_option,
+    console,
+    emit,
+    onnx_out_option,
+    output_options,
+    progress_log,
+    shapes_option,
+)
+from converter.core.profiles import parse_profiles
+from converter.pipelines.quantize import HIGH_PRECISIONS, METHODS
 from passes.quant.quantize import MODES
 
+MODE_HELP = "int8/fp8: W8A8 with calibrated activations; int4-wo/int2-wo: weight-only, block-wise."
+CALIB_HELP = (
+    "Calibration data: folder of .npz/.npy, images, or .txt (one sentence a line). "
+    "Default: the model's own real sample data (demos)."
+)
+METHOD_HELP = "Activation range observer; auto scores each on a calibration subset."
+SMOOTHQUANT_HELP = "SmoothQuant migration strength for MatMuls (auto: searched on a calibration subset)."
+BUDGET_HELP = "Keep the most sensitive layers in high precision until 1 - mean cosine <= this, e.g. 0.005."
+PRECISION_HELP = "Precision of what stays unquantized (fp16: int8 GEMMs + fp16 elsewhere, the smallest engine)."
 
-def _print_summary(report: dict) -> None:
-    from converter.cli.options import console
 
+def print_quantize(report: dict) -> None:
     acc = report.get("accuracy") or {}
     qdq = report["qdq"]
     console.print(
@@ -41,89 +58,36 @@ def _print_summary(report: dict) -> None:
 
 @click.command()
 @click.argument("model")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output .onnx file.")
+@onnx_out_option
+@choice_option("--mode", MODES, "int8", MODE_HELP)
+@click.option("--calib", type=PATH, help=CALIB_HELP)
+@choice_option("--calib-method", METHODS, "auto", METHOD_HELP, "method")
+@click.option("--smoothquant", default="auto", show_default=True, metavar="auto|off|ALPHA", help=SMOOTHQUANT_HELP)
+@click.option("--budget", "--max-cosine-drop", "max_cosine_drop", type=float, help=BUDGET_HELP)
+@choice_option("--precision", HIGH_PRECISIONS, "fp32", PRECISION_HELP)
+@click.option("--validate", "validation", type=PATH, help="Validation data (same formats as --calib).")
 @click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    default="int8",
-    show_default=True,
-    help="int8/fp8: W8A8 with calibrated activations; int4-wo/int2-wo: weight-only, block-wise.",
+    "--exclude-op", "exclude_ops", multiple=True, metavar="OP", help="Op type kept in high precision (repeatable)."
 )
 @click.option(
-    "--calib",
-    type=click.Path(path_type=Path),
-    help="Calibration data: folder of .npz/.npy, images, or .txt (one sentence a line). "
-    "Default: the model's own real sample data (demos).",
+    "--exclude-name",
+    "exclude_names",
+    multiple=True,
+    metavar="PATTERN",
+    help="Node name pattern kept in high precision.",
 )
-@click.option(
-    "--calib-method",
-    type=click.Choice(METHODS),
-    default="auto",
-    show_default=True,
-    help="Activation range observer; auto scores each on a calibration subset.",
-)
-@click.option(
-    "--smoothquant",
-    default="auto",
-    show_default=True,
-    metavar="auto|off|ALPHA",
-    help="SmoothQuant migration strength for MatMuls (auto: searched on a calibration subset).",
-)
-@click.option(
-    "--budget",
-    "--max-cosine-drop",
-    "budget",
-    type=float,
-    help="Keep the most sensitive layers in high precision until 1 - mean cosine <= this, e.g. 0.005.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="Precision of what stays unquantized (fp16: int8 GEMMs + fp16 elsewhere, the smallest engine).",
-)
-@click.option("--validate", type=click.Path(path_type=Path), help="Validation data (same formats as --calib).")
-@click.option("--exclude-op", multiple=True, metavar="OP", help="Op type kept in high precision (repeatable).")
-@click.option("--exclude-name", multiple=True, metavar="PATTERN", help="Node name pattern kept in high precision.")
-@click.option(
-    "--block-size", type=click.Choice(["32", "64", "128"]), help="Weight-only block size (int4 128, int2 64)."
-)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Calibration batch size.")
+@choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
+@batch_size_option("Calibration batch size.")
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token limit for text calibration.")
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder for text (default: the demo's).")
-@click.option("--image-norm", type=click.Choice(sorted(IMAGE_NORMS)), default="imagenet", show_default=True)
-@click.option(
-    "--cache-dir", type=click.Path(path_type=Path), help="Calibration cache folder (a rerun skips collection)."
-)
-@click.option("--calib-table", type=click.Path(path_type=Path), help="Also write a TensorRT calibration table (int8).")
-@click.option("--save-report", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def quantize(
-    model,
-    out,
-    mode,
-    calib,
-    calib_method,
-    smoothquant,
-    budget,
-    precision,
-    validate,
-    exclude_op,
-    exclude_name,
-    block_size,
-    batch_size,
-    max_length,
-    tokenizer,
-    image_norm,
-    cache_dir,
-    calib_table,
-    save_report,
-    quiet,
-    as_json,
-):
-    """Quantize MODEL (.onnx, or a demo name: exported and folded first) with calibrated Q/DQ.
+@click.option("--tokenizer", type=PATH, help="Tokenizer folder for text (default: the demo's).")
+@choice_option("--image-norm", sorted(IMAGE_NORMS), "imagenet", None)
+@click.option("--cache-dir", type=PATH, help="Calibration cache folder (a rerun skips collection).")
+@click.option("--calib-table", type=PATH, help="Also write a TensorRT calibration table (int8).")
+@click.option("--save-report", "report_path", type=PATH, help="Write the JSON report here.")
+@shapes_option
+@output_options(what="report")
+def quantize(model, out, block_size, shapes, as_json, quiet, **options):
+    """Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) with calibrated Q/DQ.
 
     \b
     Examples:
@@ -132,35 +96,14 @@ def quantize(
       trtforge quantize model.onnx -o q.onnx --calib sentences.txt --tokenizer tok/ --budget 0.005
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
+      trtforge quantize mypkg.models:make_net -o net.int8.onnx --calib calib_npz/
     """
-    from converter.cli.options import err_console
-
-    log = (lambda msg: None) if (quiet or as_json) else (lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
-    result = run_quantize(
+    result = api.quantize(
         model,
         out,
-        mode,
-        calib,
-        calib_method,
-        smoothquant,
-        budget,
-        validate,
-        list(exclude_op),
-        list(exclude_name),
-        int(block_size) if block_size else None,
-        batch_size,
-        max_length,
-        tokenizer,
-        image_norm,
-        cache_dir,
-        calib_table,
-        precision=precision,
-        log=log,
+        block_size=int(block_size) if block_size else None,
+        shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
+        log=progress_log(quiet or as_json),
+        **options,
     )
-    report = {**new_report("quantize"), **result.report, "output": str(result.path)}
-    if save_report:
-        write_report(report, save_report)
-    if as_json:
-        click.echo(to_json(report))
-    elif not quiet:
-        _print_summary(report)
+    emit(result.report, as_json, quiet, print_quantize)

@@ -4,8 +4,9 @@ onnxruntime 1.32's CPU graph optimizations compute some low-precision Q/DQ graph
 wrongly: fp8 Q/DQ around Conv (extended level: cosine 0.48 on a two-conv graph) and
 int8 Q/DQ EfficientNet-Lite0 converted to fp16 (basic level: cosine -0.06); both are
 right with optimizations off. Every place that runs a candidate graph for accuracy
-(verify, calibration, sensitivity, benchmarks) opens it through `cpu_session` so the
-rule lives in one place.
+(verify, sensitivity, benchmarks) opens it through `cpu_session` so the rule lives in one
+place; calibration's statistics sessions open here too, with the knobs they need (threads,
+memory arena, no spinning).
 """
 
 from __future__ import annotations
@@ -33,19 +34,50 @@ def needs_unoptimized(model: onnx.ModelProto) -> bool:
     return has_fp8(model) or _fp16_qdq(model)
 
 
-def session_options(model: onnx.ModelProto) -> ort.SessionOptions:
+def session_options(
+    model: onnx.ModelProto | None,
+    *,
+    optimize: bool | None = None,
+    threads: int = 0,
+    arena: bool = True,
+    spinning: bool = True,
+) -> ort.SessionOptions:
+    """`optimize=None` runs `model` unoptimized where it `needs_unoptimized`, optimized otherwise;
+    True or False turn onnxruntime's graph optimizations on or off outright. `threads=0` is
+    onnxruntime's own choice; `arena=False` returns activation memory between runs; `spinning=False`
+    stops intra-op threads spinning between runs (for callers that compute between runs)."""
+    if optimize is None:
+        if model is None:
+            raise ValueError("the optimization rule needs the model's structure: pass `optimize`")
+        optimize = not needs_unoptimized(model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if needs_unoptimized(model):
+    if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
     return options
 
 
-def cpu_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    """A CPU session; a path is loaded by onnxruntime itself (external data stays on disk)."""
+def cpu_session(
+    model: onnx.ModelProto | str | Path | bytes,
+    *,
+    optimize: bool | None = None,
+    threads: int = 0,
+    arena: bool = True,
+    spinning: bool = True,
+) -> ort.InferenceSession:
+    """A CPU session with `session_options`; a path is loaded by onnxruntime itself (external data
+    stays on disk); serialized bytes carry no structure to apply the rule to, so they need `optimize`."""
+    knobs = {"optimize": optimize, "threads": threads, "arena": arena, "spinning": spinning}
     if isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(
-            model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"]
-        )
-    structure = onnx.load(str(model), load_external_data=False)  # initializer types only, no weights read
-    return ort.InferenceSession(str(model), session_options(structure), providers=["CPUExecutionProvider"])
+        source, structure = model.SerializeToString(), model
+    elif isinstance(model, bytes):
+        source, structure = model, None
+    else:
+        source = str(model)
+        structure = onnx.load(source, load_external_data=False) if optimize is None else None  # types, no weights
+    return ort.InferenceSession(source, session_options(structure, **knobs), providers=["CPUExecutionProvider"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.readers import tokenize_batches
 from converter.core.errors import InvalidInputError
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
@@ -75,12 +76,8 @@ def minilm_feeds(num_batches: int, batch_size: int, max_length: int = 128) -> li
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     sentences = stdlib_sentences(num_batches * batch_size)
-    feeds = []
-    for b in range(num_batches):
-        batch = sentences[b * batch_size : (b + 1) * batch_size]
-        enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        feeds.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
-    return feeds
+    types = dict.fromkeys(_TEXT_INPUTS, np.dtype(np.int64))
+    return [feeds for _, feeds in tokenize_batches(tokenizer, sentences, batch_size, max_length, types)]
 
 
 def _efficientnet_module():

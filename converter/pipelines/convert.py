@@ -1,8 +1,12 @@
 """`convert`: model -> optimized ONNX -> engine, with accuracy measured at every stage.
 
-The stages are the API's own (export_model, run_passes, build); this module only
-orders them, measures each one against the reference (torch, or the source ONNX)
-on the same real inputs, and writes the report. A failed run removes what it wrote.
+The stages are the other use cases' own (export_model, run_passes, the backend's
+build); this module only orders them, measures each one against the reference
+(torch, or the source ONNX) on the same real inputs (converter/verification/
+reference.py), and writes the report. Everything is written into a staging folder
+and moved into place only when the whole run succeeded. The caller's Recipe is
+never changed: flags are merged into a copy, and every pass is built (checked)
+before the first stage runs.
 """
 
 from __future__ import annotations
@@ -18,27 +22,22 @@ from typing import Any
 
 import onnx
 
-from converter.backends import BuildConfig, ShapeProfile, get_backend
+from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
 from converter.demos.models import DEFAULT_DEMO
+from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
 from converter.pipelines.html_report import write_html
-from converter.pipelines.model_ref import is_torch_spec, resolve_spec, spec_from_metadata
-from converter.pipelines.recipe import Recipe, Tolerances, load_recipe
+from converter.pipelines.model_ref import ModelRef, resolve_model, spec_from_metadata
+from converter.pipelines.optimize import check_passes
+from converter.pipelines.recipe import Recipe, load_recipe
 from converter.pipelines.report import artifact, new_report, write_report
 from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs
-from converter.verification.compare import (
-    Comparison,
-    EngineRunner,
-    OnnxRunner,
-    TorchRunner,
-    collect,
-    compare_results,
-    skipped,
-)
+from converter.verification.compare import EngineRunner
 from converter.verification.localize import localize as localize_layers
+from converter.verification.reference import Reference, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
 
@@ -62,15 +61,34 @@ class ConvertResult:
         return bool(self.report.get("passed"))
 
 
-def _as_recipe(recipe: Recipe | str | Path | None) -> Recipe:
+def _recipe_for_run(
+    recipe: Recipe | str | Path | None,
+    precision: str | None = None,
+    backend: str | None = None,
+    target_gpus: list[str] | None = None,
+    shapes: dict[str, ShapeProfile] | None = None,
+) -> Recipe:
+    """A copy of the recipe (a Recipe, a file, or the default) with the flags merged in, validated."""
     if recipe is None:
-        return Recipe()
-    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        recipe = Recipe()
+    rec = recipe.copy() if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if precision:
+        rec.precision = precision
+    if backend:
+        rec.backend = backend
+    if target_gpus:
+        rec.target_gpus = list(target_gpus)
+    if shapes:
+        rec.shapes.update(shapes)
+    Recipe.from_dict(rec.to_dict())  # validates the merged recipe
+    check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
+    return rec
 
 
 def convert(
     model: str | None = None,
     out: str | Path = "trtforge_out",
+    *,
     recipe: Recipe | str | Path | None = None,
     precision: str | None = None,
     backend: str | None = None,
@@ -82,40 +100,25 @@ def convert(
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
-    Flags given here override the recipe; the recipe actually used is in the report.
-    `trust_model_code` lets an ONNX file's metadata name a `module:factory` whose
-    code is imported for sample data and profiles (off: only built-in demos).
+    Flags given here override the recipe (in a copy: `recipe` itself is not changed);
+    the recipe actually used is in the report. `trust_model_code` lets an ONNX file's
+    metadata name a `module:factory` whose code is imported for sample data and
+    profiles (off: only built-in demos).
     """
-    model = model or DEFAULT_DEMO
-    rec = _as_recipe(recipe)
-    if precision:
-        rec.precision = precision
-    if backend:
-        rec.backend = backend
-    if target_gpus:
-        rec.target_gpus = list(target_gpus)
-    if shapes:
-        rec.shapes.update(shapes)
-    Recipe.from_dict(rec.to_dict())  # validates the merged recipe
-
+    rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
-    if not is_torch_spec(model):
-        if not Path(model).exists() and Path(model).suffix != ".onnx":
-            resolve_spec(model)  # raises the "not a file, demo or spec" message
-        load_model(model, load_weights=False)  # fail before anything is written
+    ref = resolve_model(model or DEFAULT_DEMO, {k: v.opt for k, v in rec.shapes.items()})
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.resolve().name}.trtforge-", dir=parent))
     except OSError as exc:
         raise InvalidInputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
-    # Everything is written into a staging folder beside the output and moved into
-    # place only when the whole run succeeded: a failure leaves the output folder
-    # (and any input inside it) exactly as it was.
+    # A failure leaves the output folder (and any input inside it) exactly as it was.
     try:
-        result = _convert(model, stage, rec, inputs, log, trust_model_code)
+        result = _Run(ref, rec, stage, log, trust_model_code).convert(inputs)
         _publish(stage, out_dir, result)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -140,147 +143,149 @@ def _publish(stage: Path, out_dir: Path, result: ConvertResult) -> None:
     result.paths = {"onnx": result.onnx, "engine": result.engine, "report": out_dir / "report.json"}
 
 
-def _convert(
-    model: str, out_dir: Path, rec: Recipe, inputs: str | Path | None, log: Log, trust_model_code: bool
-) -> ConvertResult:
-    report = new_report("convert")
-    report["recipe"] = rec.to_dict()
-    result = ConvertResult(report=report, out_dir=out_dir)
-    stages = report["stages"]
+@dataclass
+class _Run:
+    """One conversion into a staging folder: the stages, in order, and what they share."""
 
-    # 1. source: torch (export) or ONNX file
-    spec = None
-    if is_torch_spec(model):
-        spec = resolve_spec(model, {k: v.opt for k, v in rec.shapes.items()})
-        log(f"exporting {spec.name} ({rec.exporter})")
-        exported = export_model(spec, out_dir / "model.onnx", exporter=rec.exporter, opset=rec.opset)
-        source_path = exported.path
-        stages["export"] = {
-            "seconds": exported.seconds,
-            "summary": f"{exported.num_nodes} nodes, opset {exported.opset}",
-            "exporter": exported.exporter,
-            "opset": exported.opset,
-            "nodes": exported.num_nodes,
-        }
-        report["artifacts"].append(artifact(source_path, "onnx"))
-    else:
-        source_path = Path(model)
-    source = load_model(source_path)
-    report["input"] = {"model": model, "kind": "torch" if spec else "onnx"}
+    ref: ModelRef
+    rec: Recipe
+    out_dir: Path
+    log: Log
+    trust_model_code: bool
+    report: dict[str, Any] = field(default_factory=lambda: new_report("convert"))
+    reference: Reference | None = None
 
-    sample = resolve_inputs(
-        source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes, trust_model_code
-    )
-    check_against_graph(sample, source, str(source_path))
-    report["input"]["samples"] = {"source": sample.source, "count": sample.count}
-    classify = (spec.task if spec else metadata_value(source, TASK)) == "classification"
+    def convert(self, inputs: str | Path | None) -> ConvertResult:
+        self.report["recipe"] = self.rec.to_dict()
+        source_path, source = self.source()
+        self.verify_setup(source_path, source, inputs)
+        opt_path, optimized = self.optimize(source)
+        self.verify_optimized(source, opt_path, optimized)
+        backend, engine = self.build(source, opt_path)
+        self.verify_engine(backend, engine)
+        self.report["verified"], self.report["passed"] = verdict(
+            self.report["verification"], engines=["model.engine"], onnx_files=["model.opt.onnx"]
+        )
+        return ConvertResult(report=self.report, out_dir=self.out_dir)
 
-    ref_label = "torch" if spec else "source.onnx"
-    ref_runner = (
-        TorchRunner(spec.module(), spec.input_names, spec.output_names) if spec else OnnxRunner(source, "source.onnx")
-    )
-    ref_out = collect(ref_runner, sample.feeds)
-    fp32_tol = Tolerances.for_precision("fp32", rec.tolerances)
-    final_tol = Tolerances.for_precision(rec.precision, rec.tolerances)
-
-    def check(label: str, runner, tol: Tolerances) -> Comparison:
-        return compare_results(ref_label, ref_out, label, collect(runner, sample.feeds), tol, classify, sample.count)
-
-    if spec:
-        report["verification"].append(check("model.onnx", OnnxRunner(source), fp32_tol).to_dict())
-
-    # 2. passes, with accuracy after each one (lossy passes switch to the recipe's tolerance)
-    lowered = False
-
-    def measure(record: PassRecord, stage_model: onnx.ModelProto) -> None:
-        nonlocal lowered
-        lowered = lowered or not record.exact
-        try:
-            comp = check(record.name, OnnxRunner(stage_model, record.name), final_tol if lowered else fp32_tol)
-            record.accuracy = {
-                "min_cosine": min(o.cosine for o in comp.outputs),
-                "max_abs": max(o.max_abs for o in comp.outputs),
-                "passed": comp.passed,
+    def source(self) -> tuple[Path, onnx.ModelProto]:
+        """1. the source graph: the torch model exported (model.onnx), or the ONNX file given."""
+        spec, rec = self.ref.spec, self.rec
+        if spec is None:
+            source_path = self.ref.path
+        else:
+            self.log(f"exporting {spec.name} ({rec.exporter})")
+            exported = export_model(spec, self.out_dir / "model.onnx", exporter=rec.exporter, opset=rec.opset)
+            source_path = exported.path
+            self.report["stages"]["export"] = {
+                "seconds": exported.seconds,
+                "summary": f"{exported.num_nodes} nodes, opset {exported.opset}",
+                "exporter": exported.exporter,
+                "opset": exported.opset,
+                "nodes": exported.num_nodes,
             }
-        except InvalidInputError as exc:
-            record.accuracy = {"skipped": str(exc)}
-        log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
+            self.report["artifacts"].append(artifact(source_path, "onnx"))
+        self.report["input"] = {"model": self.ref.text, "kind": self.ref.kind}
+        return source_path, load_model(source_path)
 
-    start = time.perf_counter()
-    # quantization hook: real calibration data (disjoint from the verification batches) for
-    # recipes with quantize/smoothquant passes; None otherwise.
-    from converter.pipelines.quantize import calibration_for_convert
+    def verify_setup(self, source_path: Path, source: onnx.ModelProto, inputs: str | Path | None) -> None:
+        """The sample inputs and the reference's outputs on them; the exported model.onnx checked."""
+        spec, rec = self.ref.spec, self.rec
+        sample = resolve_inputs(
+            source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes, self.trust_model_code
+        )
+        check_against_graph(sample, source, str(source_path))
+        self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
+        if spec is not None:
+            self.reference = Reference.of_torch(spec, sample.feeds, sample.count)
+            check = self.reference.compare_onnx(source, "model.onnx", rec.tolerance("fp32"))
+            self.report["verification"].append(check.to_dict())
+        else:
+            classify = metadata_value(source, TASK) == "classification"
+            self.reference = Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
 
-    calib = calibration_for_convert(rec.passes, source, spec, rec.verify_batches, rec.verify_batch_size)
-    ctx = PassContext(opset=opset_of(source), calibration=calib)
-    optimized, records = run_passes(source, rec.effective_passes(), ctx, measure)
-    opt_path = save_model(optimized, out_dir / "model.opt.onnx")
-    stages["optimize"] = {
-        "seconds": round(time.perf_counter() - start, 3),
-        "summary": f"{len(source.graph.node)} -> {len(optimized.graph.node)} nodes",
-    }
-    report["passes"] = [r.to_dict() for r in records]
-    report["artifacts"].append(artifact(opt_path, "onnx"))
-    try:
-        final = check("model.opt.onnx", OnnxRunner(opt_path, "model.opt.onnx"), final_tol)
-        if rec.precision != "fp32":
-            final.note = LOW_PRECISION_NOTE
-    except InvalidInputError as exc:
-        final = skipped(ref_label, "model.opt.onnx", final_tol, f"onnxruntime CPU cannot run it: {exc}")
-    report["verification"].append(final.to_dict())
-    if not final.skipped:  # where along the graph did the passes' error enter?
-        found = localize_layers(source, optimized, sample.feeds, final_tol)
-        report["localization"] = {
-            **found.to_dict(),
-            "title": f"model.opt.onnx vs {'model.onnx' if spec else Path(model).name}",
+    def optimize(self, source: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:
+        """2. the passes, with accuracy after each one (lossy passes switch to the recipe's tolerance)."""
+        rec, reference = self.rec, self.reference
+        lowered = False
+
+        def measure(record: PassRecord, stage_model: onnx.ModelProto) -> None:
+            nonlocal lowered
+            lowered = lowered or not record.exact
+            try:
+                tol = rec.tolerance() if lowered else rec.tolerance("fp32")
+                record.accuracy = pass_accuracy(reference.compare_onnx(stage_model, record.name, tol))
+            except InvalidInputError as exc:
+                record.accuracy = {"skipped": str(exc)}
+            self.log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
+
+        start = time.perf_counter()
+        specs = rec.effective_passes()
+        calib = calibration_source.for_convert(specs, source, self.ref.spec, rec.verify_batches, rec.verify_batch_size)
+        optimized, records = run_passes(source, specs, PassContext(opset=opset_of(source), calibration=calib), measure)
+        opt_path = save_model(optimized, self.out_dir / "model.opt.onnx")
+        self.report["stages"]["optimize"] = {
+            "seconds": round(time.perf_counter() - start, 3),
+            "summary": f"{len(source.graph.node)} -> {len(optimized.graph.node)} nodes",
         }
-        report["divergent_layers"] = report["localization"]["divergent_layers"]
+        self.report["passes"] = [r.to_dict() for r in records]
+        self.report["artifacts"].append(artifact(opt_path, "onnx"))
+        return opt_path, optimized
 
-    # 3. engine
-    log(f"building engine ({rec.backend}, {rec.precision})")
-    default_spec = spec or spec_from_metadata(source, trust_model_code)
-    profiles = dict(default_spec.profiles) if default_spec else {}
-    profiles.update(rec.shapes)
-    config = BuildConfig(profiles=profiles, target_gpus=list(rec.target_gpus), precision=rec.precision)
-    backend = get_backend(rec.backend)
-    engine = backend.build(opt_path, out_dir / "model.engine", config, source_label="model.opt.onnx")
-    network = engine.sidecar["network"]
-    stages["build"] = {
-        "seconds": engine.sidecar["build_seconds"],
-        "backend": engine.sidecar["backend"],
-        "targets": engine.sidecar.get("targets"),
-        "engine_bytes": engine.sidecar["engine_bytes"],
-        "summary": f"{engine.sidecar['backend']} {engine.sidecar.get('targets')}, "
-        f"{network['num_layers']} network layers, {engine.sidecar['engine_bytes'] / 1e6:.1f} MB",
-    }
-    report["network"] = {k: network[k] for k in ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")}
-    report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
+    def verify_optimized(self, source: onnx.ModelProto, opt_path: Path, optimized: onnx.ModelProto) -> None:
+        """model.opt.onnx against the reference, and where along the graph its error entered."""
+        tol = self.rec.tolerance()
+        try:
+            final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol)
+            if self.rec.precision != "fp32":
+                final.note = LOW_PRECISION_NOTE
+        except InvalidInputError as exc:
+            final = self.reference.skipped("model.opt.onnx", tol, f"onnxruntime CPU cannot run it: {exc}")
+        self.report["verification"].append(final.to_dict())
+        if final.skipped:
+            return
+        found = localize_layers(source, optimized, self.reference.feeds, tol)
+        source_name = "model.onnx" if self.ref.is_torch else self.ref.path.name
+        self.report["localization"] = {**found.to_dict(), "title": f"model.opt.onnx vs {source_name}"}
+        self.report["divergent_layers"] = self.report["localization"]["divergent_layers"]
 
-    # 4. engine accuracy, where it can run
-    ok, why = backend.can_run()
-    engine_check = (
-        check("model.engine", EngineRunner(backend, engine.path), final_tol)
-        if ok
-        else skipped(ref_label, "model.engine", final_tol, f"engine not executed: {why}")
-    )
-    report["verification"].append(engine_check.to_dict())
+    def build(self, source: onnx.ModelProto, opt_path: Path) -> tuple[Backend, EngineArtifact]:
+        """3. the engine, with the spec's (or the metadata's) profiles under the recipe's shapes."""
+        rec = self.rec
+        self.log(f"building engine ({rec.backend}, {rec.precision})")
+        default_spec = self.ref.spec or spec_from_metadata(source, self.trust_model_code)
+        profiles = dict(default_spec.profiles) if default_spec else {}
+        profiles.update(rec.shapes)
+        config = BuildConfig(profiles=profiles, target_gpus=list(rec.target_gpus), precision=rec.precision)
+        backend = get_backend(rec.backend)
+        engine = backend.build(opt_path, self.out_dir / "model.engine", config, source_label="model.opt.onnx")
+        side, network = engine.sidecar, engine.sidecar["network"]
+        self.report["stages"]["build"] = {
+            "seconds": side["build_seconds"],
+            "backend": side["backend"],
+            "targets": side.get("targets"),
+            "engine_bytes": side["engine_bytes"],
+            "summary": f"{side['backend']} {side.get('targets')}, "
+            f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB",
+        }
+        keys = ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
+        self.report["network"] = {k: network[k] for k in keys}
+        self.report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
+        return backend, engine
 
-    report["verified"], report["passed"] = verdict(report["verification"])
-    return result
+    def verify_engine(self, backend: Backend, engine: EngineArtifact) -> None:
+        """4. the engine's accuracy, where it can run (a GPU); else skipped with the reason."""
+        tol = self.rec.tolerance()
+        ok, why = backend.can_run()
+        check = (
+            self.reference.compare(EngineRunner(backend, engine.path, "model.engine"), tol)
+            if ok
+            else self.reference.skipped("model.engine", tol, f"engine not executed: {why}")
+        )
+        self.report["verification"].append(check.to_dict())
 
 
 LOW_PRECISION_NOTE = (
     "onnxruntime CPU computes some fp16/bf16 ops in fp32: this measures the rounding of weights and "
     "casts, not low-precision arithmetic; the engine's own accuracy needs a GPU"
 )
-
-
-def verdict(comparisons: list[dict[str, Any]]) -> tuple[str, bool]:
-    """("engine" | "onnx" | "not verified", passed): passing needs the final artifact checked.
-
-    The final artifact is the engine, or at least the optimized ONNX it was built
-    from; a run where neither could be checked is not verified, hence not passed.
-    """
-    ran = {c["candidate"]: c for c in comparisons if not c["skipped"]}
-    level = "engine" if "model.engine" in ran else ("onnx" if "model.opt.onnx" in ran else "not verified")
-    return level, level != "not verified" and all(c["passed"] for c in ran.values())

@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -23,6 +24,7 @@ from converter.core.metadata import EXPORTER, SAMPLE_DATA, SOURCE, TASK, write_m
 from converter.core.model_io import EXTERNAL_DATA_THRESHOLD, load_model, save_model, sha256_file
 from converter.core.model_spec import ModelSpec
 from converter.core.version import __version__
+from converter.pipelines.model_ref import resolve_model
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -36,6 +38,19 @@ class ExportResult:
     num_nodes: int
     external_data: bool
     sha256: str
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """What `trtforge export` prints (--json)."""
+        return {
+            "path": str(self.path),
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "nodes": self.num_nodes,
+            "seconds": self.seconds,
+            "external_data": self.external_data,
+            "sha256": self.sha256,
+        }
 
 
 def _example_args(spec: ModelSpec):
@@ -158,3 +173,18 @@ def export_model(
         external_data=out_path.with_name(out_path.name + ".data").exists(),
         sha256=sha256_file(out_path),
     )
+
+
+def export(
+    model: str,
+    out: str | Path,
+    *,
+    exporter: str = "torchscript",
+    opset: int | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    dtypes: dict[str, str] | None = None,
+    dynamic: bool = True,
+) -> ExportResult:
+    """The export use case: a demo name or 'module:factory' (static `shapes`/`dtypes` for a bare module) -> ONNX."""
+    ref = resolve_model(model, shapes, dtypes, torch_only=True)
+    return export_model(ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic)

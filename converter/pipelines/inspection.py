@@ -20,8 +20,8 @@ from converter.backends import get_backend, load_sidecar
 from converter.core.errors import InvalidInputError, TrtforgeError
 from converter.core.metadata import read_metadata
 from converter.core.model_io import external_data_files, load_model, weights_nbytes
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+from converter.pipelines.report import write_report
+from converter.verification.reference import ENGINE_SUFFIXES
 
 
 def _value_info(value_info: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -87,3 +87,11 @@ def inspect_path(path: Path) -> dict[str, Any]:
     if path.suffix == ".onnx":
         return inspect_onnx(path)
     raise InvalidInputError(f"{path}: expected an .onnx file or an engine ({', '.join(ENGINE_SUFFIXES)})")
+
+
+def inspect(path: str | Path, *, out: str | Path | None = None) -> dict[str, Any]:
+    """The summary of an ONNX file or an engine; also written as JSON to `out` when given."""
+    info = inspect_path(Path(path))
+    if out:
+        write_report(info, out)
+    return info

@@ -1,5 +1,8 @@
 """The model argument of every command: a built-in demo, a `module:factory` spec or an ONNX file.
 
+`resolve_model` is the one resolver every use case calls (convert, verify, quantize,
+export, drop-blocks): it returns a `ModelRef`, a torch spec or an ONNX path, or
+raises the one-line "no such file, demo or spec" error before anything is written.
 A user factory is imported and called here only: a spec on the command line means the
 user asked for that code to run; a spec named by an ONNX file's metadata is imported
 only with `trust_model_code` (a file must not make trtforge run code by itself).
@@ -10,6 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import SOURCE, metadata_value
+from converter.core.model_io import load_model
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
 from converter.demos.models import DEMOS
@@ -97,6 +102,44 @@ def resolve_spec(
     raise InvalidInputError(
         f"'{model}': no such file, and not a demo ({', '.join(DEMOS)}) or a package.module:factory spec"
     )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model argument names: a torch model (`spec`) or an ONNX file (`path`), never both."""
+
+    text: str  # the argument as given
+    spec: ModelSpec | None = None
+    path: Path | None = None
+
+    @property
+    def is_torch(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def kind(self) -> str:
+        return "torch" if self.spec is not None else "onnx"
+
+
+def resolve_model(
+    model: str | Path,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    dtypes: dict[str, str] | None = None,
+    torch_only: bool = False,
+) -> ModelRef:
+    """A demo name or 'module:factory' -> its spec; else an ONNX file, checked to load (without weights).
+
+    `shapes`/`dtypes` are the static input shapes of a bare nn.Module factory; with
+    `torch_only` (export) a file is an error.
+    """
+    text = str(model)
+    if is_torch_spec(text) or torch_only:
+        return ModelRef(text, spec=resolve_spec(text, shapes, dtypes))
+    path = Path(text)
+    if not path.exists() and path.suffix != ".onnx":
+        resolve_spec(text)  # raises the "no such file, and not a demo or spec" message
+    load_model(path, load_weights=False)  # a missing or broken file fails here, before anything is written
+    return ModelRef(text, path=path)
 
 
 def feeds_for_source(

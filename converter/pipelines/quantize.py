@@ -1,16 +1,18 @@
-"""The quantize API: ONNX (or a demo) + calibration data -> Q/DQ ONNX, with the choices made and their cost.
+"""The quantize use case: ONNX (or a torch model) + calibration data -> Q/DQ ONNX, with the choices made and their cost.
 
-Steps: load the model; read calibration data (a folder, or the model's own real
-sample data, never random noise); for W8A8 modes pick the SmoothQuant alpha and the
-calibration method that score best on a calibration subset (`auto`); run the
-`smoothquant` and `quantize` passes (passes/) through the pass manager, with mixed
-precision when a budget is given; measure the result on validation data (or the
-calibration subset) and write the model, the report and optionally a TensorRT
-calibration table.
+Steps: resolve the model (a torch model, demo or `module:factory`, is exported and
+folded first); read calibration data (converter/pipelines/calibration_source.py: a
+folder, or the model's own real sample data, never random noise); for W8A8 modes
+pick the SmoothQuant alpha and the calibration method that score best on a
+calibration subset (`auto`); run the `smoothquant` and `quantize` passes (passes/)
+through the pass manager, with mixed precision when a budget is given; measure the
+result on validation data (or the calibration subset) and write the model, the
+report and optionally a TensorRT calibration table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,19 +25,77 @@ import onnx
 
 from calibration.cache import write_trt_table
 from calibration.data import CalibrationData, from_feeds
-from calibration.readers import load_calibration
 from calibration.sensitivity import Evaluator, Metric, run_outputs, sample_cosines, top1_agreement
 from converter.core.errors import InvalidInputError
-from converter.core.metadata import SAMPLE_DATA, TASK, metadata_value
+from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
-from converter.demos.models import DEMOS
+from converter.pipelines import calibration_source
+from converter.pipelines.export import export_model
+from converter.pipelines.model_ref import ModelRef, resolve_model
+from converter.pipelines.report import new_report, write_report
 from passes.base import PassContext
-from passes.manager import PassSpec, run_passes
+from passes.manager import run_passes
 from passes.quant.quantize import MODES, WEIGHT_ONLY
+from passes.registry import PassSpec
 
 METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 ALPHAS = (0.6, 0.8, 0.9, 1.0)
+HIGH_PRECISIONS = ("fp32", "fp16", "bf16")
 Log = Callable[[str], None]
+Data = str | Path | CalibrationData | None
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class QuantizeOptions:
+    """What to quantize how (the CLI's flags; every field is also a keyword of converter.api.quantize)."""
+
+    mode: str = "int8"  # see passes.quant.quantize.MODES
+    calib: Data = None  # a folder/.txt, CalibrationData, or None: the model's own sample data
+    method: str = "auto"  # activation range observer (METHODS); auto: scored on a calibration subset
+    smoothquant: str | float | None = "auto"  # auto | off | an alpha
+    max_cosine_drop: float | None = None  # mixed-precision budget
+    validation: Data = None
+    exclude_ops: list[str] = field(default_factory=list)
+    exclude_names: list[str] = field(default_factory=list)
+    block_size: int | None = None  # weight-only modes
+    batch_size: int = 16
+    max_length: int = 128  # token limit for text calibration
+    tokenizer: str | Path | None = None  # default: the demo's
+    image_norm: str = "imagenet"
+    cache_dir: str | Path | None = None
+    calib_table: str | Path | None = None  # also write a TensorRT calibration table (int8)
+    search_samples: int = 64
+    metric: Metric | None = None  # search metric; default: cosine, or top-1 + cosine for classifiers
+    precision: str = "fp32"  # what stays unquantized
+    shapes: dict[str, tuple[int, ...]] | None = None  # input shapes of a bare nn.Module factory
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"--mode '{self.mode}' not in {MODES}")
+        if self.method not in METHODS:
+            raise InvalidInputError(f"--calib-method '{self.method}' not in {METHODS}")
+        if self.precision not in HIGH_PRECISIONS:
+            raise InvalidInputError(f"--precision '{self.precision}' not in {', '.join(HIGH_PRECISIONS)}")
+
+    def pass_options(self) -> dict[str, Any]:
+        """The options the quantize pass takes from these (the search and budget add their own)."""
+        options: dict[str, Any] = {
+            "exclude_ops": list(self.exclude_ops),
+            "exclude_names": list(self.exclude_names),
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+        }
+        if self.block_size:
+            options["block_size"] = self.block_size
+        return options
+
+    def data(self, which: Data, model: onnx.ModelProto, ref: ModelRef) -> CalibrationData | None:
+        return calibration_source.load(
+            which, model, self.batch_size, self.max_length, self.tokenizer, self.image_norm, spec=ref.spec
+        )
 
 
 @dataclass
@@ -44,27 +104,14 @@ class QuantizeResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _source_model(model: str, work: Path, log: Log) -> Path:
-    """An .onnx path as is; a demo name is exported and folded first."""
-    if Path(model).exists() or model.endswith(".onnx"):
-        return Path(model)
-    if model not in DEMOS:
-        raise InvalidInputError(f"'{model}': no such file, and not a demo ({', '.join(DEMOS)})")
-    from converter import api
-
-    log(f"exporting {model} and running the fold passes")
-    api.export(model, work / "model.onnx")
-    api.optimize(work / "model.onnx", work / "model.opt.onnx", ["fold"])
-    return work / "model.opt.onnx"
-
-
-def sample_calibration(model: onnx.ModelProto, batches: int, batch_size: int, skip: int = 0) -> CalibrationData | None:
-    """The model's own real sample data (ONNX metadata 'trtforge.sample_data' naming a demo), or None."""
-    from converter.pipelines.model_ref import feeds_for_source
-
-    source = metadata_value(model, SAMPLE_DATA)
-    feeds = feeds_for_source(source, skip + batches, batch_size) if source else None
-    return from_feeds(feeds[skip:], source) if feeds else None
+def _source_model(ref: ModelRef, work: Path, log: Log) -> Path:
+    """An ONNX file as is; a torch model (demo or module:factory) is exported and folded first."""
+    if ref.spec is None:
+        return ref.path
+    log(f"exporting {ref.text} and running the fold passes")
+    exported = load_model(export_model(ref.spec, work / "model.onnx").path)
+    folded, _ = run_passes(exported, [PassSpec("fold")], PassContext(opset=opset_of(exported)))
+    return save_model(folded, work / "model.opt.onnx")
 
 
 def _subset(data: CalibrationData, samples: int) -> list[dict[str, np.ndarray]]:
@@ -99,99 +146,102 @@ def _search(model, mode, data, evaluator, alphas, methods, options, log) -> tupl
     return best["smoothquant_alpha"], best["method"], table
 
 
+def _choose(
+    source: onnx.ModelProto, data: CalibrationData | None, opts: QuantizeOptions, report: dict[str, Any], log: Log
+) -> tuple[float | None, str, Evaluator | None]:
+    """(SmoothQuant alpha, observer, the search's evaluator): searched when more than one pair is possible."""
+    method = "minmax" if opts.method == "auto" else opts.method
+    if data is None or opts.mode in WEIGHT_ONLY:
+        return None, method, None
+    alphas = _alphas(opts.smoothquant, source)
+    methods = ["minmax", "percentile", "entropy", "mse"] if opts.method == "auto" else [opts.method]
+    if len(alphas) * len(methods) == 1:
+        return alphas[0], method, None
+    start = time.perf_counter()
+    metric = opts.metric or (classification_drop if metadata_value(source, TASK) == "classification" else None)
+    evaluator = Evaluator(source, _subset(data, opts.search_samples), metric)
+    alpha, method, table = _search(source, opts.mode, data, evaluator, alphas, methods, opts.pass_options(), log)
+    report["search"] = {
+        "table": table,
+        "seconds": round(time.perf_counter() - start, 2),
+        "samples": sum(len(next(iter(f.values()))) for f in evaluator.feeds),
+    }
+    return alpha, method, evaluator
+
+
+def _quantize(
+    source: onnx.ModelProto,
+    data: CalibrationData | None,
+    opts: QuantizeOptions,
+    choice: tuple[float | None, str],
+    report: dict[str, Any],
+    log: Log,
+) -> onnx.ModelProto:
+    """The chosen smoothquant + quantize passes (+ precision for the rest), recorded in `report`."""
+    alpha, method = choice
+    options = opts.pass_options()
+    if opts.max_cosine_drop is not None:
+        options.update(max_cosine_drop=float(opts.max_cosine_drop), sensitivity_samples=opts.search_samples)
+    log(f"quantizing ({opts.mode}, method {method}, smoothquant alpha {alpha})")
+    start = time.perf_counter()
+    specs = _passes(opts.mode, alpha, method, options)
+    if opts.precision != "fp32":  # what stays unquantized runs in fp16/bf16 (strongly typed engines)
+        specs.append(PassSpec("precision", {"target": opts.precision}))
+    quantized, records = run_passes(source, specs, PassContext(opset_of(source), calibration=data))
+    report.update(
+        precision=opts.precision,
+        method=method,
+        smoothquant_alpha=alpha,
+        seconds=round(time.perf_counter() - start, 2),
+        calibration={"source": data.source, "samples": data.count} if data is not None else None,
+        passes=[r.to_dict() for r in records],
+        qdq=count_qdq(quantized),
+        onnx_bytes={"before": source.ByteSize(), "after": quantized.ByteSize()},
+    )
+    mixed = _mixed_report(records, options)
+    if mixed:
+        report["mixed_precision"] = mixed
+    return quantized
+
+
 def quantize(
     model: str | Path,
     out: str | Path,
-    mode: str = "int8",
-    calib: str | Path | CalibrationData | None = None,
-    method: str = "auto",
-    smoothquant: str | float | None = "auto",
-    max_cosine_drop: float | None = None,
-    validation: str | Path | CalibrationData | None = None,
-    exclude_ops: list[str] | None = None,
-    exclude_names: list[str] | None = None,
-    block_size: int | None = None,
-    batch_size: int = 16,
-    max_length: int = 128,
-    tokenizer: str | Path | None = None,
-    image_norm: str = "imagenet",
-    cache_dir: str | Path | None = None,
-    calib_table: str | Path | None = None,
-    search_samples: int = 64,
-    metric: Metric | None = None,
-    precision: str = "fp32",
-    log: Log = lambda _msg: None,
+    options: QuantizeOptions | None = None,
+    *,
+    log: Log = _quiet,
+    report_path: str | Path | None = None,
+    **fields: Any,
 ) -> QuantizeResult:
-    """Quantize `model` (see module docstring); returns the output path and the report."""
-    if mode not in MODES:
-        raise InvalidInputError(f"--mode '{mode}' not in {MODES}")
-    if method not in METHODS:
-        raise InvalidInputError(f"--calib-method '{method}' not in {METHODS}")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise InvalidInputError(f"--precision '{precision}' not in fp32, fp16, bf16")
+    """Quantize `model` (see module docstring); returns the output path and the report.
+
+    `fields` are QuantizeOptions fields (`mode="int8", calib="calib/"`), over `options`.
+    """
+    opts = dataclasses.replace(options or QuantizeOptions(), **fields)
+    opts.check()
+    ref = resolve_model(model, opts.shapes)
+    report: dict[str, Any] = {**new_report("quantize"), "model": str(model), "mode": opts.mode, "calibration": None}
     with tempfile.TemporaryDirectory(prefix="trtforge-quantize-") as work:
-        source_path = _source_model(str(model), Path(work), log)
+        source_path = _source_model(ref, Path(work), log)
         source = load_model(source_path)
-        data = _data(calib, source, batch_size, max_length, tokenizer, image_norm, skip=0)
-        if data is None and mode not in WEIGHT_ONLY:
+        data = opts.data(opts.calib, source, ref)
+        if data is None and opts.mode not in WEIGHT_ONLY:
             raise InvalidInputError(
-                f"{source_path}: {mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt)"
+                f"{source_path}: {opts.mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt)"
             )
-        options = {
-            "exclude_ops": list(exclude_ops or []),
-            "exclude_names": list(exclude_names or []),
-            "cache_dir": str(cache_dir) if cache_dir else None,
-        }
-        if block_size:
-            options["block_size"] = block_size
-        report: dict[str, Any] = {"model": str(model), "mode": mode, "calibration": None}
-        task = metadata_value(source, TASK)
-        metric = metric or (classification_drop if task == "classification" else None)
-        evaluator = None
-        alpha, chosen, start = None, ("minmax" if method == "auto" else method), time.perf_counter()
-        if data is not None and mode not in WEIGHT_ONLY:
-            alphas = _alphas(smoothquant, source)
-            methods = ["minmax", "percentile", "entropy", "mse"] if method == "auto" else [method]
-            if len(alphas) * len(methods) > 1:
-                evaluator = Evaluator(source, _subset(data, search_samples), metric)
-                alpha, chosen, table = _search(source, mode, data, evaluator, alphas, methods, options, log)
-                report["search"] = {
-                    "table": table,
-                    "seconds": round(time.perf_counter() - start, 2),
-                    "samples": sum(len(next(iter(f.values()))) for f in evaluator.feeds),
-                }
-            else:
-                alpha = alphas[0]
-        if max_cosine_drop is not None:
-            options.update(max_cosine_drop=float(max_cosine_drop), sensitivity_samples=search_samples)
-        log(f"quantizing ({mode}, method {chosen}, smoothquant alpha {alpha})")
-        ctx = PassContext(opset_of(source), calibration=data)
-        start = time.perf_counter()
-        specs = _passes(mode, alpha, chosen, options)
-        if precision != "fp32":  # what stays unquantized runs in fp16/bf16 (strongly typed engines)
-            specs.append(PassSpec("precision", {"target": precision}))
-        quantized, records = run_passes(source, specs, ctx)
-        report.update(
-            precision=precision,
-            method=chosen,
-            smoothquant_alpha=alpha,
-            seconds=round(time.perf_counter() - start, 2),
-            calibration={"source": data.source, "samples": data.count} if data is not None else None,
-            passes=[r.to_dict() for r in records],
-            qdq=count_qdq(quantized),
-            onnx_bytes={"before": source.ByteSize(), "after": quantized.ByteSize()},
-        )
-        mixed = _mixed_report(records, options)
-        if mixed:
-            report["mixed_precision"] = mixed
+        alpha, method, evaluator = _choose(source, data, opts, report, log)
+        quantized = _quantize(source, data, opts, (alpha, method), report, log)
         path = save_model(quantized, out)
-        val = _data(validation, source, batch_size, max_length, tokenizer, image_norm, skip=0) if validation else None
-        subset = evaluator.feeds if evaluator else (_subset(data, search_samples) if data is not None else None)
+        val = opts.data(opts.validation, source, ref) if opts.validation else None
+        subset = evaluator.feeds if evaluator else (_subset(data, opts.search_samples) if data is not None else None)
         report["accuracy"] = measure(
             source, quantized, list(val) if val is not None else subset, "validation" if val else "calibration subset"
         )
-        if calib_table and mode == "int8":
-            report["calib_table"] = str(write_trt_table(calib_table, qdq_ranges(quantized)))
+        if opts.calib_table and opts.mode == "int8":
+            report["calib_table"] = str(write_trt_table(opts.calib_table, qdq_ranges(quantized)))
+    report["output"] = str(path)
+    if report_path:
+        write_report(report, report_path)
     return QuantizeResult(path, report)
 
 
@@ -207,42 +257,17 @@ def _alphas(smoothquant: str | float | None, model: onnx.ModelProto) -> list[flo
         raise InvalidInputError(f"--smoothquant '{smoothquant}': give auto, off or an alpha in [0, 1]") from exc
 
 
-def _data(calib, model, batch_size, max_length, tokenizer, image_norm, skip) -> CalibrationData | None:
-    if isinstance(calib, CalibrationData):
-        return calib.check(model)
-    if calib:
-        return load_calibration(calib, model, batch_size, tokenizer, max_length, image_norm).check(model)
-    return sample_calibration(model, 8, batch_size, skip)
-
-
 def _mixed_report(records, options) -> dict[str, Any] | None:
+    """The mixed-precision choice the quantize pass reported (its record's details), or None."""
     if options.get("max_cosine_drop") is None:
         return None
-    from passes.quant import quantize as quantize_pass
-
-    mixed = quantize_pass.LAST_MIXED
-    return mixed.to_dict() if mixed is not None else None
+    found = [r.details["mixed_precision"] for r in records if r.name == "quantize" and "mixed_precision" in r.details]
+    return found[-1] if found else None
 
 
 def classification_drop(candidate, reference) -> float:
     """Search metric for classifiers: top-1 disagreement plus 1 - mean cosine of the logits."""
     return (1.0 - top1_agreement(candidate, reference)) + 1.0 - float(sample_cosines(candidate, reference).mean())
-
-
-def calibration_for_convert(
-    passes: list[PassSpec], model: onnx.ModelProto, spec, skip_batches: int, batch_size: int, batches: int = 16
-) -> CalibrationData | None:
-    """Real calibration data for a convert recipe with quantize/smoothquant passes, or None.
-
-    The spec's (or the ONNX metadata's) real sample data, skipping the batches the
-    verifier uses, so accuracy is not measured on the calibration samples.
-    """
-    if not any(p.name in ("quantize", "smoothquant") for p in passes):
-        return None
-    if spec is not None and spec.sample_source != "synthetic":
-        feeds = spec.sample_feeds(skip_batches + batches, batch_size)[skip_batches:]
-        return from_feeds(feeds, spec.sample_source)
-    return sample_calibration(model, batches, batch_size, skip_batches)
 
 
 def count_qdq(model: onnx.ModelProto) -> dict[str, int]:

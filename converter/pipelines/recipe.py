@@ -8,6 +8,7 @@ reproduces a result. Unknown keys are errors, not silently ignored.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,43 +17,12 @@ import yaml
 
 from converter.core.errors import InvalidInputError
 from converter.core.profiles import ShapeProfile
-from passes.manager import PassSpec
+from converter.verification.tolerances import TOLERANCE_KEYS, Tolerances
+from passes.registry import PassSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 DEFAULT_PASSES = ["fold"]
-
-# Per precision: elementwise |a - b| <= atol + rtol * |b|, and cosine >= min_cosine.
-DEFAULT_TOLERANCES = {
-    "fp32": {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999},
-    "fp16": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999},
-    "bf16": {"atol": 1e-1, "rtol": 5e-2, "min_cosine": 0.99},
-}
-
-
-@dataclass
-class Tolerances:
-    """Default tolerances, plus optional per-output overrides (Polygraphy's `--atol out:1e-3`)."""
-
-    atol: float
-    rtol: float
-    min_cosine: float
-    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def for_precision(cls, precision: str, overrides: dict[str, float] | None = None) -> Tolerances:
-        values = dict(DEFAULT_TOLERANCES[precision])
-        values.update({k: float(v) for k, v in (overrides or {}).items() if v is not None})
-        return cls(**values)
-
-    def for_output(self, name: str) -> Tolerances:
-        """The tolerances that apply to output `name`."""
-        special = self.per_output.get(name)
-        if not special:
-            return self
-        return Tolerances(
-            special.get("atol", self.atol), special.get("rtol", self.rtol), special.get("min_cosine", self.min_cosine)
-        )
 
 
 @dataclass
@@ -74,6 +44,14 @@ class Recipe:
         if self.precision != "fp32" and not any(p.name == "precision" for p in passes):
             passes.append(PassSpec("precision", {"target": self.precision}))
         return passes
+
+    def tolerance(self, precision: str | None = None) -> Tolerances:
+        """The verifier's tolerances at `precision` (default: the recipe's), with the recipe's overrides."""
+        return Tolerances.for_precision(precision or self.precision, self.tolerances)
+
+    def copy(self) -> Recipe:
+        """An independent copy: a use case changes its copy, never its caller's recipe."""
+        return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,7 +92,7 @@ class Recipe:
         recipe.shapes = {k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()}
         recipe.opset = _number(source, "opset", data.get("opset"), int, 7) if data.get("opset") is not None else None
         tolerances = data.get("tolerances") or {}
-        bad = sorted(set(tolerances) - {"atol", "rtol", "min_cosine"})
+        bad = sorted(set(tolerances) - set(TOLERANCE_KEYS))
         if bad:
             raise InvalidInputError(f"{source}: unknown tolerance(s) {bad}")
         recipe.tolerances = {k: _number(source, f"tolerances.{k}", v, float, 0.0) for k, v in tolerances.items()}

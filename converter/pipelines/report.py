@@ -146,6 +146,8 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
             console.print(f"  {note}", highlight=False)
     for item in report.get("artifacts", []):
         console.print(f"{item['kind']:>8}: {item['path']} ({item['bytes'] / 1e6:.1f} MB)")
+    if report.get("passed") is None and not report.get("verification"):
+        return  # nothing was compared (optimize): no verdict to print
     if report.get("verified") == "not verified":
         console.print("verification: [yellow]NOT VERIFIED[/yellow] (no final artifact could be run here)")
     elif report.get("passed") is not None:

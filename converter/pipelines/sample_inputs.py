@@ -21,6 +21,7 @@ import onnx
 
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import SAMPLE_DATA, metadata_value
+from converter.core.model_io import atomic_path
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import synthetic_feeds
@@ -111,3 +112,9 @@ def resolve_inputs(
     if spec is not None:
         return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
     raise InvalidInputError("no model to derive sample inputs from")
+
+
+def save_feeds(sample: SampleInputs, path: str | Path) -> None:
+    """Write the first batch of sample inputs as .npz (for --load-inputs elsewhere), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **sample.feeds[0])

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from converter.core.errors import InvalidInputError
 from converter.core.ort_session import cpu_session
-from converter.pipelines.recipe import Tolerances
+from converter.verification.tolerances import Tolerances
 
 ort.set_default_logger_severity(3)
 

@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 
 from converter.core.model_io import weights_nbytes
-from converter.pipelines.recipe import Tolerances
 from converter.verification.compare import Feeds, OnnxRunner, collect
-from passes.manager import infer_types
+from converter.verification.tolerances import Tolerances
+from passes.model_utils import infer_types
 
 MAX_TENSORS = 3000
 MAX_ORIGINS_TRIED_FOR_QDQ = 3

@@ -5,13 +5,13 @@ Anchored on each Softmax, recognised by what the subgraph computes, in any expor
     S = MatMul(Q, Kᵀ)                 Q [B, Hq, Sq, d], Kᵀ [B, Hk, d, Skv] (rank 4)
         scalar constants anywhere: Q * c, Kᵀ / c, S * c (the product is `scale`; 1.0
         when the fold passes already absorbed 1/sqrt(d) into Q's weights)
-        masks: + M, masked_fill via Where (attention_masks.py), causal or not
+        masks: + M, masked_fill via Where (masks.py), causal or not
     P = Softmax(S, last axis)         optionally Cast(float32) ... Cast(fp16/bf16) around it
         [Where(IsNaN(P), 0, P)]       the SDPA exporters' guard: the op gives zero rows too
     Y = MatMul(P, V)                  V [B, Hk, Skv, dv]
 
 Kᵀ may reach the MatMul through Transposes and scalings in any order. Matching is in
-attention_match.py, masks in attention_masks.py, K/V (transpose, GQA) in attention_kv.py;
+match.py, masks in masks.py, K/V (transpose, GQA) in kv.py (all in passes/attention/);
 K and V repeated by repeat_interleave on the head axis (GQA) are passed un-repeated.
 The rewrite is Attention(Q, K, V[, attn_mask], scale, is_causal[, softmax_precision=FLOAT
 when the graph ran Softmax in fp32 between casts]); with 4-D inputs the op needs no
@@ -34,26 +34,17 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
+from converter.core.errors import UnsupportedError
+from converter.core.model_io import opset_of
 from passes.attention.kv import ShapeFacts, key_from_transposed, key_needs_no_transpose, unrepeat_pair
 from passes.attention.masks import MaskBuilder, is_causal
 from passes.attention.match import FLOAT, Match, match
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
+from passes.fold.upgrade_opset import UpgradeOpset
+from passes.graph_utils import FreshNames
+from passes.model_utils import graph_to_model, infer_types
 
 ATTENTION_OPSET = 23
-
-
-class _Names:
-    """Fresh tensor/node names for a graph."""
-
-    def __init__(self, graph: gs.Graph):
-        self.used = set(graph.tensors()) | {n.name for n in graph.nodes}
-
-    def __call__(self, base: str) -> str:
-        name, n = base, 1
-        while name in self.used:
-            name, n = f"{base}_{n}", n + 1
-        self.used.add(name)
-        return name
 
 
 @dataclass
@@ -86,7 +77,7 @@ def plan(m: Match, facts: ShapeFacts) -> Plan:
     return Plan(name, variant == "causal", key, value, groups, sq, skv)
 
 
-def rewrite(graph: gs.Graph, m: Match, p: Plan, facts: ShapeFacts, unique: _Names, softmax_precision: bool) -> None:
+def rewrite(graph: gs.Graph, m: Match, p: Plan, facts: ShapeFacts, unique: FreshNames, softmax_precision: bool) -> None:
     """Replace the block by one Attention node."""
     base = m.softmax.name or "attention"
     key = p.key if p.key is not None else key_from_transposed(graph, m.k_base, m.k_perm, base, unique)
@@ -107,13 +98,15 @@ def _summary(counts: Counter) -> str:
 
 
 @dataclass
-class FuseAttention:
+class FuseAttention(Pass):
     """Decomposed scaled-dot-product attention -> the opset-23 Attention op."""
+
+    name = "fuse-attention"
+    level = "model"  # it may upgrade the model's opset first
+    exact = True
 
     upgrade_opset: bool = True
     softmax_precision: bool = True  # False drops it (TensorRT-RTX rejects the attribute): not exact then
-    name: str = "fuse-attention"
-    exact: bool = True
 
     def find(self, graph: gs.Graph, opset: int, facts: ShapeFacts, result: PassResult) -> list[Match]:
         matches, outputs = [], {id(t) for t in graph.outputs}
@@ -127,25 +120,26 @@ class FuseAttention:
                 matches.append(found)
         return matches
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+    def fuse(self, graph: gs.Graph, opset: int) -> PassResult:
+        """Fuse every attention block of `graph` (a model at `opset`) in place."""
         result = PassResult()
         facts = ShapeFacts(graph)
-        matches = self.find(graph, ctx.opset, facts, result)
+        matches = self.find(graph, opset, facts, result)
         if not matches:
             return result
         facts.load()  # one symbolic inference, on the graph as it was
         plans = [plan(m, facts) for m in matches]
         found = Counter(p.variant for p in plans)
-        if ctx.opset < ATTENTION_OPSET:
+        if opset < ATTENTION_OPSET:
             for m in matches:
                 result.reject(
                     m.softmax.name,
-                    f"attention found but opset {ctx.opset} < {ATTENTION_OPSET} has no Attention op: "
+                    f"attention found but opset {opset} < {ATTENTION_OPSET} has no Attention op: "
                     "run upgrade-opset with target 23 first (or this pass with upgrade_opset)",
                 )
             result.notes.append(f"attention blocks found: {len(matches)} ({_summary(found)}), fused: 0")
             return result
-        unique = _Names(graph)
+        unique = FreshNames(graph)
         for m, p in zip(matches, plans, strict=True):
             rewrite(graph, m, p, facts, unique, self.softmax_precision)
             result.count(f"attention_fused_{p.variant}", m.softmax.name)
@@ -154,12 +148,7 @@ class FuseAttention:
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         """Upgrade the opset first when there is something to fuse and the model is older than 23."""
-        from converter.core.model_io import opset_of
-        from passes.fold.upgrade_opset import UpgradeOpset
-        from passes.manager import graph_to_model, infer_types  # the manager imports the registry, which imports us
-
-        ctx.opset = opset_of(model) or ctx.opset
-        before = ctx.opset
+        before = opset = opset_of(model) or ctx.opset
         graph = gs.import_onnx(model)
         if before < ATTENTION_OPSET and self.upgrade_opset:
             probe = PassResult()
@@ -167,15 +156,16 @@ class FuseAttention:
                 return model, probe  # nothing to fuse: leave the opset alone
             try:
                 model, _ = UpgradeOpset(target=ATTENTION_OPSET).run_model(model, ctx)
-            except ValueError as exc:
+            except UnsupportedError as exc:
                 probe.reject("<model>", f"attention found but the opset upgrade failed: {exc}")
                 return model, probe
             model = infer_types(model)
             graph = gs.import_onnx(model)
-            ctx.opset = ATTENTION_OPSET
-        result = self.run(graph, ctx)
-        if ctx.opset != before:
-            result.count("opset_upgraded", f"{before}->{ctx.opset}")
+            opset = ATTENTION_OPSET
+        result = self.fuse(graph, opset)
+        if opset != before:
+            result.opset = opset
+            result.count("opset_upgraded", f"{before}->{opset}")
         if result.changed:
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
             model = graph_to_model(graph, model)

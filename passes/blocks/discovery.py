@@ -16,7 +16,7 @@ Matched on what the graph computes, not on node names or one exporter's node ord
 - a *block* starts at an attention sub-layer and runs up to and including the next mlp.
 
 Everything is addressed by tensor names, so the same result drives scoring (read the
-stream tensors), gating (switch sub-layers off) and removal (passes/blocks/drop_blocks.py).
+stream tensors), gating (switch sub-layers off) and removal (passes/blocks/rewiring.py).
 """
 
 from __future__ import annotations

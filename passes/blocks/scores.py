@@ -10,7 +10,7 @@
   cross-entropy on the fed tokens) and KL(original || pruned) per token.
 
 Every number comes from one onnxruntime session over the gated graph
-(passes/drop_blocks.gated_model): a removal set is a choice of boolean gate inputs,
+(passes/blocks/rewiring.gated_model): a removal set is a choice of boolean gate inputs,
 computed exactly as the rewired graph computes it. Only running sums are kept, never
 every activation of every sample; the original outputs are kept (final outputs only)
 for the cosine and KL references.
@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from converter.core.metadata import TASK, metadata_value
 from passes.blocks.discovery import BlockGraph
-from passes.blocks.drop_blocks import GATE_PREFIX, gated_model, live, plan, substitutions
+from passes.blocks.rewiring import GATE_PREFIX, gated_model, live, plan, substitutions
 
 Feeds = dict[str, np.ndarray]
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from passes.blocks.config import DropConfig
 from passes.blocks.discovery import Unit
-from passes.blocks.drop_blocks import canonical
+from passes.blocks.evaluator import Evaluator
+from passes.blocks.rewiring import canonical
 from passes.blocks.scores import Costs
-
-if TYPE_CHECKING:
-    from passes.blocks.selection import DropConfig, Evaluator
 
 MAX_REFINE_ROUNDS = 20  # each round evaluates |removed| x |kept| exchanges; it stops far earlier in practice
 
@@ -80,12 +79,7 @@ class Scorer:
         return self._saved[key]
 
     def reached(self, path: tuple[str, ...]) -> bool:
-        c, saved = self.config, self.saved(path)
-        return (
-            (c.remove is not None and len(path) >= c.remove)
-            or (c.target_params is not None and saved["params_saved_frac"] >= c.target_params)
-            or (c.target_flops is not None and saved["flops_saved_frac"] >= c.target_flops)
-        )
+        return self.config.reached(len(path), self.saved(path))
 
     def effective(self, path: Iterable[str]) -> tuple[str, ...]:
         """`path` without the sub-layers of blocks it removes whole (so a count counts what goes)."""

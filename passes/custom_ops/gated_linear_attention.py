@@ -26,7 +26,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
+from passes.model_utils import graph_to_model
 from passes.pattern_utils import constant_array, only_consumer, producer, scalar_value
 from plugins_cuda.gated_linear_attention import onnx as gla_onnx
 from plugins_cuda.onnx_common import MIN_OPSET, attach_functions
@@ -110,11 +111,12 @@ def _masked_diff(where: gs.Node) -> gs.Tensor | None:
 
 
 @dataclass
-class GatedLinearAttention:
+class GatedLinearAttention(Pass):
     """Parallel-form gated linear attention -> GatedLinearAttention with a zero initial state."""
 
-    name: str = "gated-linear-attention"
-    exact: bool = True
+    name = "gated-linear-attention"
+    level = "model"  # attaches the op's function to the model
+    exact = True
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
@@ -132,8 +134,6 @@ class GatedLinearAttention:
         if not result.changed:
             return model, result
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        from passes.manager import graph_to_model  # import here: the manager imports the registry
-
         fused = graph_to_model(graph, model)
         attach_functions(fused, {gla_onnx.OP: gla_onnx.function_proto})
         return fused, result

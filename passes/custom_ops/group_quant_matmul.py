@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from converter.core.model_io import opset_of
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from plugins_cuda import DOMAIN
 from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
 from plugins_cuda.group_quant_matmul.packing import SUPPORTED_GROUPS, pack
@@ -88,11 +88,12 @@ def _repack_codes(q: np.ndarray, z: np.ndarray, group: int, storage_bits: int):
 
 
 @dataclass
-class GroupQuantMatMul:
+class GroupQuantMatMul(Pass):
     """DequantizeLinear(block-quantized 4/2-bit weights) -> MatMul (-> Add bias)  ==>  GroupQuantMatMul."""
 
-    name: str = "group-quant-matmul"
-    exact: bool = True
+    name = "group-quant-matmul"
+    level = "model"  # gs cannot export INT4/INT2 initializers (module docstring)
+    exact = True
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass
 
 
@@ -45,11 +45,12 @@ def _cast_is_noop(node: gs.Node) -> bool:
 
 
 @dataclass
-class Cleanup:
+class Cleanup(Pass):
     """Remove Identity / inference Dropout / no-op Cast, then dead code."""
 
-    name: str = "cleanup"
-    exact: bool = True
+    name = "cleanup"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

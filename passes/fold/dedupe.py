@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import redirect
 
 NONDETERMINISTIC = {
@@ -92,13 +91,13 @@ def _node_key(node: gs.Node) -> tuple | None:
 
 
 @dataclass
-class Dedupe:
+class Dedupe(Pass):
     """Merge identical initializers, then common subexpressions, to a fixed point."""
 
-    name: str = "dedupe"
-    exact: bool = True
-    # Merged tensors carried equal values: inference would learn nothing new after it.
-    keeps_types: ClassVar[bool] = True
+    name = "dedupe"
+    level = "graph"
+    exact = True
+    keeps_types = True  # merged tensors carried equal values: inference would learn nothing new
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

@@ -41,12 +41,13 @@ count. Every BN left in place is recorded with the reasons.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
+from passes.fold.sweep import Outcome, sweep
+from passes.graph_utils import FreshNames
 from passes.pattern_utils import constant_array
 
 Affine = tuple[np.ndarray, np.ndarray]  # (a, b) in float64, y = a*x + b per channel
@@ -115,28 +116,19 @@ def bn_affine(graph: gs.Graph, bn: gs.Node) -> Affine | str:
     return a, bias - mean * a
 
 
-def _const(used: set[str], base: str, values: np.ndarray, like: np.dtype) -> gs.Constant:
-    """A new constant cast back to the weight dtype, with a name not yet in the graph.
-
-    `used` holds the graph's tensor names, collected once per run: listing the graph's
-    tensors for every new constant made the pass quadratic in the model size.
-    """
-    name, i = base, 0
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    used.add(name)
-    return gs.Constant(name, np.ascontiguousarray(values.astype(like)))
+def _const(names: FreshNames, base: str, values: np.ndarray, like: np.dtype) -> gs.Constant:
+    """A new constant cast back to the weight dtype, with a name not yet in the graph."""
+    return gs.Constant(names(base), np.ascontiguousarray(values.astype(like)))
 
 
-def _set_bias(used: set[str], node: gs.Node, index: int, values: np.ndarray, like: np.dtype) -> None:
-    bias = _const(used, f"{node.name}_bias_bnfold", values, like)
+def _set_bias(names: FreshNames, node: gs.Node, index: int, values: np.ndarray, like: np.dtype) -> None:
+    bias = _const(names, f"{node.name}_bias_bnfold", values, like)
     while len(node.inputs) <= index:
         node.inputs.append(gs.Variable.empty())
     node.inputs[index] = bias
 
 
-def _into_conv(used: set[str], conv: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_conv(names: FreshNames, conv: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Scale a preceding Conv/ConvTranspose's output channels; None on success."""
     w = _owned(conv.inputs[1], "weight")
     if isinstance(w, str):
@@ -154,12 +146,12 @@ def _into_conv(used: set[str], conv: gs.Node, a: np.ndarray, b: np.ndarray) -> s
     else:  # ConvTranspose: W[Cin, Cout/group, k...]; output channel = g * Cout/group + j
         grouped = w.astype(np.float64).reshape((group, w.shape[0] // group) + w.shape[1:])
         scaled = (grouped * a.reshape((group, 1, w.shape[1]) + spatial)).reshape(w.shape)
-    conv.inputs[1] = _const(used, f"{conv.inputs[1].name}_bnfold", scaled, w.dtype)
-    _set_bias(used, conv, 2, old_bias * a + b, w.dtype)
+    conv.inputs[1] = _const(names, f"{conv.inputs[1].name}_bnfold", scaled, w.dtype)
+    _set_bias(names, conv, 2, old_bias * a + b, w.dtype)
     return None
 
 
-def _into_gemm(used: set[str], gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_gemm(names: FreshNames, gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Y*a + b = alpha * op(A) (op(B) diag(a)) + (beta*C*a + b); None on success."""
     w = _owned(gemm.inputs[1], "B")
     if isinstance(w, str):
@@ -172,13 +164,13 @@ def _into_gemm(used: set[str], gemm: gs.Node, a: np.ndarray, b: np.ndarray) -> s
         return f"BN has {a.size} channels, Gemm weight {w.shape} with transB={trans_b} does not match"
     scaled = w.astype(np.float64) * (a[:, None] if trans_b else a[None, :])
     new_c = float(gemm.attrs.get("beta", 1.0)) * c * a + b
-    gemm.inputs[1] = _const(used, f"{gemm.inputs[1].name}_bnfold", scaled, w.dtype)
-    _set_bias(used, gemm, 2, new_c, w.dtype)
+    gemm.inputs[1] = _const(names, f"{gemm.inputs[1].name}_bnfold", scaled, w.dtype)
+    _set_bias(names, gemm, 2, new_c, w.dtype)
     gemm.attrs["beta"] = 1.0
     return None
 
 
-def _into_matmul(used: set[str], mm: gs.Node, add: gs.Node | None, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_matmul(names: FreshNames, mm: gs.Node, add: gs.Node | None, a: np.ndarray, b: np.ndarray) -> str | None:
     """X[M,K] @ (W diag(a)) + (c*a + b) for a rank-2 X; None on success.
 
     With a bias Add, the Add's constant absorbs the shift. Without one, the MatMul
@@ -202,8 +194,8 @@ def _into_matmul(used: set[str], mm: gs.Node, add: gs.Node | None, a: np.ndarray
             return c
         if c.ndim > 2 or c.shape[-1:] not in ((), (1,), (a.size,)):
             return f"Add bias shape {c.shape} does not broadcast per output channel"
-    mm.inputs[1] = _const(used, f"{mm.inputs[1].name}_bnfold", w.astype(np.float64) * a[None, :], w.dtype)
-    new_c = _const(used, f"{mm.name}_bias_bnfold", c.astype(np.float64) * a + b, w.dtype)
+    mm.inputs[1] = _const(names, f"{mm.inputs[1].name}_bnfold", w.astype(np.float64) * a[None, :], w.dtype)
+    new_c = _const(names, f"{mm.name}_bias_bnfold", c.astype(np.float64) * a + b, w.dtype)
     if add is None:
         mm.op = "Gemm"
         mm.inputs.append(new_c)
@@ -213,7 +205,7 @@ def _into_matmul(used: set[str], mm: gs.Node, add: gs.Node | None, a: np.ndarray
     return None
 
 
-def _into_producer(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_producer(graph: gs.Graph, names: FreshNames, bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Fold the BN into the op that produces its input; None on success, else why not."""
     x = bn.inputs[0]
     if not x.inputs:
@@ -222,16 +214,16 @@ def _into_producer(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, 
     if not _sole_reader(graph, x, bn):
         return f"{producer.op} output is also read elsewhere"
     if producer.op in ("Conv", "ConvTranspose"):
-        reason = _into_conv(used, producer, a, b)
+        reason = _into_conv(names, producer, a, b)
     elif producer.op == "Gemm":
-        reason = _into_gemm(used, producer, a, b)
+        reason = _into_gemm(names, producer, a, b)
     elif producer.op == "MatMul":
-        reason = _into_matmul(used, producer, None, a, b)
+        reason = _into_matmul(names, producer, None, a, b)
     elif producer.op == "Add":
         mms = [t.inputs[0] for t in producer.inputs if t.inputs and t.inputs[0].op == "MatMul"]
         if len(mms) != 1 or not _sole_reader(graph, mms[0].outputs[0], producer):
             return "Add is not fed by a MatMul read by the Add alone"
-        reason = _into_matmul(used, mms[0], producer, a, b)
+        reason = _into_matmul(names, mms[0], producer, a, b)
     else:
         return f"produced by {producer.op}, which has no per-channel weights"
     if reason is None:
@@ -242,7 +234,7 @@ def _into_producer(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, 
     return reason
 
 
-def _into_following_conv(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
+def _into_following_conv(graph: gs.Graph, names: FreshNames, bn: gs.Node, a: np.ndarray, b: np.ndarray) -> str | None:
     """Conv(a*x + b) = Conv'(x) with W' = W*a (per input channel), bias' = bias + sum(W*b)."""
     y = bn.outputs[0]
     if not y.outputs:
@@ -271,55 +263,41 @@ def _into_following_conv(graph: gs.Graph, used: set[str], bn: gs.Node, a: np.nda
     if isinstance(old_bias, str):
         return old_bias
     conv.inputs[1] = _const(
-        used, f"{conv.inputs[1].name}_bnfold", w64 * a[index].reshape(index.shape + spatial), w.dtype
+        names, f"{conv.inputs[1].name}_bnfold", w64 * a[index].reshape(index.shape + spatial), w.dtype
     )
-    _set_bias(used, conv, 2, old_bias + shift, w.dtype)
+    _set_bias(names, conv, 2, old_bias + shift, w.dtype)
     conv.inputs[0] = bn.inputs[0]
     bn.inputs.clear()
     bn.outputs.clear()
     return None
 
 
+def _fold(graph: gs.Graph, names: FreshNames, node: gs.Node) -> list[Outcome]:
+    """[(True, kind of fold)] or [(False, why the BN stays)] for a BatchNormalization; [] for other nodes."""
+    if node.op != "BatchNormalization":
+        return []
+    affine = bn_affine(graph, node)
+    if isinstance(affine, str):
+        return [(False, f"BatchNormalization kept: {affine}")]
+    a, b = affine
+    producer = node.inputs[0].inputs[0].op if node.inputs[0].inputs else ""
+    before = _into_producer(graph, names, node, a, b)
+    if before is None:
+        return [(True, f"batchnorm_into_{'matmul_add' if producer == 'Add' else producer.lower()}")]
+    after = _into_following_conv(graph, names, node, a, b)
+    if after is None:
+        return [(True, "batchnorm_into_following_conv")]
+    return [(False, f"BatchNormalization kept: preceding: {before}; following: {after}")]
+
+
 @dataclass
-class FoldBatchNorm:
+class FoldBatchNorm(Pass):
     """Fold inference BatchNormalization into the preceding or following linear op."""
 
-    name: str = "fold-batchnorm"
-    exact: bool = True
-    # Removes BNs only; the folded op's output takes the BN output, of the same shape.
-    keeps_types: ClassVar[bool] = True
+    name = "fold-batchnorm"
+    level = "graph"
+    exact = True
+    keeps_types = True  # removes BNs only; the folded op's output takes the BN output, of the same shape
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        used = set(graph.tensors())
-        # Sweep until nothing folds: one fold can make a neighbouring BN foldable
-        # (BN -> BN -> Conv), and a second run of the pass must change nothing.
-        folded = True
-        while folded:
-            folded, rejected = False, []
-            for bn in [n for n in graph.nodes if n.op == "BatchNormalization" and n.outputs]:
-                kind, reason = self._fold(graph, used, bn)
-                if kind:
-                    result.count(kind, bn.name)
-                    folded = True
-                else:
-                    rejected.append((bn.name, f"BatchNormalization kept: {reason}"))
-        for node_name, reason in rejected:
-            result.reject(node_name, reason)
-        return result
-
-    @staticmethod
-    def _fold(graph: gs.Graph, used: set[str], bn: gs.Node) -> tuple[str | None, str]:
-        """(kind of fold, "") on success, else (None, why the BN stays)."""
-        affine = bn_affine(graph, bn)
-        if isinstance(affine, str):
-            return None, affine
-        a, b = affine
-        producer = bn.inputs[0].inputs[0].op if bn.inputs[0].inputs else ""
-        before = _into_producer(graph, used, bn, a, b)
-        if before is None:
-            return f"batchnorm_into_{'matmul_add' if producer == 'Add' else producer.lower()}", ""
-        after = _into_following_conv(graph, used, bn, a, b)
-        if after is None:
-            return "batchnorm_into_following_conv", ""
-        return None, f"preceding: {before}; following: {after}"
+        return sweep(graph, _fold, max_sweeps=None)  # each fold removes a BN: it ends

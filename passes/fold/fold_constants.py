@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.fold import const_eval
 from passes.graph_utils import is_sorted
 
@@ -47,13 +47,19 @@ CONSTANT_ATTRS = {  # Constant node attribute -> dtype of its value (`value` car
 
 
 @dataclass
-class FoldConstants:
+class FoldConstants(Pass):
     """Fold constant subgraphs and static shape computations."""
+
+    name = "fold-constants"
+    level = "graph"
+    exact = True
 
     size_cap_bytes: int = DEFAULT_SIZE_CAP
     fold_shapes: bool = True
-    name: str = "fold-constants"
-    exact: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size_cap_bytes < 0:
+            raise ValueError(f"size_cap_bytes must be >= 0, got {self.size_cap_bytes}")
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

@@ -39,12 +39,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
-from passes.graph_utils import is_graph_io
+from passes.base import Pass, PassContext, PassResult
+from passes.fold.sweep import Outcome, sweep
+from passes.graph_utils import FreshNames, is_graph_io
 
 FLOAT_KINDS = ("float16", "float32", "float64")
-MAX_SWEEPS = 16
-Outcome = tuple[bool, str]  # (True, kind) when rewritten, (False, reason) when rejected
 
 
 @dataclass
@@ -96,14 +95,6 @@ def per_axis(c: np.ndarray, axis: int, out_rank: int | None, size: int) -> np.nd
 def single_reader(graph: gs.Graph, t: gs.Tensor) -> bool:
     """True when t can disappear: one reader and not a graph output."""
     return len(t.outputs) == 1 and not is_graph_io(graph, t)
-
-
-def fresh(used: set[str], base: str) -> str:
-    name, i = base, 0
-    while name in used:
-        i, name = i + 1, f"{base}_{i + 1}"
-    used.add(name)
-    return name
 
 
 def split_const(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, int] | None:
@@ -192,24 +183,24 @@ def _two_d(unit: Affine) -> bool:
     return rank(unit.x) == 2 or any(n.op == "Gemm" for n in unit.nodes)
 
 
-def emit(graph: gs.Graph, used: set[str], unit: Affine, attrs: dict | None = None) -> None:
+def emit(graph: gs.Graph, names: FreshNames, unit: Affine, attrs: dict | None = None) -> None:
     """Write `unit` into unit.out: Conv; Gemm when x is 2-D or transposed; else MatMul [+ Add]."""
     base = unit.nodes[0].name
-    weight = gs.Constant(fresh(used, base + "_weight"), np.ascontiguousarray(unit.w.astype(unit.dtype)))
+    weight = gs.Constant(names(base + "_weight"), np.ascontiguousarray(unit.w.astype(unit.dtype)))
     if unit.conv is not None or (unit.b is None and not unit.trans_a):
         op, attrs = ("Conv", dict(attrs or unit.conv.attrs)) if unit.conv is not None else ("MatMul", {})
-        bias = [] if unit.b is None else [gs.Constant(fresh(used, base + "_bias"), unit.b.astype(unit.dtype))]
-        graph.nodes.append(gs.Node(op, fresh(used, base), attrs, [unit.x, weight, *bias], [unit.out]))
+        bias = [] if unit.b is None else [gs.Constant(names(base + "_bias"), unit.b.astype(unit.dtype))]
+        graph.nodes.append(gs.Node(op, names(base), attrs, [unit.x, weight, *bias], [unit.out]))
         return
     b = unit.b if unit.b is not None else np.zeros(unit.n_out)
-    bias = gs.Constant(fresh(used, base + "_bias"), b.astype(unit.dtype))
+    bias = gs.Constant(names(base + "_bias"), b.astype(unit.dtype))
     if unit.trans_a or _two_d(unit):
         attrs = {"transA": 1} if unit.trans_a else {}
-        graph.nodes.append(gs.Node("Gemm", fresh(used, base), attrs, [unit.x, weight, bias], [unit.out]))
+        graph.nodes.append(gs.Node("Gemm", names(base), attrs, [unit.x, weight, bias], [unit.out]))
         return
-    mid = gs.Variable(fresh(used, base + "_matmul"), dtype=unit.out.dtype, shape=unit.out.shape)
-    graph.nodes.append(gs.Node("MatMul", fresh(used, base), inputs=[unit.x, weight], outputs=[mid]))
-    graph.nodes.append(gs.Node("Add", fresh(used, base + "_add"), inputs=[mid, bias], outputs=[unit.out]))
+    mid = gs.Variable(names(base + "_matmul"), dtype=unit.out.dtype, shape=unit.out.shape)
+    graph.nodes.append(gs.Node("MatMul", names(base), inputs=[unit.x, weight], outputs=[mid]))
+    graph.nodes.append(gs.Node("Add", names(base + "_add"), inputs=[mid, bias], outputs=[unit.out]))
 
 
 def remove(nodes: list[gs.Node]) -> None:
@@ -229,7 +220,7 @@ def _affine_constant(op: gs.Node) -> tuple[gs.Tensor, str, np.ndarray] | None:
     return y, "scale" if op.op == "Mul" else "shift", -c if op.op == "Sub" else c
 
 
-def _post_fold(graph: gs.Graph, used: set[str], op: gs.Node) -> Outcome | None:
+def _post_fold(graph: gs.Graph, names: FreshNames, op: gs.Node) -> Outcome | None:
     """Conv/linear op -> Mul/Div/Add/Sub by a constant: absorb the constant into W and b."""
     found = _affine_constant(op)
     unit = affine_producing(graph, found[0]) if found else None
@@ -255,11 +246,11 @@ def _post_fold(graph: gs.Graph, used: set[str], op: gs.Node) -> Outcome | None:
         new = replace(unit, b=vec if unit.b is None else unit.b + vec)
     new.out = op.outputs[0]
     remove([*unit.nodes, op])
-    emit(graph, used, new)
+    emit(graph, names, new)
     return True, "matmul_add_to_gemm" if gemm else f"post_{how}"
 
 
-def _pre_scale(graph: gs.Graph, used: set[str], mul: gs.Node) -> Outcome | None:
+def _pre_scale(graph: gs.Graph, names: FreshNames, mul: gs.Node) -> Outcome | None:
     """Mul(x, c) -> MatMul/Gemm: scale W's rows by c (per input feature)."""
     split, t = split_const(mul), mul.outputs[0]
     reader = t.outputs[0] if split and len(t.outputs) == 1 else None
@@ -276,7 +267,7 @@ def _pre_scale(graph: gs.Graph, used: set[str], mul: gs.Node) -> Outcome | None:
     if reason := _shared(unit.weights):
         return False, reason
     remove([mul, *unit.nodes])
-    emit(graph, used, replace(unit, x=split[0], w=vec[:, None] * unit.w, nodes=[*unit.nodes, mul]))
+    emit(graph, names, replace(unit, x=split[0], w=vec[:, None] * unit.w, nodes=[*unit.nodes, mul]))
     return True, "pre_scale"
 
 
@@ -299,7 +290,7 @@ def _may_chain(node: gs.Node) -> bool:
     return all(k == 1 for k in node.inputs[1].shape[2:])
 
 
-def _chain(graph: gs.Graph, used: set[str], node: gs.Node) -> Outcome | None:
+def _chain(graph: gs.Graph, names: FreshNames, node: gs.Node) -> Outcome | None:
     """Linear op -> MatMul/Gemm, or Conv -> pointwise Conv: one op with the composed weight."""
     if not _may_chain(node):
         return None
@@ -330,40 +321,28 @@ def _chain(graph: gs.Graph, used: set[str], node: gs.Node) -> Outcome | None:
     b = None if first.b is None else (w2 @ first.b if first.conv else first.b @ w2)
     b = second.b if b is None else b if second.b is None else b + second.b
     remove([*first.nodes, *second.nodes])
-    emit(graph, used, replace(first, w=w, b=b, nodes=first.nodes + second.nodes, out=second.out))
+    emit(graph, names, replace(first, w=w, b=b, nodes=first.nodes + second.nodes, out=second.out))
     return True, "conv_chain" if first.conv else "linear_chain"
 
 
-def _visit(graph: gs.Graph, used: set[str], node: gs.Node) -> Outcome | None:
+def _fold_at(graph: gs.Graph, names: FreshNames, node: gs.Node) -> list[Outcome]:
+    outcome = None
     if node.op in ("Mul", "Div", "Add", "Sub"):
-        outcome = _post_fold(graph, used, node)
+        outcome = _post_fold(graph, names, node)
         if node.op == "Mul" and (outcome is None or not outcome[0]):
-            outcome = _pre_scale(graph, used, node) or outcome
-        return outcome
-    return _chain(graph, used, node) if node.op in ("MatMul", "Gemm", "Conv") else None
+            outcome = _pre_scale(graph, names, node) or outcome
+    elif node.op in ("MatMul", "Gemm", "Conv"):
+        outcome = _chain(graph, names, node)
+    return [outcome] if outcome else []
 
 
 @dataclass
-class FoldLinear:
+class FoldLinear(Pass):
     """Merge linear ops and the constant scales/shifts around them (see the module doc)."""
 
-    name: str = "fold-linear"
-    exact: bool = True
+    name = "fold-linear"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        used = set(graph.tensors()) | {n.name for n in graph.nodes}
-        for _ in range(MAX_SWEEPS):
-            result.rejected = []  # only the last sweep's rejections describe what is left
-            changed = False
-            for node in list(graph.nodes):
-                outcome = _visit(graph, used, node) if node.outputs else None  # no outputs: replaced
-                if outcome and outcome[0]:
-                    result.count(outcome[1], node.name)
-                elif outcome:
-                    result.reject(node.name, outcome[1])
-                changed = changed or bool(outcome and outcome[0])
-            if not changed:
-                break
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+        return sweep(graph, _fold_at, tidy=True)

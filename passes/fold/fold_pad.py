@@ -24,12 +24,13 @@ Every Pad left in place is recorded with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
+from passes.fold.sweep import Outcome, sweep
+from passes.graph_utils import FreshNames
 from passes.pattern_utils import constant_array
 
 
@@ -115,31 +116,23 @@ def _rank_of(node: gs.Node) -> int | None:
 
 
 @dataclass
-class FoldPad:
+class FoldPad(Pass):
     """Fold zero Pad nodes into the pads of the following Conv / AveragePool."""
 
-    name: str = "fold-pad"
-    exact: bool = True
-    # Removes Pads only; the Conv/AveragePool outputs keep their shapes.
-    keeps_types: ClassVar[bool] = True
+    name = "fold-pad"
+    level = "graph"
+    exact = True
+    keeps_types = True  # removes Pads only; the Conv/AveragePool outputs keep their shapes
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        # Sweep until nothing folds, so that Pad -> Pad -> Conv folds completely in one
-        # run and a second run changes nothing.
-        folded = True
-        while folded:
-            folded, rejected = False, []
-            for pad in [n for n in graph.nodes if n.op == "Pad" and n.outputs]:
-                reason = self._fold(graph, pad)
-                if reason is None:
-                    result.count("pad_folded", pad.name)
-                    folded = True
-                else:
-                    rejected.append((pad.name, f"Pad kept: {reason}"))
-        for node_name, reason in rejected:
-            result.reject(node_name, reason)
-        return result
+        # Until nothing folds, so that Pad -> Pad -> Conv folds completely in one run.
+        return sweep(graph, self._visit, max_sweeps=None)  # each fold removes a Pad: it ends
+
+    def _visit(self, graph: gs.Graph, names: FreshNames, node: gs.Node) -> list[Outcome]:
+        if node.op != "Pad":
+            return []
+        reason = self._fold(graph, node)
+        return [(True, "pad_folded") if reason is None else (False, f"Pad kept: {reason}")]
 
     @staticmethod
     def _fold(graph: gs.Graph, pad: gs.Node) -> str | None:

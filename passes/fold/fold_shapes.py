@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass, redirect
 from passes.model_utils import symbolic_dims
 
@@ -164,11 +164,12 @@ def _reads_dims(graph: gs.Graph) -> bool:
 
 
 @dataclass
-class FoldShapes:
+class FoldShapes(Pass):
     """Replace dynamic shape subgraphs by constants where symbolic shapes prove them."""
 
-    name: str = "fold-shapes"
-    exact: bool = True
+    name = "fold-shapes"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

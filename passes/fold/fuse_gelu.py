@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.pattern_utils import is_scalar, only_consumer, other_input, producer, product_from
 
 SQRT2 = math.sqrt(2.0)
@@ -88,11 +88,12 @@ def _tanh_argument(tensor: gs.Tensor) -> gs.Tensor | None:
 
 
 @dataclass
-class FuseGelu:
+class FuseGelu(Pass):
     """Replace elementary-op GELU subgraphs by the opset-20 Gelu op."""
 
-    name: str = "fuse-gelu"
-    exact: bool = True
+    name = "fuse-gelu"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

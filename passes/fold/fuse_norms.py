@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.pattern_utils import (
     constant_of,
     is_last_axis,
@@ -113,11 +113,12 @@ def _replace(graph: gs.Graph, op: str, name: str, inputs, out: gs.Tensor, eps: f
 
 
 @dataclass
-class FuseNorms:
+class FuseNorms(Pass):
     """LayerNorm and RMSNorm written in elementary ops -> the ONNX normalization ops."""
 
-    name: str = "fuse-norms"
-    exact: bool = True
+    name = "fuse-norms"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

@@ -34,14 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.fold.fold_batchnorm import bn_affine
 from passes.fold.fold_linear import (
-    MAX_SWEEPS,
     Affine,
     conv_at,
     emit,
-    fresh,
     parse_linear,
     per_axis,
     rank,
@@ -50,6 +48,8 @@ from passes.fold.fold_linear import (
     split_const,
     values,
 )
+from passes.fold.sweep import Outcome, sweep
+from passes.graph_utils import FreshNames
 
 
 @dataclass
@@ -182,11 +182,11 @@ def _may_share_input(leaves: list[gs.Tensor]) -> bool:
     return False
 
 
-def _rewrite(graph: gs.Graph, used: set[str], root: gs.Node, result: PassResult) -> bool:
-    """Merge the branch groups of the Add tree at `root`; True when the graph changed."""
+def _rewrite(graph: gs.Graph, names: FreshNames, root: gs.Node) -> list[Outcome]:
+    """Merge the branch groups of the Add tree at `root`: one outcome per group merged or left."""
     adds, leaves = _tree(graph, root)
     if not _may_share_input(leaves):
-        return False
+        return []
     branches = [_branch(graph, t) for t in leaves]
     out = root.outputs[0]
     groups: dict[int, list[Branch]] = {}
@@ -194,6 +194,7 @@ def _rewrite(graph: gs.Graph, used: set[str], root: gs.Node, result: PassResult)
         if br.x is not None:
             groups.setdefault(id(br.x), []).append(br)
     merged: list[tuple[list[Branch], gs.Tensor]] = []  # (branches replaced, merged output)
+    outcomes: list[Outcome] = []
     for group in groups.values():
         convs = [br for br in group if br.kind == "conv"]
         ops = convs or [br for br in group if br.kind == "linear"]
@@ -205,10 +206,10 @@ def _rewrite(graph: gs.Graph, used: set[str], root: gs.Node, result: PassResult)
         if isinstance(done, str) and scales and len(ops) > 1:  # merge the ops, keep the identity
             retry = _merge_convs(ops, []) if convs else _merge_linears(ops, [], x)
             if not isinstance(retry, str):
-                result.reject(root.name, f"identity branch of {x.name} kept apart: {done}")
+                outcomes.append((False, f"identity branch of {x.name} kept apart: {done}"))
                 done, scales = retry, []
         if isinstance(done, str):
-            result.reject(root.name, f"branches of {x.name}: {done}")
+            outcomes.append((False, f"branches of {x.name}: {done}"))
             continue
         kind = "conv" if convs else "linear"
         consts = [br for br in branches if br.kind == "const" and not merged]  # first group takes them
@@ -218,53 +219,53 @@ def _rewrite(graph: gs.Graph, used: set[str], root: gs.Node, result: PassResult)
         bias = done[1]
         if vecs:
             bias = (0 if bias is None else bias) + sum(v for _, v in vecs)
-        target = gs.Variable(fresh(used, name + "_reparam"), dtype=out.dtype)
+        target = gs.Variable(names(name + "_reparam"), dtype=out.dtype)
         replaced = ops + scales + [br for br, _ in vecs]
         merged.append((replaced, target))
         remove([n for br in ops + scales for n in br.nodes])
         nodes = [n for br in ops for n in br.nodes]
         emit(
             graph,
-            used,
+            names,
             Affine(x, done[0], bias, nodes, [], target, ops[0].dtype, conv=nodes[0] if convs else None),
             *done[2:],
         )
-        result.count(f"{kind}_branches_merged", root.name)
+        outcomes.append((True, f"{kind}_branches_merged"))
     if not merged:
-        return False
+        return outcomes
     gone = {id(br) for replaced, _ in merged for br in replaced}
     terms = [t for _, t in merged] + [br.leaf for br in branches if id(br) not in gone]
     remove(adds)
     if len(terms) == 1:
         terms[0].inputs[0].outputs[0] = out
-        return True
+        return outcomes
     acc = terms[0]
     for i, term in enumerate(terms[1:], start=1):
         last = i == len(terms) - 1
-        nxt = out if last else gs.Variable(fresh(used, root.name + "_sum"), dtype=out.dtype)
-        graph.nodes.append(gs.Node("Add", fresh(used, root.name), inputs=[acc, term], outputs=[nxt]))
+        nxt = out if last else gs.Variable(names(root.name + "_sum"), dtype=out.dtype)
+        graph.nodes.append(gs.Node("Add", names(root.name), inputs=[acc, term], outputs=[nxt]))
         acc = nxt
-    return True
+    return outcomes
+
+
+def _merge_at_root(graph: gs.Graph, names: FreshNames, node: gs.Node) -> list[Outcome]:
+    """Rewrite at the root Add of a tree (an Add whose output is not read by another Add alone)."""
+    out = node.outputs[0] if node.op == "Add" else None
+    is_root = out is not None and not (single_reader(graph, out) and out.outputs[0].op == "Add")
+    return _rewrite(graph, names, node) if is_root else []
 
 
 @dataclass
-class Reparam:
-    """Merge parallel conv / linear / identity branches summed by Adds (see the module doc)."""
+class Reparam(Pass):
+    """Merge parallel conv / linear / identity branches summed by Adds (see the module doc).
 
-    name: str = "reparam"
-    exact: bool = True
+    Sweeps until nothing merges (a second run must change nothing), tidying in between:
+    a merge rewires the graph the next Add trees are found in.
+    """
+
+    name = "reparam"
+    level = "graph"
+    exact = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        used = set(graph.tensors()) | {n.name for n in graph.nodes}
-        for _ in range(MAX_SWEEPS):
-            result.rejected = []  # only the last sweep's rejections describe what is left
-            changed = False
-            for node in list(graph.nodes):
-                out = node.outputs[0] if node.op == "Add" and node.outputs else None
-                is_root = out is not None and not (single_reader(graph, out) and out.outputs[0].op == "Add")
-                changed = (is_root and _rewrite(graph, used, node, result)) or changed
-            if not changed:
-                break
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+        return sweep(graph, _merge_at_root, tidy=True)

@@ -4,7 +4,8 @@ Gelu is opset 20, Attention and RMSNormalization opset 23. The conversion is
 onnx's version converter (it rewrites ops whose signature changed, e.g. Reduce*
 axes becoming an input at 18); the model's meaning is unchanged. This is a
 model-level pass (`run_model`), since the opset lives on the model, not the graph.
-Never downgrades: a model already at or above the target is left alone.
+Never downgrades: a model already at or above the target is left alone. A model the
+converter cannot convert raises UnsupportedError, with the converter's first line.
 
 One gap of the converter is filled here: before opset 14 a BatchNormalization in
 training form is marked by its extra outputs (Y, running mean/var, saved mean/var:
@@ -18,26 +19,33 @@ training_mode=1 after: it keeps normalizing with batch statistics, as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import onnx
 import onnx.version_converter
 
+from converter.core.errors import UnsupportedError
 from converter.core.model_io import opset_of
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.model_utils import is_large, without_large_weights
 
 
 @dataclass
-class UpgradeOpset:
+class UpgradeOpset(Pass):
     """Convert the model to `target` opset (no-op when it is already there)."""
 
-    target: int = 20
-    name: str = "upgrade-opset"
-    exact: bool = True
+    name = "upgrade-opset"
+    level = "model"
+    exact = True
     # The converter rewrites op signatures, never weight values: the manager may hand it
     # a model without its large weights and bind them back afterwards.
-    reads_weights: ClassVar[bool] = False
+    reads_weights = False
+
+    target: int = 20
+
+    def __post_init__(self) -> None:
+        newest = onnx.defs.onnx_opset_version()
+        if not 7 <= self.target <= newest:
+            raise ValueError(f"target opset {self.target} not in 7..{newest} (this onnx's newest)")
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
@@ -65,8 +73,9 @@ class UpgradeOpset:
             domains = {o.domain for o in upgraded.opset_import}
             upgraded.opset_import.extend(o for o in model.opset_import if o.domain not in domains)
         except Exception as exc:  # the converter raises plain RuntimeError/ValueError with long text
-            raise ValueError(f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}") from exc
-        ctx.opset = self.target
+            message = f"opset {current} -> {self.target} conversion failed: {str(exc).splitlines()[0]}"
+            raise UnsupportedError(message) from exc
+        result.opset = self.target
         result.count("opset_upgraded", f"{current}->{self.target}")
         return upgraded, result
 

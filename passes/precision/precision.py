@@ -14,7 +14,7 @@ What it does:
   `keep_fp32_names` run in float32, with Casts around their float inputs/outputs;
 - with `keep_sensitive` (the default) so do numerically sensitive nodes: Softmax
   input, reductions, powers, elementwise ops on constants fp16 cannot hold; norms keep
-  float32 statistics (stash_type=1). The list and reasons are in precision_policy.py;
+  float32 statistics (stash_type=1). The list and reasons are in passes/precision/policy.py;
   a note reports what stayed in float32;
 - with `keep_io_types` (the default) the model's float32 inputs and outputs stay
   float32, with a Cast just inside each; otherwise the interface changes too.
@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
-from passes.graph_utils import redirect
+from passes.base import Pass, PassContext, PassResult
+from passes.graph_utils import FreshNames, redirect
 from passes.precision.policy import apply_policy
 
 _ONNX_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
@@ -79,16 +79,18 @@ def _producer(tensor: gs.Tensor) -> gs.Node | None:
 
 
 @dataclass
-class Precision:
+class Precision(Pass):
     """Run the graph in float16/bfloat16, optionally keeping selected ops and the I/O in float32."""
+
+    name = "precision"
+    level = "graph"
+    exact = False
 
     target: str = "fp16"
     keep_io_types: bool = True
     keep_fp32_ops: list[str] = field(default_factory=list)
     keep_fp32_names: list[str] = field(default_factory=list)
     keep_sensitive: bool = True
-    name: str = "precision"
-    exact: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in _ONNX_TYPES:
@@ -107,7 +109,7 @@ class Precision:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        self._names = {t.name for t in graph.tensors().values()}
+        self._unique = FreshNames(graph)
         self._graph = graph
         self._sensitive = apply_policy(graph, self.target, result) if self.keep_sensitive else {}
         self._convert_constants_and_casts(graph, result)
@@ -118,13 +120,6 @@ class Precision:
             if isinstance(tensor, gs.Variable) and id(tensor) not in io_ids:
                 tensor.dtype, tensor.shape = None, None
         return result
-
-    def _unique(self, base: str) -> str:
-        name, n = base, 1
-        while name in self._names:
-            name, n = f"{base}_{n}", n + 1
-        self._names.add(name)
-        return name
 
     def _cast(self, src: gs.Tensor, to: int, dtype, base: str) -> gs.Variable:
         out = gs.Variable(self._unique(base), dtype=dtype, shape=src.shape)

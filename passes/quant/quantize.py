@@ -16,22 +16,25 @@ it cost.
 Mixed precision: with `max_cosine_drop`, the pass scores every quantized layer
 alone on the first `sensitivity_samples` calibration samples
 (calibration/sensitivity.py) and keeps the most sensitive ones in high precision,
-the fewest that bring 1 - mean cosine to the budget; `self.mixed` holds the report.
+the fewest that bring 1 - mean cosine to the budget; the choice is reported in the
+result's `details["mixed_precision"]` (calibration.sensitivity.MixedPrecision.to_dict()).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from calibration.cache import calibrate
+from calibration.sensitivity import Evaluator, choose_high_precision
 from converter.core.model_io import opset_of
-from passes.base import PassContext, PassResult
+from passes.base import Pass, PassContext, PassResult
 from passes.fold.upgrade_opset import UpgradeOpset
+from passes.model_utils import graph_to_model
 from passes.pattern_utils import constant_array
 from passes.quant.formats import (
     activation_qdq,
@@ -44,7 +47,7 @@ from passes.quant.formats import (
 from passes.quant.rules import Placement, place
 
 MODES = ("int8", "fp8", "int4-wo", "int2-wo")
-LAST_MIXED: Any = None  # the last mixed-precision report (a calibration.sensitivity.MixedPrecision), for the API
+METHODS = ("minmax", "percentile", "entropy", "mse")
 WEIGHT_ONLY = ("int4-wo", "int2-wo")
 BLOCK_OPSET = 21
 FP8_OPSET = 19
@@ -55,8 +58,13 @@ def _safe(name: str) -> str:
 
 
 @dataclass
-class Quantize:
+class Quantize(Pass):
     """Insert Q/DQ (see module docstring)."""
+
+    name = "quantize"
+    level = "model"  # runs the model in onnxruntime; weight-only formats need opset 21
+    exact = False
+    needs_calibration = True
 
     mode: str = "int8"
     method: str = "mse"
@@ -72,19 +80,23 @@ class Quantize:
     include_names: list[str] | None = None
     max_cosine_drop: float | None = None
     sensitivity_samples: int = 64
-    name: str = "quantize"
-    needs_calibration = True
-    exact: bool = False
-    mixed: Any = field(default=None, repr=False, compare=False)  # last MixedPrecision report
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode '{self.mode}' not in {MODES}")
-        if self.method not in ("minmax", "percentile", "entropy", "mse"):
-            raise ValueError(f"method '{self.method}' not in minmax, percentile, entropy, mse")
+        if self.method not in METHODS:
+            raise ValueError(f"method '{self.method}' not in {', '.join(METHODS)}")
         self.block_size = self.block_size or (128 if self.mode == "int4-wo" else 64)
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} not in 16, 32, 64, 128, 256")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile {self.percentile} not in (0, 100]")
+        if self.budget_mb <= 0:
+            raise ValueError(f"budget_mb must be > 0, got {self.budget_mb}")
+        if self.max_cosine_drop is not None and self.max_cosine_drop < 0:
+            raise ValueError(f"max_cosine_drop must be >= 0, got {self.max_cosine_drop}")
+        if self.sensitivity_samples < 1:
+            raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
 
     @property
     def weight_only(self) -> bool:
@@ -96,8 +108,6 @@ class Quantize:
         return self._mixed(model, ctx)
 
     def _mixed(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        from calibration.sensitivity import Evaluator, choose_high_precision
-
         full, result = replace(self, max_cosine_drop=None)._quantize(model, ctx)
         weighted = set(_weighted_names(model))
         layers = [name for name in dict.fromkeys(result.touched) if name in weighted]
@@ -117,29 +127,29 @@ class Quantize:
             )
             return variant._quantize(model, ctx)[0]
 
-        global LAST_MIXED
-        self.mixed = LAST_MIXED = choose_high_precision(build, layers, evaluator, float(self.max_cosine_drop))
-        if not self.mixed.kept:
+        mixed = choose_high_precision(build, layers, evaluator, float(self.max_cosine_drop))
+        if not mixed.kept:
             result.notes.append(f"budget {self.max_cosine_drop}: met with every layer quantized")
+            result.details["mixed_precision"] = mixed.to_dict()
             return full, result
         final, result = replace(
-            self, max_cosine_drop=None, exclude_names=list(self.exclude_names) + self.mixed.kept
+            self, max_cosine_drop=None, exclude_names=list(self.exclude_names) + mixed.kept
         )._quantize(model, ctx)
-        result.count("kept_high_precision", n=len(self.mixed.kept))
+        result.count("kept_high_precision", n=len(mixed.kept))
         result.notes.append(
-            f"budget {self.max_cosine_drop}: {len(self.mixed.kept)} of {len(layers)} layers kept in high precision, "
-            f"drop {self.mixed.score.drop:.5f} (all quantized: {self.mixed.full_score.drop:.5f}), "
-            f"{self.mixed.evaluations} evaluations"
+            f"budget {self.max_cosine_drop}: {len(mixed.kept)} of {len(layers)} layers kept in high precision, "
+            f"drop {mixed.score.drop:.5f} (all quantized: {mixed.full_score.drop:.5f}), "
+            f"{mixed.evaluations} evaluations"
         )
+        result.details["mixed_precision"] = mixed.to_dict()
         return final, result
 
     def _quantize(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        from passes.manager import graph_to_model  # the manager imports the registry, which imports us
-
         result = PassResult()
         needed = BLOCK_OPSET if self.weight_only else (FP8_OPSET if self.mode == "fp8" else 0)
         if opset_of(model) < needed:
-            model, _ = UpgradeOpset(target=needed).run_model(model, ctx)
+            model, upgrade = UpgradeOpset(target=needed).run_model(model, ctx)
+            result.opset = upgrade.opset
             result.count("opset_upgraded")
         graph = gs.import_onnx(model)
         plan = place(
@@ -170,8 +180,6 @@ class Quantize:
     # ------------------------------------------------------------------ calibration
     def _calibrate(self, model, plan: Placement, ctx: PassContext, result: PassResult):
         """Activation ranges (W8A8) or layer-input Gram matrices (int2); None when no data."""
-        from calibration.cache import calibrate  # calibration imports converter; keep passes light
-
         data = ctx.calibration
         if self.weight_only:
             if self.mode != "int2-wo" or data is None:

@@ -27,18 +27,17 @@ methods still run the smoothed model).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, PassResult
+from calibration.cache import calibrate, remember
+from calibration.stats import TensorStats
+from passes.base import Pass, PassContext, PassResult
+from passes.model_utils import graph_to_model
 from passes.pattern_utils import constant_array, constant_of, producer
 from passes.quant.rules import MIN_DIM, excluded, place
-
-if TYPE_CHECKING:
-    from calibration.stats import TensorStats
 
 MARK = "/smoothquant/Mul"
 
@@ -68,23 +67,23 @@ def _groups(graph: gs.Graph, exclude_names: list[str], result: PassResult) -> di
 
 
 @dataclass
-class SmoothQuant:
+class SmoothQuant(Pass):
     """Scale migration X.W = (X/s).(sW) for MatMuls with constant weights (see module docstring)."""
+
+    name = "smoothquant"
+    level = "model"  # runs the model in onnxruntime on the calibration data
+    exact = True
+    needs_calibration = True
 
     alpha: float = 0.5
     exclude_names: tuple[str, ...] | list[str] = ()
     cache_dir: str | None = None
-    name: str = "smoothquant"
-    needs_calibration = True
-    exact: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError(f"alpha {self.alpha} not in [0, 1]")
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        from passes.manager import graph_to_model
-
         result = PassResult()
         graph = gs.import_onnx(model)
         groups = _groups(graph, list(self.exclude_names), result)
@@ -94,8 +93,6 @@ class SmoothQuant:
         if ctx.calibration is None:
             result.notes.append("no calibration data (ctx.calibration): nothing smoothed")
             return model, result
-        from calibration.cache import calibrate, remember  # calibration imports converter: keep passes light
-
         names = sorted(groups)
         later = set(place(graph, weight_only=False, exclude_ops=[], exclude_names=[]).activations)
         cal = calibrate(
@@ -149,7 +146,5 @@ def _scaled_stats(name: str, stats: TensorStats, inv_scale: np.ndarray) -> Tenso
 
     Symmetric: quantization reads only max(|min|, |max|), which this gives exactly.
     """
-    from calibration.stats import TensorStats
-
     amax = float(np.max(stats.channel_amax.astype(np.float64) * inv_scale))
     return TensorStats(name, count=stats.count, nonfinite=stats.nonfinite, min=-amax, max=amax)

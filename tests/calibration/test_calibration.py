@@ -16,6 +16,7 @@ from calibration.readers import from_image_folder, from_texts, load_calibration
 from calibration.reduce import lower_bounds, reduction_nodes
 from calibration.stats import BINS, TensorStats, collect_statistics
 from converter.core.errors import InvalidInputError
+from tests.onnx_helpers import make_model
 from tests.quant_graphs import attention_like, conv_residual, feeds_for
 
 
@@ -181,8 +182,7 @@ def test_lower_bounds_come_from_relu_softmax_and_constant_clip_minima():
     ]
     inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("zero", 0.5), ("minus", -1.0), ("seven", 7.0))]
     outputs = ["relu", "softmax", "relu6", "clip_negative", "clip_no_min", "clip_min_above_max", "custom_relu", "abs"]
-    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(o, 1, [2, 4]) for o in outputs], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model = make_model(nodes, [x], {o: [2, 4] for o in outputs}, inits, opset=20, ir_version=None)
     assert lower_bounds(model, outputs) == {"relu": 0.0, "softmax": 0.0, "relu6": 0.5}
     old = helper.make_graph([helper.make_node("Clip", ["x"], ["y"], min=0.0, max=6.0)], "g", [x], [], [])
     assert lower_bounds(helper.make_model(old, opset_imports=[helper.make_opsetid("", 6)]), ["y"]) == {"y": 0.0}
@@ -251,10 +251,10 @@ def test_missing_input_and_empty_folder(tmp_path):
 def test_text_reader_tokenizes_per_batch_with_varying_lengths():
     from onnx import TensorProto, helper
 
-    from tests.quant_graphs import _model
+    from tests.quant_graphs import shaped_model
 
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["N", "S"]) for n in ("input_ids", "attention_mask")]
-    model = _model(
+    model = shaped_model(
         [helper.make_node("Add", ["input_ids", "attention_mask"], ["y"])],
         inputs,
         [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", "S"])],
@@ -275,11 +275,11 @@ def test_image_folder_reader(tmp_path):
     from onnx import TensorProto, helper
     from PIL import Image
 
-    from tests.quant_graphs import _model
+    from tests.quant_graphs import shaped_model
 
     for i in range(3):
         Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
-    model = _model(
+    model = shaped_model(
         [helper.make_node("Relu", ["image"], ["y"])],
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])],

@@ -44,9 +44,9 @@ def test_rtx_builds_several_targets_in_one_engine(tmp_path, tiny_onnx):
     art = api.build(
         tiny_onnx,
         tmp_path / "multi.engine",
-        "tensorrt-rtx",
-        resolve_spec("tests.tiny_models:conv_net").profiles,
-        ["sm80", "8.9", "SM_120"],
+        backend="tensorrt-rtx",
+        shapes=resolve_spec("tests.tiny_models:conv_net").profiles,
+        target_gpus=["sm80", "8.9", "SM_120"],
     )
     assert art.sidecar["targets"] == ["sm80", "sm89", "sm120"]
 
@@ -56,30 +56,30 @@ def test_hopper_target_needs_full_tensorrt(tmp_path, tiny_onnx):
         api.build(
             tiny_onnx,
             tmp_path / "h.engine",
-            "tensorrt-rtx",
-            {"image": ShapeProfile((1, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32))},
-            ["sm90"],
+            backend="tensorrt-rtx",
+            shapes={"image": ShapeProfile((1, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32))},
+            target_gpus=["sm90"],
         )
     assert not (tmp_path / "h.engine").exists()
 
 
 def test_dynamic_input_without_profile_is_explained(tmp_path, tiny_onnx):
     with pytest.raises(InvalidInputError, match="input 'image' has dynamic dims"):
-        api.build(tiny_onnx, tmp_path / "x.engine", "tensorrt-rtx")
+        api.build(tiny_onnx, tmp_path / "x.engine", backend="tensorrt-rtx")
     assert not list(tmp_path.iterdir())
 
 
 def test_profile_that_does_not_fit_is_rejected(tmp_path, tiny_onnx):
     bad = {"image": ShapeProfile((1, 3, 32, 32), (2, 3, 32, 32), (8, 4, 32, 32))}
     with pytest.raises(InvalidInputError, match="does not fit"):
-        api.build(tiny_onnx, tmp_path / "x.engine", "tensorrt-rtx", bad)
+        api.build(tiny_onnx, tmp_path / "x.engine", backend="tensorrt-rtx", shapes=bad)
 
 
 def test_unsupported_op_names_the_node(tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save(unsupported_op_graph(), str(path))
     with pytest.raises(BuildError) as info:
-        api.build(path, tmp_path / "custom.engine", "tensorrt-rtx")
+        api.build(path, tmp_path / "custom.engine", backend="tensorrt-rtx")
     message = str(info.value)
     assert "my_fancy_node" in message and "FancyOp" in message and "\n" not in message
     assert not (tmp_path / "custom.engine").exists()

@@ -13,11 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converter.cli.main import main
 from converter.core.errors import ExitCode
-from converter.pipelines.recipe import Tolerances
 from converter.verification.compare import output_metrics
 from converter.verification.localize import localize, without_qdq
+from converter.verification.tolerances import Tolerances
 from passes.base import PassContext
-from passes.manager import PassSpec, run_passes
+from passes.manager import run_passes
+from passes.registry import PassSpec
 from tests.graphs import redundant_graph
 
 FP32 = Tolerances.for_precision("fp32")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from converter.core.errors import InvalidInputError
-from converter.pipelines.recipe import Recipe, Tolerances, load_recipe
+from converter.pipelines.recipe import Recipe, load_recipe
 from converter.verification.compare import compare_results, output_metrics
+from converter.verification.tolerances import Tolerances
 
 
 def test_recipe_yaml_and_json_roundtrip(tmp_path):

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import importlib
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
-from converter.core.errors import InvalidInputError
-from passes.base import PassContext
+from converter.core.errors import InvalidInputError, TrtforgeError
+from passes import registry
+from passes.base import Pass, PassContext, PassFailedError, PassResult
 from passes.manager import PassSpec, run_passes
 from tests.graphs import redundant_graph
 
@@ -92,7 +99,7 @@ def test_precision_pass_can_keep_ops_in_fp32(x):
 def test_unknown_pass_and_bad_option_are_input_errors():
     with pytest.raises(InvalidInputError, match="unknown pass 'nope'"):
         run_passes(redundant_graph(), [PassSpec("nope")], CTX)
-    with pytest.raises(InvalidInputError, match="bad options"):
+    with pytest.raises(InvalidInputError, match="unknown option 'bogus'"):
         run_passes(redundant_graph(), [PassSpec("cleanup", {"bogus": 1})], CTX)
 
 
@@ -148,3 +155,121 @@ def test_upgrade_opset_keeps_local_functions_and_custom_domains():
     assert {(o.domain, o.version) for o in out.opset_import} == {("", 20), ("trtforge", 1)}
     y = ort.InferenceSession(out.SerializeToString()).run(None, {"x": np.ones(2, np.float32)})[0]
     assert y.tolist() == [2.0, 2.0]
+
+
+# ----------------------------------------------------------------------------- the contract, as the manager runs it
+@dataclass
+class _Probe(Pass):
+    """Records the graph type and opset it was given in `seen`; raises `error` when set."""
+
+    name = "probe"
+    level = "graph"
+    exact = True
+    seen: ClassVar[list] = []
+    error: ClassVar[Exception | None] = None
+
+    def run(self, graph, ctx):
+        self.seen.append((type(graph), ctx.opset))
+        if self.error is not None:
+            raise self.error
+        result = PassResult()
+        result.details["found"] = {"nodes": len(graph.nodes)}
+        return result
+
+
+@dataclass
+class _ModelProbe(Pass):
+    name = "model-probe"
+    level = "model"
+    seen: ClassVar[list] = []
+
+    def run_model(self, model, ctx):
+        self.seen.append(type(model))
+        return model, PassResult()
+
+
+@pytest.fixture
+def probes(monkeypatch) -> dict[str, list]:
+    """The probes registered, each with a fresh `seen` list."""
+    seen: dict[str, list] = {}
+    for cls in (_Probe, _ModelProbe):
+        monkeypatch.setitem(registry.PASSES, cls.name, cls)
+        monkeypatch.setattr(cls, "seen", seen.setdefault(cls.name, []))
+    return seen
+
+
+def test_manager_dispatches_on_the_declared_level(probes):
+    run_passes(redundant_graph(), [PassSpec("probe"), PassSpec("model-probe")], CTX)
+    assert probes["probe"] == [(gs.Graph, 17)] and probes["model-probe"] == [onnx.ModelProto]
+
+
+def test_a_bad_option_fails_before_any_pass_runs(probes):
+    start = time.perf_counter()
+    stages = []
+    with pytest.raises(InvalidInputError, match="pass 'fold-constants': unknown option 'size_cap' \\(did you mean"):
+        run_passes(
+            redundant_graph(),
+            [PassSpec("probe"), PassSpec("fold"), PassSpec("fold-constants", {"size_cap": 1})],
+            CTX,
+            on_stage=lambda r, m: stages.append(r.name),
+        )
+    assert time.perf_counter() - start < 0.5 and probes["probe"] == [] and stages == []
+
+
+@pytest.mark.parametrize("error", [ValueError("boom"), KeyError("k"), TypeError("t"), RuntimeError("r")])
+def test_a_pass_bug_is_an_internal_error_naming_the_pass(probes, monkeypatch, error):
+    monkeypatch.setattr(_Probe, "error", error)
+    with pytest.raises(PassFailedError, match=f"pass 'probe' failed: {type(error).__name__}") as raised:
+        run_passes(redundant_graph(), [PassSpec("cleanup"), PassSpec("probe")], CTX)
+    assert not isinstance(raised.value, TrtforgeError) and raised.value.pass_name == "probe"
+    assert raised.value.__cause__ is error
+
+
+def test_a_trtforge_error_raised_by_a_pass_passes_through_unchanged(probes, monkeypatch):
+    error = InvalidInputError("calibration batch 3: input 'x' has NaN")
+    monkeypatch.setattr(_Probe, "error", error)
+    with pytest.raises(InvalidInputError) as raised:
+        run_passes(redundant_graph(), [PassSpec("probe")], CTX)
+    assert raised.value is error
+
+
+def test_cli_exits_1_for_a_pass_bug_and_names_the_pass(probes, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from converter.cli.main import main
+    from converter.core.errors import ExitCode
+
+    monkeypatch.setattr(_Probe, "error", KeyError("missing"))
+    onnx.save(redundant_graph(), tmp_path / "m.onnx")
+    args = ["optimize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--passes", "cleanup,probe"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.INTERNAL and "pass 'probe' failed: KeyError" in result.output
+
+
+def test_details_reach_the_record_and_its_dict(probes):
+    _, records = run_passes(redundant_graph(), [PassSpec("cleanup"), PassSpec("probe")], CTX)
+    assert records[0].details == {} and records[1].details == {"found": {"nodes": records[1].nodes_before}}
+    assert records[1].to_dict()["details"] == records[1].details
+
+
+def test_the_opset_a_pass_reports_is_what_the_next_pass_sees(probes):
+    ctx = PassContext(opset=13)  # the model says 17: that is what the first pass sees
+    out, records = run_passes(
+        redundant_graph(), [PassSpec("probe"), PassSpec("upgrade-opset", {"target": 21}), PassSpec("probe")], ctx
+    )
+    assert [opset for _, opset in probes["probe"]] == [17, 21] and ctx.opset == 21
+    assert out.opset_import[0].version == 21 and records[1].changed == {"opset_upgraded": 1}
+
+
+@pytest.mark.parametrize(
+    "make, spec, opset",
+    [
+        ("tests.attention_graphs:attention_graph", PassSpec("fuse-attention"), 23),  # opset 17 upgraded to fuse
+        ("tests.quant_graphs:mlp_stack", PassSpec("quantize", {"mode": "int4-wo"}), 21),  # block DQ needs 21
+    ],
+)
+def test_model_passes_that_upgrade_report_the_opset(probes, make, spec, opset):
+    module, factory = make.split(":")
+    model = getattr(importlib.import_module(module), factory)()
+    out, _ = run_passes(model, [spec, PassSpec("probe")], PassContext(opset=17))
+    assert out.opset_import[0].version == opset and probes["probe"][-1][1] == opset

@@ -14,8 +14,8 @@ from passes.model_utils import import_with_types, infer_graph_types
 from passes.registry import PASSES, create_pass
 from tests.graph_strategies import random_graphs
 
-EXACT_PASSES = sorted(name for name, factory in PASSES.items() if factory().exact)
-KEEPS_TYPES = sorted(name for name, factory in PASSES.items() if getattr(factory, "keeps_types", False))
+EXACT_PASSES = sorted(name for name, cls in PASSES.items() if cls.exact)
+KEEPS_TYPES = sorted(name for name, cls in PASSES.items() if cls.keeps_types)
 
 
 def _run(model, x):
@@ -40,6 +40,11 @@ def test_exact_pass_keeps_outputs_and_is_idempotent(pass_name, model):
 
 def test_every_registered_pass_is_covered():
     assert set(EXACT_PASSES) | {"precision", "drop-blocks", "quantize"} == set(PASSES)  # the lossy ones
+
+
+def test_keeps_types_is_declared_by_graph_passes_only():
+    """The manager reads keeps_types after graph passes alone (model passes are re-imported with types)."""
+    assert KEEPS_TYPES and all(PASSES[name].level == "graph" for name in KEEPS_TYPES)
 
 
 @pytest.mark.parametrize("pass_name", KEEPS_TYPES)

@@ -9,25 +9,17 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output
 
 pytestmark = pytest.mark.slow
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def _run(model, feeds, optimize=True):
-    options = ort.SessionOptions()
-    if not optimize:  # keep onnxruntime from rewriting DQ->MatMul into its own approximate kernel
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
 
 
 def _cosine(a, b):
@@ -47,14 +39,14 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
         onnx.load(tmp_path / "m.onnx"), [PassSpec("fold"), PassSpec("upgrade-opset", {"target": 21})], PassContext(17)
     )
     feeds = spec.sample_feeds(1, 8)[0]  # 8 real sentences
-    reference = _run(base, feeds)
+    reference = first_output(base, feeds)
     fp16, _ = run_passes(base, [PassSpec("precision", {"target": "fp16"})], PassContext(21))
     try:
         backend = get_backend("tensorrt-rtx")
     except Exception as exc:
         backend, why = None, str(exc)
     config = BuildConfig(profiles=spec.profiles, target_gpus=["sm89"])
-    fp16_out = _run(fp16, feeds).astype(np.float32)
+    fp16_out = first_output(fp16, feeds).astype(np.float32)
     report = {
         "fp16": {
             "onnx_weight_bytes": _weight_bytes(fp16),
@@ -76,7 +68,7 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
             assert sum(n.op_type == "GroupQuantMatMul" and len(n.input) == 5 for n in fused.graph.node) == 36
             assert not any(n.op_type == "DequantizeLinear" for n in fused.graph.node)
             assert [len(f.input) for f in fused.functions] == [5]
-            out = _run(fused, feeds)
+            out = first_output(fused, feeds)
             assert np.isfinite(out).all()
             entry = report.setdefault(f"w{bits}a16" if name == "fp16" else f"w{bits}a32", {})
             entry["cosine_vs_fp32"] = round(_cosine(out, reference), 5)
@@ -86,12 +78,14 @@ def test_minilm_group_quant_matmul_runs_in_onnxruntime_and_builds_with_tensorrt_
                 for g, m in (("quantized", quantized), ("fused", fused))
             }
             assert entry["nodes"]["fused"] == entry["nodes"]["quantized"] - 36 - 36  # DequantizeLinear, Add
+            # unoptimized: keeps onnxruntime from rewriting DQ->MatMul into its own approximate kernel
+            as_written = first_output(quantized, feeds, optimize=False)
             if name == "fp32":  # the rewrite is exact: same numbers as the DequantizeLinear graph
-                np.testing.assert_allclose(out, _run(quantized, feeds, optimize=False), rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(out, as_written, rtol=1e-4, atol=1e-5)
                 continue
             entry["onnx_weight_bytes"] = _weight_bytes(fused)
             entry["max_abs_err_vs_fp16"] = float(np.abs(out.astype(np.float32) - fp16_out).max())
-            unfused = _run(quantized, feeds, optimize=False).astype(np.float32)  # fp16 rounding order differs a little
+            unfused = as_written.astype(np.float32)  # fp16 rounding order differs a little
             entry["max_abs_err_vs_unfused"] = float(np.abs(out.astype(np.float32) - unfused).max())
             if backend is not None:
                 onnx.save(fused, tmp_path / f"w{bits}.onnx")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto
@@ -14,14 +13,16 @@ from plugins_cuda.gated_linear_attention import reference as gla
 from plugins_cuda.group_quant_matmul import onnx as gqmm_onnx
 from plugins_cuda.group_quant_matmul import packing
 from plugins_cuda.group_quant_matmul import reference as gqmm
+from tests.onnx_helpers import make_model, run
 
 ONNX_TYPE = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2}  # relative to the output's largest magnitude
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+def _checked_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime's outputs, the model first checked in full (its functions and their shapes too)."""
     onnx.checker.check_model(model, full_check=True)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return run(model, feeds)
 
 
 def _rel(actual: np.ndarray, expected: torch.Tensor) -> float:
@@ -76,7 +77,7 @@ def test_group_quant_matmul_function_equals_reference(bits, group, dtype, bias):
     feeds = {"x": x.numpy(), "qweight": qw.packed().numpy(), "scales": qw.scales.numpy(), "zeros": qw.zeros.numpy()}
     if bias:
         feeds["bias"] = b.numpy()
-    (y,) = _session(model).run(None, feeds)
+    (y,) = _checked_run(model, feeds)
     expected = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, bits, group, bias=b)
     assert y.shape == (2, 5, n) and y.dtype == x.numpy().dtype
     assert _rel(y, expected) <= TOL[dtype]
@@ -110,10 +111,7 @@ def test_attach_gives_one_arity_and_zero_biases_in_a_mixed_graph():
         gqmm_onnx.make_node(["x", "q", "s", "z"], "y2", 4, 32, name="biased", bias="b"),
     ]
     outs = [onnx.helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["M", n]) for i in range(3)]
-    graph = onnx.helper.make_graph(
-        nodes, "g", [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])], outs, inits
-    )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    model = make_model(nodes, {"x": ["M", k]}, outs, inits, opset=21, ir_version=None)
     plain = onnx.ModelProto()
     plain.CopyFrom(model)
     del plain.graph.node[2:], plain.graph.output[2:]
@@ -123,7 +121,7 @@ def test_attach_gives_one_arity_and_zero_biases_in_a_mixed_graph():
     assert [len(n.input) for n in model.graph.node] == [5, 5, 5] and len(model.functions[0].input) == 5
     assert model.graph.node[0].input[4] == model.graph.node[1].input[4] == "gqmm_zero_bias_16_float"
     x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
-    y0, y1, y2 = _session(model).run(None, {"x": x})
+    y0, y1, y2 = _checked_run(model, {"x": x})
     expected = gqmm.group_quant_matmul(torch.from_numpy(x), qw.packed(), qw.scales, qw.zeros, 4, 32)
     np.testing.assert_allclose(y0, expected.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(y0, y1)
@@ -152,7 +150,7 @@ def test_minilm_weights_w4a16_w2a16_within_the_quantisation_bound(minilm_linear_
         x = torch.randn(8, k).to(torch.float16)
         model = gqmm_onnx.standalone_model(n, k, bits, 64, TensorProto.FLOAT16)
         feeds = {"x": x.numpy(), "qweight": qw.packed().numpy(), "scales": qw.scales.numpy(), "zeros": qw.zeros.numpy()}
-        (y,) = _session(model).run(None, feeds)
+        (y,) = _checked_run(model, feeds)
         expected = gqmm.group_quant_matmul(x, qw.packed(), qw.scales, qw.zeros, bits, 64)
         assert _rel(y, expected) <= 1e-2
         fp16 = (x.float() @ w.to(torch.float16).float().T).numpy()
@@ -197,7 +195,7 @@ def test_gated_linear_attention_function_equals_reference(dtype, steps):
     heads, dk, dv = 4, 32, 16
     inputs = [x.to(dtype) for x in _gla_inputs(2, heads, steps, dk, dv, seed=steps)]
     model = gla_onnx.standalone_model(heads, dk, dv, ONNX_TYPE[dtype])
-    o, s = _session(model).run(None, dict(zip(gla_onnx.INPUTS, (x.numpy() for x in inputs), strict=True)))
+    o, s = _checked_run(model, dict(zip(gla_onnx.INPUTS, (x.numpy() for x in inputs), strict=True)))
     expected_o, expected_s = gla.gated_linear_attention(*inputs)
     assert _rel(o, expected_o) <= TOL[dtype] and _rel(s, expected_s) <= TOL[dtype]
 

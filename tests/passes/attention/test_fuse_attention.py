@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
 from tests.attention_graphs import HEADS, attention_graph, feeds
+from tests.onnx_helpers import first_output, make_model
 
 CTX = PassContext(opset=17)
-
-
-def _run(model: onnx.ModelProto, inputs: dict) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)[0]
 
 
 def _fuse(model: onnx.ModelProto, **options):
@@ -42,7 +37,7 @@ def _dims(model: onnx.ModelProto, name: str) -> list:
 def _assert_exact_and_idempotent(model, fused, atol=1e-5):
     for seq in (1, 5):
         inputs = feeds(model, seq=seq)
-        np.testing.assert_allclose(_run(fused, inputs), _run(model, inputs), atol=atol, rtol=0)
+        np.testing.assert_allclose(first_output(fused, inputs), first_output(model, inputs), atol=atol, rtol=0)
     again, record = _fuse(fused)
     assert record.changed == {}
     assert again.SerializeToString() == fused.SerializeToString()
@@ -138,7 +133,7 @@ def test_intermediate_graph_outputs_block_fusion(inner):
     fused, record = _fuse(model)
     assert record.changed == {} and "graph output" in record.rejected[0]["reason"]
     inputs = feeds(model)
-    np.testing.assert_array_equal(_run(fused, inputs), _run(model, inputs))
+    np.testing.assert_array_equal(first_output(fused, inputs), first_output(model, inputs))
 
 
 def test_heads_tiled_in_the_other_order_is_not_gqa():
@@ -160,7 +155,7 @@ def test_tril_not_proved_to_be_seq_by_seq_stays_a_mask(size):
     (node,) = _attention_nodes(fused)
     assert _attrs(node)["is_causal"] == 0 and len(node.input) == 4
     inputs = feeds(model, seq=5)
-    np.testing.assert_allclose(_run(fused, inputs), _run(model, inputs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(first_output(fused, inputs), first_output(model, inputs), atol=1e-5, rtol=0)
 
 
 def test_rank3_attention_is_rejected():
@@ -174,8 +169,7 @@ def test_rank3_attention_is_rejected():
         helper.make_node("MatMul", ["p", "v"], ["y"]),
     ]
     c = numpy_helper.from_array(np.array(0.5, np.float32), "c")
-    graph = helper.make_graph(nodes, "g", [q, k, v], [helper.make_tensor_value_info("y", 1, None)], [c])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [q, k, v], {"y": None}, [c], ir_version=None)
     fused, record = _fuse(model)
     assert record.changed == {} and "rank 3" in record.rejected[0]["reason"]
 
@@ -187,7 +181,8 @@ def test_fp32_softmax_in_fp16_graph_sets_softmax_precision():
     (node,) = _attention_nodes(fused)
     assert _attrs(node)["softmax_precision"] == TensorProto.FLOAT
     inputs = feeds(model)
-    np.testing.assert_allclose(_run(fused, inputs), _run(model, inputs), atol=5e-3, rtol=0)  # fp16 rounding
+    fused_out, unfused_out = first_output(fused, inputs), first_output(model, inputs)
+    np.testing.assert_allclose(fused_out, unfused_out, atol=5e-3, rtol=0)  # fp16 rounding
     dropped, _ = _fuse(model, softmax_precision=False)  # for TensorRT-RTX, which rejects the attribute
     assert "softmax_precision" not in _attrs(_attention_nodes(dropped)[0])
 
@@ -207,7 +202,7 @@ def test_precision_keeps_sensitive_ops_in_fp32_and_reports_them():
     again, records2 = run_passes(low, [PassSpec("precision")], CTX)
     assert records2[0].changed == {} and again.SerializeToString() == low.SerializeToString()
     inputs = feeds(model)
-    np.testing.assert_allclose(_run(low, inputs), _run(model, inputs), atol=2e-2, rtol=2e-2)
+    np.testing.assert_allclose(first_output(low, inputs), first_output(model, inputs), atol=2e-2, rtol=2e-2)
     plain, plain_records = run_passes(model, [PassSpec("precision", {"keep_sensitive": False})], CTX)
     softmax = next(n for n in plain.graph.node if n.op_type == "Softmax")
     assert {n.output[0]: n for n in plain.graph.node}[softmax.input[0]].op_type != "Cast"
@@ -222,7 +217,7 @@ def test_fused_graph_to_fp16_keeps_attention_low_and_close():
     types = {i.name: i.type.tensor_type.elem_type for i in [*low.graph.value_info, *low.graph.input]}
     assert all(types[name] == TensorProto.FLOAT16 for name in node.input[:3])
     inputs = feeds(model)
-    np.testing.assert_allclose(_run(low, inputs), _run(model, inputs), atol=2e-2, rtol=2e-2)
+    np.testing.assert_allclose(first_output(low, inputs), first_output(model, inputs), atol=2e-2, rtol=2e-2)
     _, again = run_passes(low, [PassSpec("precision")], PassContext(opset=23))
     assert again[0].changed == {}
 

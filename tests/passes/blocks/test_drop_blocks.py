@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from converter.verification.compare import OnnxRunner
 from passes.base import PassContext
+from passes.blocks.config import DropConfig
 from passes.blocks.discovery import find_blocks
-from passes.blocks.drop_blocks import remove_units
-from passes.blocks.selection import DropConfig, select
+from passes.blocks.rewiring import remove_units
+from passes.blocks.selection import select
 from passes.manager import PassSpec, run_passes
 from tests.transformer_models import bert_feeds, decoder_feeds, exported, skip
 
@@ -42,6 +43,7 @@ def test_pass_in_a_recipe_uses_the_calibration_data():
     assert records[0].changed == {"attention_removed": 1}
     nothing, records = run_passes(model, [PassSpec("drop-blocks", {"remove": 1})], PassContext(opset=17))
     assert records[0].changed == {} and "no calibration data" in records[0].notes[0]
+    assert "no calibration data" in records[0].rejected[0]["reason"]
 
 
 def test_pass_accepts_calibration_data_objects():
@@ -51,7 +53,34 @@ def test_pass_accepts_calibration_data_objects():
     spec = PassSpec("drop-blocks", {"method": "oneshot", "granularity": "attention", "remove": 1})
     pruned, records = run_passes(model, [spec], PassContext(opset=17, calibration=data))
     assert records[0].changed == {"attention_removed": 1}
-    assert "the recipe's calibration data" in records[0].notes[0]
+    assert "scored and validated on the calibration data (test)" in records[0].notes[0]
+
+
+def test_a_perplexity_budget_on_an_encoder_is_the_recipes_error():
+    from converter.core.errors import InvalidInputError
+
+    model = onnx.load(exported("bert"))
+    ctx = PassContext(opset=17, calibration=bert_feeds(2, 4))
+    with pytest.raises(InvalidInputError, match="pass 'drop-blocks': perplexity/KL need a language model"):
+        run_passes(model, [PassSpec("drop-blocks", {"max_ppl_increase": 0.1})], ctx)
+
+
+def test_bad_options_fail_when_the_pass_is_built():
+    """The options are DropConfig's (one declaration): checked by the registry before anything runs."""
+    from converter.core.errors import InvalidInputError
+    from passes.blocks.drop_blocks import DropBlocks
+    from passes.registry import create_pass
+
+    for options, message in (({"method": "greedy"}, "method 'greedy'"), ({"beam": 0}, "beam must be at least 1")):
+        with pytest.raises(InvalidInputError, match=message):
+            create_pass("drop-blocks", options)
+    with pytest.raises(InvalidInputError, match="unknown option 'budget'"):
+        create_pass("drop-blocks", {"budget": 0.1})
+    with pytest.raises(InvalidInputError, match="say how much to remove"):
+        create_pass("drop-blocks", {"method": "oneshot"})
+    assert create_pass("drop-blocks", {"drop": ["attn1"]}).drop == ["attn1"]  # named units need no goal
+    built = create_pass("drop-blocks", {"target_params": 0.2, "beam": 1})
+    assert isinstance(built, DropBlocks) and built.drop_config() == DropConfig(target_params=0.2, beam=1)
 
 
 def test_tensorrt_rtx_parses_fewer_layers_and_builds_a_smaller_engine(tmp_path):
@@ -120,9 +149,9 @@ def test_minilm_block_and_sublayer_removal_match_torch(tmp_path):
 
 @pytest.mark.slow
 def test_decoder_lm_removal_matches_torch_and_budget_holds(tmp_path):
+    from converter.demos.splits import demo_splits
     from converter.pipelines.export import export_model
     from converter.pipelines.model_ref import resolve_spec
-    from passes.blocks.data import demo_splits
 
     spec = resolve_spec("decoder-lm")
     model = onnx.load(export_model(spec, tmp_path / "lm.onnx", exporter="dynamo").path)

@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converter.verification.compare import OnnxRunner
 from passes.blocks.discovery import find_blocks
-from passes.blocks.drop_blocks import plan, remove_units
+from passes.blocks.evaluator import Evaluator
+from passes.blocks.rewiring import plan, remove_units
 from passes.blocks.scores import GatedSession, OutputMetrics, language_model_io
-from passes.blocks.selection import Evaluator
 from tests.transformer_models import (
     bert_feeds,
     decoder_feeds,

@@ -12,11 +12,13 @@ import onnx
 import pytest
 
 from converter.verification.compare import OnnxRunner
+from passes.blocks.config import DropConfig
 from passes.blocks.discovery import find_blocks
-from passes.blocks.drop_blocks import canonical, remove_units
+from passes.blocks.evaluator import Evaluator
+from passes.blocks.rewiring import canonical, remove_units
 from passes.blocks.scores import Costs, GatedSession, OutputMetrics
 from passes.blocks.search import Scorer, _exchanges, beam_search
-from passes.blocks.selection import DropConfig, Evaluator, select, unit_scores
+from passes.blocks.selection import Scored, select, unit_scores
 from tests.transformer_models import decoder_feeds, exported
 
 
@@ -34,7 +36,7 @@ def decoder_setup():
 
 def _select(setup, **config):
     model, bg, calib, val, ev, scores, costs = setup
-    return select(model, bg, calib, val, DropConfig(**config), ev, scores, costs)
+    return select(model, bg, calib, val, DropConfig(**config), Scored(ev, scores, costs))
 
 
 def _reaching(setup, config: DropConfig, ev: Evaluator | None = None) -> dict[tuple[str, ...], float]:
@@ -144,7 +146,7 @@ def test_target_mode_never_looks_at_the_validation_data(decoder_setup):
     """Only calibration chooses; the validation data measures the original and the final set, nothing else."""
     model, bg, calib, val, _, scores, costs = decoder_setup
     ev = Evaluator(model, bg, calib, val)
-    sel = select(model, bg, calib, val, DropConfig(target_params=0.3, beam=2, refine=True), ev, scores, costs)
+    sel = select(model, bg, calib, val, DropConfig(target_params=0.3, beam=2, refine=True), Scored(ev, scores, costs))
     validated = {names for split, names in ev.cache if split == "val"}
     assert validated == {(), tuple(sorted(sel.removed))}
 
@@ -185,7 +187,7 @@ def test_budget_mode_validates_past_the_best_ranked_candidates(decoder_setup, mo
     ev = Evaluator(model, bg, calib, val)
     worst = max(bg.units("sublayer"), key=lambda u: ev.damage([u.name]) / costs.saved([u.name])["params_saved"])
     monkeypatch.setattr(ev, "within", lambda removed, config: list(removed) == [worst.name])
-    sel = select(model, bg, calib, val, DropConfig(max_ppl_increase=0.01), ev, scores, costs)
+    sel = select(model, bg, calib, val, DropConfig(max_ppl_increase=0.01), Scored(ev, scores, costs))
     assert sel.removed == [worst.name] and sel.stopped == "budget: no further removal keeps it"
 
 

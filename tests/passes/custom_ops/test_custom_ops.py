@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -13,15 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
 from plugins_cuda.gated_linear_attention.reference import ParallelGLA, gated_linear_attention
+from tests.onnx_helpers import make_model, run
 
-NO_OPT = ort.SessionOptions()
 # onnxruntime's optimizer turns DequantizeLinear->MatMul into MatMulNBits with 8-bit activations:
 # the unfused reference graph must run as written
-NO_OPT.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-
-
-def _run(model, feeds):
-    return ort.InferenceSession(model.SerializeToString(), NO_OPT, providers=["CPUExecutionProvider"]).run(None, feeds)
+_run = functools.partial(run, optimize=False)
 
 
 def _dq_matmul_model(codes, scale, zero, *, transposed=False, block=32, opset=21, code_type=None) -> onnx.ModelProto:
@@ -41,14 +38,7 @@ def _dq_matmul_model(codes, scale, zero, *, transposed=False, block=32, opset=21
     if transposed:
         nodes.append(helper.make_node("Transpose", ["w"], ["wt"], name="tr", perm=[1, 0]))
     nodes.append(helper.make_node("MatMul", ["x", "wt" if transposed else "w"], ["y"], name="mm"))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return make_model(nodes, {"x": ["M", k]}, {"y": ["M", n]}, inits, opset=opset, ir_version=None)
 
 
 CASES = {  # name: (code dtype, value range, zero range, opset, expected bits)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output, make_model
 
 CTX = PassContext(opset=17)
 UNARY = ["Relu", "Sigmoid", "Tanh", "Abs", "Neg"]
@@ -29,20 +29,7 @@ def chain_graph(ops: list[str], copies: int, distinct_weights: bool) -> onnx.Mod
         nodes.append(helper.make_node("Mul", [prev, f"w{c}"], [f"m{c}"], name=f"c{c}_mul"))
         outs.append(f"m{c}")
     nodes.append(helper.make_node("Sum", outs, ["y"], name="sum"))
-    graph = helper.make_graph(
-        nodes,
-        "chains",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return make_model(nodes, {"x": ["N", 4]}, {"y": ["N", 4]}, inits, name="chains")
 
 
 def test_identical_chains_collapse():
@@ -51,7 +38,7 @@ def test_identical_chains_collapse():
     assert records[0].changed == {"initializers_merged": 2, "nodes_merged": 6}
     assert [n.op_type for n in out.graph.node] == ["Relu", "Tanh", "Mul", "Sum"]
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(_run(out, x), _run(model, x))
+    np.testing.assert_array_equal(first_output(out, {"x": x}), first_output(model, {"x": x}))
 
 
 def test_different_weights_stop_the_merge_at_the_mul():
@@ -73,6 +60,6 @@ def test_property_equal_outputs_and_idempotent(ops, copies, distinct, rows):
     out, records = run_passes(model, [PassSpec("dedupe")], CTX)
     assert len(out.graph.node) == len(ops) + (copies if distinct else 1) + 1
     x = np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32)
-    np.testing.assert_array_equal(_run(out, x), _run(model, x))
+    np.testing.assert_array_equal(first_output(out, {"x": x}), first_output(model, {"x": x}))
     _, again = run_passes(out, [PassSpec("dedupe")], CTX)
     assert again[0].changed == {}

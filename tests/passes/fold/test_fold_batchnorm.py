@@ -4,37 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from passes.base import PassContext
-from passes.fold.fold_batchnorm import FoldBatchNorm
 from passes.manager import PassRecord, PassSpec, run_passes
-from passes.registry import PASSES
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    """The pass is registered by another change; until then register it for these tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(PASSES, "fold-batchnorm", FoldBatchNorm)
-        yield
+from tests.onnx_helpers import first_output, make_model
 
 
 def _model(nodes, inputs: dict[str, list], inits: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "bn",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, inputs, {"y": None}, inits, opset=opset, name="bn")
 
 
 def _bn(rng: np.random.Generator, c: int, prefix: str = "bn") -> dict[str, np.ndarray]:
@@ -53,13 +34,6 @@ def _bn_node(x: str, y: str, prefix: str = "bn", **attrs) -> onnx.NodeProto:
     return helper.make_node("BatchNormalization", ins, [y], name=prefix, epsilon=1e-3, **attrs)
 
 
-def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()  # no onnxruntime fusions: compare the graphs as written
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
-
-
 CTX13 = PassContext(opset=13)
 
 
@@ -76,7 +50,8 @@ def _assert_close(after: np.ndarray, before: np.ndarray) -> None:
 def _check_folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray], kind: str) -> onnx.ModelProto:
     """Fold, then: same outputs, fewer nodes, no BN left, and a second run changes nothing."""
     out, record = _fold(model)
-    _assert_close(_ort(out, feeds), _ort(model, feeds))
+    # no onnxruntime fusions: compare the graphs as written
+    _assert_close(first_output(out, feeds, optimize=False), first_output(model, feeds, optimize=False))
     assert record.changed.get(kind, 0) >= 1, (record.changed, record.rejected)
     assert len(out.graph.node) < len(model.graph.node)
     assert "BatchNormalization" not in [n.op_type for n in out.graph.node]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.base import PassContext
 from passes.fold import const_eval
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output, make_model
 
 OPSET = 17
 I64 = np.iinfo(np.int64)
@@ -25,26 +25,17 @@ def _ort_node(op: str, inputs: list[np.ndarray | None], opset: int = OPSET, **at
     names = ["" if v is None else f"i{k}" for k, v in enumerate(inputs)]
     while names and not names[-1]:
         names.pop()
-    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs, strict=False) if n]
-    graph = helper.make_graph(
-        [helper.make_node(op, names, ["y"], **attrs)], "g", [], [onnx.ValueInfoProto(name="y")], inits
+    inits = {n: v for n, v in zip(names, inputs, strict=False) if n}
+    model = make_model(
+        [helper.make_node(op, names, ["y"], **attrs)], [], [onnx.ValueInfoProto(name="y")], inits, opset=opset
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no folding of its own
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {})[0]
+    return first_output(model, {}, optimize=False)  # no folding of its own
 
 
 def _numpy_node(op: str, inputs: list[np.ndarray | None], opset: int = OPSET, **attrs) -> np.ndarray | None:
     proto = helper.make_node(op, [f"i{k}" for k in range(len(inputs))], ["y"], **attrs)
-    graph = helper.make_graph(
-        [proto],
-        "g",
-        [helper.make_tensor_value_info(f"i{k}", 1, None) for k in range(len(inputs))],
-        [helper.make_tensor_value_info("y", 1, None)],
-    )
-    node = gs.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])).nodes[0]
+    model = make_model([proto], {f"i{k}": None for k in range(len(inputs))}, {"y": None}, opset=opset, ir_version=None)
+    node = gs.import_onnx(model).nodes[0]
     return const_eval.evaluate(node, [None if v is None else np.asarray(v) for v in inputs], opset)
 
 
@@ -150,16 +141,8 @@ def _same_padding_model() -> onnx.ModelProto:
         "m1": np.array([-1]),
         "big_neg": np.array([I64.min]),
     }
-    graph = helper.make_graph(
-        nodes,
-        "pad",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 7])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in ints.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return model
+    inits = {k: np.asarray(v, np.int64) for k, v in ints.items()}
+    return make_model(nodes, {"x": ["N", 4, 7, 7]}, {"y": None}, inits, opset=OPSET, name="pad")
 
 
 def test_shape_subgraph_folds_without_onnxruntime(monkeypatch):
@@ -177,29 +160,15 @@ def test_shape_subgraph_folds_without_onnxruntime(monkeypatch):
     pads = next(i for i in out.graph.initializer if i.name == out.graph.node[0].input[1])
     assert numpy_helper.to_array(pads).tolist() == ort_pads.tolist() == [1, 1, 0, 0, 1, 1, 0, 0]
     x = np.random.default_rng(0).standard_normal((2, 4, 7, 7)).astype(np.float32)
-
-    def run(m: onnx.ModelProto) -> np.ndarray:
-        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {"x": x})[0]
-
-    np.testing.assert_array_equal(run(out), run(model))
+    np.testing.assert_array_equal(first_output(out, {"x": x}), first_output(model, {"x": x}))
     _, again = run_passes(out, [PassSpec("fold-constants")], PassContext(opset=OPSET))
     assert again[0].changed == {}
 
 
 def test_float_math_still_folds_through_onnxruntime():
     nodes = [helper.make_node("Div", ["a", "b"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
-        [
-            numpy_helper.from_array(np.array([1, 2, 3], np.float32), "a"),
-            numpy_helper.from_array(np.full(3, 3, np.float32), "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    inits = {"a": np.array([1, 2, 3], np.float32), "b": np.full(3, 3, np.float32)}
+    model = make_model(nodes, {"x": [3]}, {"y": [3]}, inits, opset=OPSET, ir_version=None)
     out, records = run_passes(model, [PassSpec("fold-constants")], PassContext(opset=OPSET))
     assert [n.op_type for n in out.graph.node] == ["Add"] and records[0].changed == {"nodes_folded": 1}
     folded = next(i for i in out.graph.initializer if i.name == out.graph.node[0].input[1])
@@ -215,14 +184,8 @@ def test_partly_dynamic_shape_folds_only_its_static_dims(idx, folds):
         helper.make_node("Concat", ["m1", "d"], ["t"], axis=0),
         helper.make_node("Reshape", ["x", "t"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array(idx, np.int64), "idx"), numpy_helper.from_array(np.array([-1]), "m1")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    inits = {"idx": np.array(idx, np.int64), "m1": np.array([-1])}
+    model = make_model(nodes, {"x": ["N", 3, 4]}, {"y": None}, inits, opset=OPSET, ir_version=None)
     out, _ = run_passes(model, [PassSpec("fold-constants")], PassContext(opset=OPSET))
     assert ([n.op_type for n in out.graph.node] == ["Reshape"]) == folds
     if folds:

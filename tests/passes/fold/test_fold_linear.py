@@ -4,46 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from passes import registry
 from passes.base import PassContext
-from passes.fold.fold_linear import FoldLinear
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output, make_model
 
 CTX = PassContext(opset=17)
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    """Register the pass for run_passes until the registry lists it itself."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry.PASSES, "fold-linear", FoldLinear)
-        yield
-
-
 def build(nodes: list, inits: dict[str, np.ndarray], x_shape: list, opset: int = 17) -> onnx.ModelProto:
     """A model from (op, inputs, outputs, attrs) tuples reading x and writing y."""
-    graph = helper.make_graph(
+    return make_model(
         [helper.make_node(op, i, o, name=f"{op.lower()}_{n}", **a) for n, (op, i, o, a) in enumerate(nodes)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+        {"x": x_shape},
+        {"y": None},
+        {k: v.astype(np.float32) for k, v in inits.items()},
+        opset=opset,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def run_model(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 def assert_same(after: np.ndarray, before: np.ndarray) -> None:
@@ -56,7 +37,7 @@ def assert_same(after: np.ndarray, before: np.ndarray) -> None:
 def fold(model: onnx.ModelProto, x: np.ndarray, name: str = "fold-linear"):
     """Run the pass, check outputs and idempotence; return (model, record)."""
     out, records = run_passes(model, [PassSpec(name)], CTX)
-    assert_same(run_model(out, x), run_model(model, x))
+    assert_same(first_output(out, {"x": x}), first_output(model, {"x": x}))
     assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
     _, again = run_passes(out, [PassSpec(name)], CTX)
     assert again[0].changed == {}

@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.base import PassContext
-from passes.fold.fold_pad import FoldPad
 from passes.manager import PassRecord, PassSpec, run_passes
-from passes.registry import PASSES
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    """The pass is registered by another change; until then register it for these tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(PASSES, "fold-pad", FoldPad)
-        yield
+from tests.onnx_helpers import first_output, make_model
 
 
 def _model(nodes, x_shape: list, inits: dict[str, np.ndarray], opset: int = 17, extra_inputs=()) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape), *extra_inputs]
-    graph = helper.make_graph(
-        nodes,
-        "pad",
-        inputs,
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, inputs, {"y": None}, inits, opset=opset, name="pad")
 
 
 def _pad_node(pads: list[int], form: str = "input", **attrs) -> tuple[onnx.NodeProto, dict[str, np.ndarray]]:
@@ -52,13 +33,6 @@ def _pad_node(pads: list[int], form: str = "input", **attrs) -> tuple[onnx.NodeP
     return helper.make_node("Pad", ["x", "pads", "zero"], ["p"], name="pad", **attrs), inits
 
 
-def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()  # no onnxruntime fusions: compare the graphs as written
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
-
-
 def _fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
     out, records = run_passes(model, [PassSpec("fold-pad")], PassContext(opset=17))
     return out, records[0]
@@ -67,7 +41,8 @@ def _fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
 def _check_folded(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Fold, then: same outputs, fewer nodes, no Pad left, and a second run changes nothing."""
     out, record = _fold(model)
-    after, before = _ort(out, feeds), _ort(model, feeds)
+    # no onnxruntime fusions: compare the graphs as written
+    after, before = first_output(out, feeds, optimize=False), first_output(model, feeds, optimize=False)
     assert after.shape == before.shape
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(before).max())))
     assert record.changed.get("pad_folded", 0) >= 1, record.rejected
@@ -258,4 +233,5 @@ def test_efficientnet_lite0_same_padding_folds(tmp_path):
     assert records[2].changed == {"pad_folded": 17} and not records[2].rejected
     assert sum(n.op_type == "Pad" for n in out.graph.node) == 0
     feeds = {"image": image}
-    np.testing.assert_allclose(_ort(out, feeds), _ort(model, feeds), rtol=1e-5, atol=1e-5)
+    after, before = first_output(out, feeds, optimize=False), first_output(model, feeds, optimize=False)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

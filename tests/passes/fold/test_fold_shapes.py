@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output, make_model
 
 CTX = PassContext(opset=17)
-
-
-def _ints(name: str, values: list[int]) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.array(values, np.int64), name)
 
 
 def split_heads_graph(heads: int, dim: int, use_minus_one: bool, allowzero: int, with_expand: bool) -> onnx.ModelProto:
@@ -40,29 +36,15 @@ def split_heads_graph(heads: int, dim: int, use_minus_one: bool, allowzero: int,
         ]
         out = "expanded"
     nodes.append(helper.make_node("Sigmoid", [out], ["y"], name="sigmoid"))
-    graph = helper.make_graph(
-        nodes,
-        "split_heads",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", heads * dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", heads, dim])],
-        initializer=[_ints("i0", 0), _ints("i1", 1), _ints("axes0", [0]), _ints("tail", tail)],
-    )
-    graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(0, np.int64), "i0"))
-    graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(1, np.int64), "i1"))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    inits = {"i0": np.int64(0), "i1": np.int64(1), "axes0": np.array([0], np.int64), "tail": np.array(tail, np.int64)}
+    return make_model(nodes, {"x": ["B", "S", heads * dim]}, {"y": ["B", "S", heads, dim]}, inits, name="split_heads")
 
 
 def _check_equal(model, folded, heads, dim, shapes):
     rng = np.random.default_rng(0)
     for b, s in shapes:
         x = rng.standard_normal((b, s, heads * dim)).astype(np.float32)
-        np.testing.assert_array_equal(_run(folded, x), _run(model, x))
+        np.testing.assert_array_equal(first_output(folded, {"x": x}), first_output(model, {"x": x}))
 
 
 def test_split_heads_target_becomes_constant():

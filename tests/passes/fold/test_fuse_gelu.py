@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output, make_model
 
 
 def _c(name: str, value: float) -> onnx.TensorProto:
@@ -64,20 +64,7 @@ def gelu_graph(form: str, order: int, scale_by_mul: bool, cube_by_pow: bool, ops
             helper.make_node("Mul", ["t", "p"], ["g"], name="m2"),
         ]
     nodes.append(helper.make_node("Sigmoid", ["g"], ["y"], name="post"))
-    graph = helper.make_graph(
-        nodes,
-        "gelu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    return model
-
-
-def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return make_model(nodes, {"x": ["N", 8]}, {"y": ["N", 8]}, inits, opset=opset, ir_version=9, name="gelu")
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,7 +83,7 @@ def test_property_any_spelling_fuses_exactly(form, order, by_mul, by_pow, rows):
     gelu = next(n for n in fused.graph.node if n.op_type == "Gelu")
     assert helper.get_attribute_value(gelu.attribute[0]).decode() == ("none" if form == "erf" else "tanh")
     x = np.random.default_rng(rows).standard_normal((rows, 8)).astype(np.float32) * 3
-    np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=2e-6)
+    np.testing.assert_allclose(first_output(fused, {"x": x}), first_output(model, {"x": x}), atol=2e-6)
     _, again = run_passes(fused, [PassSpec("fuse-gelu")], PassContext(opset=20))
     assert again[0].changed == {}
 
@@ -110,7 +97,7 @@ def test_old_opset_is_rejected_with_reason_then_upgrade_fuses():
     )
     assert records[0].changed == {"opset_upgraded": 1} and records[1].changed == {"gelu_none_fused": 1}
     x = np.linspace(-4, 4, 16, dtype=np.float32).reshape(2, 8)
-    np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=2e-6)
+    np.testing.assert_allclose(first_output(fused, {"x": x}), first_output(model, {"x": x}), atol=2e-6)
 
 
 def test_wrong_constant_is_not_fused():
@@ -141,4 +128,4 @@ def test_torch_gelu_exports_fuse(approximate, tmp_path):
     fused, records = run_passes(model, [PassSpec("upgrade-opset"), PassSpec("fuse-gelu")], PassContext(opset=17))
     assert "Gelu" in [n.op_type for n in fused.graph.node], records[1].rejected
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
-    np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=1e-5)
+    np.testing.assert_allclose(first_output(fused, {"x": x}), first_output(model, {"x": x}), atol=1e-5)

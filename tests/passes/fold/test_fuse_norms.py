@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
+from tests.onnx_helpers import first_output
 
 
 class ManualLayerNorm(torch.nn.Module):
@@ -58,10 +58,6 @@ def _export(module, size: int, opset: int, path) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
-def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
 def _fuse(model, opset):
     return run_passes(model, [PassSpec("fold-constants"), PassSpec("fuse-norms")], PassContext(opset=opset))
 
@@ -74,7 +70,7 @@ def test_property_layernorm_fuses_exactly(tmp_path_factory, size, by_pow, affine
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops, (ops, records[1].rejected)
     x = np.random.default_rng(rows).standard_normal((rows, 4, size)).astype(np.float32)
-    np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=2e-5)
+    np.testing.assert_allclose(first_output(fused, {"x": x}), first_output(model, {"x": x}), atol=2e-5)
     _, again = run_passes(fused, [PassSpec("fuse-norms")], PassContext(opset=17))
     assert again[0].changed == {}
 
@@ -89,7 +85,7 @@ def test_rmsnorm_fuses_at_opset_23(tmp_path, use_rsqrt):
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("RMSNormalization") == 1 and "ReduceMean" not in ops, ops
     x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
-    np.testing.assert_allclose(_run(fused, x), _run(model, x), atol=2e-5)
+    np.testing.assert_allclose(first_output(fused, {"x": x}), first_output(model, {"x": x}), atol=2e-5)
 
 
 def test_layernorm_over_wrong_axis_is_left_alone(tmp_path):

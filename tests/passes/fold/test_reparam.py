@@ -14,19 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from passes import registry
-from passes.fold.reparam import Reparam
 from tests.passes.fold.test_fold_linear import build, fold, ops
 
 RNG = np.random.default_rng(1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    """Register the pass for run_passes until the registry lists it itself."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry.PASSES, "reparam", Reparam)
-        yield
 
 
 def reparam(model: onnx.ModelProto, x: np.ndarray):

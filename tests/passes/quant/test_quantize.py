@@ -248,14 +248,11 @@ def test_smoothquant_helps_int8_on_an_outlier_channel():
 
 # ----------------------------------------------------------------------------- mixed precision
 def test_budget_keeps_the_fewest_sensitive_layers_in_high_precision():
-    from passes.quant import quantize as quantize_module
-
     model = attention_like(outlier=50.0)
     full, _ = quantize(model, method="minmax")
     pass_ = Quantize(method="minmax", max_cosine_drop=1e-6, sensitivity_samples=8)
     mixed, result = pass_.run_model(model, PassContext(opset=20, calibration=calibration(model)))
-    report = pass_.mixed.to_dict()
-    assert quantize_module.LAST_MIXED is pass_.mixed
+    report = result.details["mixed_precision"]
     assert report["met"] and report["high_precision_layers"] == result.changed["kept_high_precision"] >= 1
     assert report["quantized_layers"] + report["high_precision_layers"] == 4
     assert [s["layer"] for s in report["sensitivity"]][: report["high_precision_layers"]] == report[
@@ -294,8 +291,8 @@ def test_int8_engine_is_smaller_than_the_fp16_engine(tmp_path):
     model = mlp_stack(layers=8, width=512)
     onnx.save(quantize(model, method="minmax")[0], tmp_path / "int8.onnx")
     onnx.save(model, tmp_path / "fp32.onnx")
-    optimize(tmp_path / "int8.onnx", tmp_path / "int8_fp16.onnx", [], "fp16")
-    optimize(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx", [], "fp16")
+    optimize(tmp_path / "int8.onnx", tmp_path / "int8_fp16.onnx", passes=[], precision="fp16")
+    optimize(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx", passes=[], precision="fp16")
     config = BuildConfig(profiles={"x": ShapeProfile((1, 16, 512), (4, 16, 512), (8, 16, 512))}, target_gpus=["sm89"])
     size = {
         name: get_backend("tensorrt-rtx")

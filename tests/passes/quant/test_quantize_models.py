@@ -16,7 +16,7 @@ def folded(tmp_path_factory):
     def make(name: str):
         folder = tmp_path_factory.mktemp(name)
         api.export(name, folder / "model.onnx")
-        api.optimize(folder / "model.onnx", folder / "model.opt.onnx", ["fold"])
+        api.optimize(folder / "model.onnx", folder / "model.opt.onnx", passes=["fold"])
         return folder / "model.opt.onnx"
 
     return make
@@ -24,12 +24,13 @@ def folded(tmp_path_factory):
 
 def test_minilm_int8_every_matmul_on_real_sentences(folded, tmp_path):
     from converter.backends import get_backend
-    from converter.pipelines.quantize import quantize
 
     model = folded("minilm")
     feeds = minilm_feeds(12, 16, max_length=64)  # 192 docstring sentences
     calib, val = from_feeds(feeds[:8], "sentences[:128]"), from_feeds(feeds[8:], "sentences[128:192]")
-    result = quantize(model, tmp_path / "q.onnx", "int8", calib, "minmax", 0.9, validation=val)
+    result = api.quantize(
+        model, tmp_path / "q.onnx", mode="int8", calib=calib, method="minmax", smoothquant=0.9, validation=val
+    )
     report = result.report
     assert report["qdq"]["qdq_pairs"] == 48  # every MatMul's activations, attention's two BMMs included
     assert report["accuracy"]["data"] == "validation" and report["accuracy"]["mean_cosine"] >= 0.99
@@ -38,12 +39,15 @@ def test_minilm_int8_every_matmul_on_real_sentences(folded, tmp_path):
 
 
 def test_efficientnet_int8_on_photo_crops_and_convert_recipe(folded, tmp_path):
-    from converter.pipelines.quantize import quantize
-
     model = folded("efficientnet-lite0")
     feeds = efficientnet_feeds(4, 8)  # the demo's real crops
-    result = quantize(
-        model, tmp_path / "q.onnx", "int8", from_feeds(feeds[:2]), "mse", "off", validation=from_feeds(feeds[2:])
+    result = api.quantize(
+        model,
+        tmp_path / "q.onnx",
+        calib=from_feeds(feeds[:2]),
+        method="mse",
+        smoothquant="off",
+        validation=from_feeds(feeds[2:]),
     )
     accuracy = result.report["accuracy"]
     assert accuracy["top1_agreement"] >= 0.9 and accuracy["mean_cosine"] > 0.98

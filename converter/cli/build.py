@@ -1,0 +1,52 @@
+"""`trtforge build`: ONNX -> TensorRT engine + sidecar (converter.api.build)."""
+
+from __future__ import annotations
+
+import click
+
+from converter import api
+from converter.cli.options import (
+    PATH,
+    backend_option,
+    choice_option,
+    console,
+    emit,
+    out_option,
+    output_options,
+    shapes_option,
+    target_gpu_option,
+)
+from converter.core.profiles import parse_profiles
+from converter.pipelines.recipe import PRECISIONS
+
+PRECISION_HELP = "Recorded in the sidecar; the graph's types decide (run `optimize --precision` first)."
+
+
+def print_build(d: dict) -> None:
+    console.print(
+        f"built {d['engine']} ({d['engine_bytes'] / 1e6:.1f} MB) with {d['backend']} {d['backend_version']} "
+        f"for {', '.join(d.get('targets') or [])} in {d['build_seconds']} s; "
+        f"{d['network']['num_layers']} network layers"
+    )
+
+
+@click.command()
+@click.argument("onnx_file", type=PATH)
+@out_option("Output engine file.")
+@backend_option()
+@target_gpu_option
+@click.option("--timing-cache", type=PATH, help="Timing cache file (full TensorRT).")
+@choice_option("--precision", PRECISIONS, "fp32", PRECISION_HELP, show_default=False)
+@click.option("--verbose", is_flag=True, help="Print the builder's log.")
+@shapes_option
+@output_options
+def build(onnx_file, out, shapes, as_json, quiet, **options):
+    """Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json).
+
+    \b
+    Examples:
+      trtforge build model.onnx -o model.engine --shapes image:1x3x224x224/4x3x224x224/16x3x224x224
+      trtforge build model.onnx -o model.engine --backend tensorrt-rtx --target-gpu sm89 --target-gpu sm120
+    """
+    engine = api.build(onnx_file, out, shapes=parse_profiles(shapes), **options)
+    emit(engine.report, as_json, quiet, print_build)

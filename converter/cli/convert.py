@@ -1,0 +1,66 @@
+"""`trtforge convert`: MODEL -> verified engine (converter.api.convert)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from converter import api
+from converter.cli.options import (
+    PATH,
+    backend_option,
+    choice_option,
+    console,
+    emit,
+    fail_on_accuracy,
+    load_inputs_option,
+    out_option,
+    output_options,
+    progress_log,
+    shapes_option,
+    status,
+    summary,
+    target_gpu_option,
+    trust_option,
+)
+from converter.core.profiles import parse_profiles
+from converter.pipelines.recipe import PRECISIONS
+
+
+@click.command()
+@click.argument("model", required=False)
+@out_option(
+    "Output folder (model.onnx, model.opt.onnx, model.engine + .json, report.json).",
+    required=False,
+    default=Path("trtforge_out"),
+    show_default=True,
+)
+@click.option("--recipe", type=PATH, help="Recipe YAML/JSON (or a previous report.json).")
+@choice_option("--precision", PRECISIONS, None, "Compute precision (default: recipe's, else fp32).")
+@backend_option(None, "Engine backend (default: auto).")
+@target_gpu_option
+@load_inputs_option(".npz of inputs to verify with.")
+@shapes_option
+@trust_option
+@output_options
+def convert(model, out, shapes, as_json, quiet, **options):
+    """Convert MODEL (default: minilm) to a verified TensorRT engine.
+
+    MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
+    'package.module:factory' spec.
+
+    \b
+    Examples:
+      trtforge convert
+      trtforge convert efficientnet-lite0 --precision fp16 --target-gpu sm89 -o out/effnet
+      trtforge convert model.onnx --shapes x:1x3x224x224 -o out/model
+      trtforge convert minilm --recipe out/minilm/report.json     # reproduce a run
+    """
+    silent = quiet or as_json
+    with status("converting...", silent):
+        result = api.convert(model, out, shapes=parse_profiles(shapes), log=progress_log(silent), **options)
+    emit(result.report, as_json, quiet, summary)
+    if not silent:
+        console.print(f"report: {result.paths['report']}")
+    fail_on_accuracy(result.report)

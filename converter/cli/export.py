@@ -1,0 +1,46 @@
+"""`trtforge export`: a torch MODEL -> ONNX (converter.api.export)."""
+
+from __future__ import annotations
+
+import click
+
+from converter import api
+from converter.cli.options import choice_option, console, emit, onnx_out_option, output_options, shapes_option
+from converter.core.profiles import parse_profiles
+from converter.pipelines.export import EXPORTERS
+
+
+@click.command()
+@click.argument("model")
+@onnx_out_option
+@choice_option("--exporter", EXPORTERS, "torchscript", None)
+@click.option("--opset", type=int, help="ONNX opset (default 17 torchscript, 18 dynamo).")
+@click.option("--static", is_flag=True, help="No dynamic axes (default: dynamic batch, and sequence for text).")
+@click.option("--dtypes", multiple=True, metavar="NAME:DTYPE", help="Input dtype for module:factory specs.")
+@shapes_option
+@output_options
+def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
+    """Export a torch MODEL (demo name or module:factory) to ONNX.
+
+    \b
+    Examples:
+      trtforge export minilm -o minilm.onnx
+      trtforge export efficientnet-lite0 -o effnet.onnx --exporter dynamo
+      trtforge export mypkg.models:make_net --shapes x:1x3x224x224 -o net.onnx
+    """
+    result = api.export(
+        model,
+        out,
+        exporter=exporter,
+        opset=opset,
+        shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
+        dtypes=dict(item.split(":", 1) for item in dtypes),
+        dynamic=not static,
+    )
+
+    def print_export(d: dict) -> None:
+        console.print(
+            f"exported {model} -> {d['path']} ({d['nodes']} nodes, opset {d['opset']}, {d['exporter']}, {d['seconds']} s)"
+        )
+
+    emit(result.report, as_json, quiet, print_export)

@@ -1,0 +1,46 @@
+"""`build`: ONNX -> engine (+ '<engine>.json' sidecar) through a backend, and what the command reports of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
+from converter.core.model_io import load_model
+
+
+@dataclass
+class BuildResult(EngineArtifact):
+    """The engine artifact, plus the summary `trtforge build` prints."""
+
+    @property
+    def report(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.sidecar.items() if k != "network"}
+        data["network"] = {k: self.sidecar["network"][k] for k in ("num_layers", "layer_types", "tensor_dtypes")}
+        data["engine"] = str(self.path)
+        return data
+
+
+def build(
+    onnx_path: str | Path,
+    out: str | Path,
+    *,
+    backend: str = "auto",
+    shapes: dict[str, ShapeProfile] | None = None,
+    target_gpus: list[str] | None = None,
+    timing_cache: str | Path | None = None,
+    precision: str = "fp32",
+    verbose: bool = False,
+) -> BuildResult:
+    """Build `onnx_path` into the engine `out` with the given profiles and targets."""
+    onnx_path = Path(onnx_path)
+    load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
+    config = BuildConfig(
+        profiles=shapes or {},
+        target_gpus=list(target_gpus or []),
+        timing_cache=str(timing_cache) if timing_cache else None,
+        precision=precision,
+    )
+    engine = get_backend(backend).build(onnx_path, Path(out), config, verbose=verbose)
+    return BuildResult(engine.path, engine.sidecar)

@@ -1,0 +1,157 @@
+"""Rewiring the residual stream: remove transformer blocks and sub-layers exactly.
+
+Removal is a rewiring of the residual stream found by passes/blocks/discovery.py:
+- a removed sub-layer becomes the identity on the residual path: readers of its
+  residual Add's output read the Add's stream input instead. In a pre-LN block that is
+  `x + f(LN(x))` -> `x`; in a post-LN block `LN(x + f(x))` -> `LN(x)` (the LayerNorm
+  is kept, only the sub-layer's contribution goes);
+- a removed block is the identity: readers of its output read its input (also in
+  post-LN blocks, whose LayerNorms go with it). Removing every sub-layer of a pre-LN
+  block is the same as removing the block (and is spelled so); in a post-LN block it
+  leaves the LayerNorms (`LN_mlp(LN_attn(x))`), which is not the block's identity;
+- the nodes and weights that nothing reads any more are deleted from the file.
+
+`gated_model` builds the scoring twin of the graph: every unit's rewiring behind a
+boolean input (`Where(keep, output, input)`), so one onnxruntime session evaluates any
+removal set exactly as the rewired graph computes it (passes/blocks/scores.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+from onnx import TensorProto, helper
+
+from converter.core.metadata import DROPPED_BLOCKS, read_metadata, write_metadata
+from passes.blocks.discovery import BlockGraph, Unit
+
+GATE_PREFIX = "trtforge_keep_"
+METADATA_KEY = DROPPED_BLOCKS
+
+
+def plan(bg: BlockGraph, names: Iterable[str]) -> list[Unit]:
+    """The units to rewire for a removal set, in stream order (a pre-LN block whose sub-layers all go: the block)."""
+    names = set(names)
+    by_name = {u.name: u for u in bg.units("all")}
+    unknown = sorted(names - set(by_name))
+    if unknown:
+        raise ValueError(f"unknown block/sub-layer name(s) {unknown} (known: {', '.join(by_name)})")
+    chosen = []
+    for b in bg.blocks:
+        subs = [s.name for s in b.sublayers]
+        if b.name in names or (b.norm == "pre-LN" and all(s in names for s in subs)):
+            chosen.append(by_name[b.name])
+        else:
+            chosen += [by_name[s] for s in subs if s in names]
+    return chosen
+
+
+def canonical(bg: BlockGraph, names: Iterable[str]) -> list[str]:
+    """Removal set spelled as plan() applies it (a block name replaces a pre-LN block's complete sub-layer set)."""
+    return [u.name for u in plan(bg, names)]
+
+
+def substitutions(units: list[Unit]) -> dict[str, str]:
+    """replaced tensor -> the tensor its readers read after removal (chains resolved)."""
+    subst: dict[str, str] = {}
+    for u in units:
+        source = u.input
+        while source in subst:
+            source = subst[source]
+        subst[u.replaced] = source
+    return subst
+
+
+def _node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Inputs including those a subgraph (If/Loop/Scan body) reads from the outer scope."""
+    names = [t for t in node.input if t]
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names += _node_inputs(inner)
+    return names
+
+
+def live(graph: onnx.GraphProto, subst: dict[str, str] | None = None) -> tuple[set[int], set[str]]:
+    """(live node indices, live tensor names) when readers see `subst` in place of the replaced tensors."""
+    subst = subst or {}
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    nodes: set[int] = set()
+    tensors: set[str] = set()
+    stack = [subst.get(o.name, o.name) for o in graph.output]
+    while stack:
+        t = stack.pop()
+        if t in tensors:
+            continue
+        tensors.add(t)
+        i = producer.get(t)
+        if i is not None and i not in nodes:
+            nodes.add(i)
+            stack += [subst.get(x, x) for x in _node_inputs(graph.node[i])]
+    return nodes, tensors
+
+
+def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` with the named blocks/sub-layers rewired out and dead nodes/weights deleted."""
+    units = plan(bg, names)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if not units:
+        return out
+    graph = out.graph
+    subst = substitutions(units)
+    for node in graph.node:
+        for i, t in enumerate(node.input):
+            if t in subst:
+                node.input[i] = subst[t]
+    extra = []
+    for o in graph.output:  # a replaced graph output keeps its name through an Identity
+        if o.name in subst:
+            for node in graph.node:
+                node.output[:] = [f"{x}__dropped" if x == o.name else x for x in node.output]
+            extra.append(helper.make_node("Identity", [subst[o.name]], [o.name], name=f"{o.name}__kept"))
+    graph.node.extend(extra)
+    keep, used = live(graph)
+    kept = [n for i, n in enumerate(graph.node) if i in keep]
+    del graph.node[:]
+    graph.node.extend(kept)
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    values = [v for v in graph.value_info if v.name in used]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    entries = read_metadata(out)
+    previous = [x for x in entries.get(METADATA_KEY, "").split(",") if x]
+    write_metadata(out, {METADATA_KEY: ",".join(previous + [u.name for u in units])})
+    return out
+
+
+def gated_model(model: onnx.ModelProto, units: list[Unit], expose: Iterable[str] = ()) -> onnx.ModelProto:
+    """`model` with one boolean input per unit (GATE_PREFIX + name; false = removed) and `expose`d tensors as outputs.
+
+    Sub-layer gates are applied before block gates, so a pre-LN block whose last
+    sub-layer output is also the block output gets nested gates, as removal nests them.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    nodes = list(graph.node)
+    ordered = [u for u in units if u.kind != "block"] + [u for u in units if u.kind == "block"]
+    for u in ordered:
+        where = next(i for i, n in enumerate(nodes) if u.replaced in n.output)
+        raw = f"{u.replaced}__ungated_{u.name}"
+        nodes[where].output[:] = [raw if x == u.replaced else x for x in nodes[where].output]
+        gate = GATE_PREFIX + u.name
+        graph.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
+        nodes.insert(where + 1, helper.make_node("Where", [gate, raw, u.input], [u.replaced], name=f"gate_{u.name}"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale for the renamed tensors; onnxruntime infers its own
+    present = {o.name for o in graph.output}
+    for name in dict.fromkeys(expose):
+        if name not in present:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+    return out
