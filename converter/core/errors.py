@@ -44,12 +44,6 @@ class ExportError(TrtforgeError):
     exit_code = ExitCode.UNSUPPORTED
 
 
-class PassError(TrtforgeError):
-    """A graph pass could not be applied."""
-
-    exit_code = ExitCode.UNSUPPORTED
-
-
 class UnsupportedError(TrtforgeError):
     """The input is valid but nothing here can process it (op, dtype, option)."""
 

@@ -52,7 +52,8 @@ def session_options(
     spinning: bool = True,
 ) -> ort.SessionOptions:
     """`optimize=None` runs `model` unoptimized where it `needs_unoptimized`, optimized otherwise;
-    True or False turn onnxruntime's graph optimizations on or off outright. `threads=0` is
+    False turns onnxruntime's graph optimizations off outright; True turns them on, at the basic
+    level for a model with Q/DQ nodes (no fusion into integer kernels, see the module docstring). `threads=0` is
     onnxruntime's own choice; `arena=False` returns activation memory between runs; `spinning=False`
     stops intra-op threads spinning between runs (for callers that compute between runs)."""
     if optimize is None:

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 
 from converter.core.errors import InvalidInputError
-from converter.core.metadata import read_metadata
+from converter.core.metadata import DROPPED_BLOCKS, read_metadata
 from passes.base import Pass, PassContext, PassResult
 from passes.blocks.config import DropConfig
 from passes.blocks.discovery import find_blocks
-from passes.blocks.rewiring import METADATA_KEY, plan, remove_units
+from passes.blocks.rewiring import plan, remove_units
 from passes.blocks.scores import language_model_io
 from passes.blocks.selection import select
 
@@ -75,8 +75,8 @@ class DropBlocks(Pass, DropConfig):
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
         entries = read_metadata(model)
-        if METADATA_KEY in entries:
-            result.notes.append(f"already applied (removed {entries[METADATA_KEY]}): nothing more removed")
+        if DROPPED_BLOCKS in entries:
+            result.notes.append(f"already applied (removed {entries[DROPPED_BLOCKS]}): nothing more removed")
             return model, result
         bg = find_blocks(model)
         graph_name = model.graph.name or "graph"

@@ -27,7 +27,6 @@ from converter.core.metadata import DROPPED_BLOCKS, read_metadata, write_metadat
 from passes.blocks.discovery import BlockGraph, Unit
 
 GATE_PREFIX = "trtforge_keep_"
-METADATA_KEY = DROPPED_BLOCKS
 
 
 def plan(bg: BlockGraph, names: Iterable[str]) -> list[Unit]:
@@ -124,8 +123,8 @@ def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -
     del graph.value_info[:]
     graph.value_info.extend(values)
     entries = read_metadata(out)
-    previous = [x for x in entries.get(METADATA_KEY, "").split(",") if x]
-    write_metadata(out, {METADATA_KEY: ",".join(previous + [u.name for u in units])})
+    previous = [x for x in entries.get(DROPPED_BLOCKS, "").split(",") if x]
+    write_metadata(out, {DROPPED_BLOCKS: ",".join(previous + [u.name for u in units])})
     return out
 
 
