@@ -22,6 +22,7 @@ themselves live in converter/pipelines/.
 
 from __future__ import annotations
 
+from converter.core.errors import TrtforgeError
 from converter.core.profiles import ShapeProfile
 from converter.pipelines.build import BuildResult, build
 from converter.pipelines.convert import ConvertResult, convert
@@ -29,6 +30,7 @@ from converter.pipelines.drop_blocks import DropBlocksResult, drop_blocks
 from converter.pipelines.export import ExportResult, export
 from converter.pipelines.inspection import inspect
 from converter.pipelines.optimize import OptimizeResult, optimize
+from converter.pipelines.optimize import pass_catalogue as list_passes
 from converter.pipelines.quantize import QuantizeOptions, QuantizeResult, quantize
 from converter.pipelines.recipe import Recipe
 from converter.pipelines.verify import VerifyResult, verify
@@ -44,6 +46,7 @@ __all__ = [
     "convert",
     "quantize",
     "drop_blocks",
+    "list_passes",
     "BuildResult",
     "ConvertResult",
     "DropBlocksResult",
@@ -55,5 +58,6 @@ __all__ = [
     "Recipe",
     "ShapeProfile",
     "Tolerances",
+    "TrtforgeError",
     "VerifyResult",
 ]

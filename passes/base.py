@@ -126,6 +126,11 @@ class Pass:
     reads_weights: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
 
+    def output_precision(self) -> str | None:
+        """The float precision the graph computes in after this pass ("fp16", "bf16"), when the pass
+        lowers it: the verifier then applies that precision's default tolerances. None: unchanged."""
+        return None
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse, at import, a pass whose declarations do not hold together."""
         super().__init_subclass__(**kwargs)

@@ -64,6 +64,7 @@ class PassRecord:
     rejected: list[dict[str, str]]
     notes: list[str]
     details: dict[str, Any]  # the pass's structured findings (PassResult.details)
+    precision: str | None = None  # the float precision the graph computes in after it, when lowered
     accuracy: dict[str, Any] = field(default_factory=dict)  # filled by the caller (verifier)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def _run_model_pass(
 
 def _record(
     spec: PassSpec,
-    exact: bool,
+    pass_: Pass,
     seconds: float,
     before: tuple[int, int],
     after: tuple[int, int],
@@ -106,7 +107,8 @@ def _record(
     return PassRecord(
         name=spec.name,
         options=spec.options,
-        exact=exact,
+        exact=pass_.exact,
+        precision=pass_.output_precision(),
         seconds=round(seconds, 4),
         nodes_before=before[0],
         nodes_after=after[0],
@@ -209,7 +211,7 @@ def run_passes(
             ctx.opset = result.opset
         if changed:
             counts = (len(current.graph.nodes), _initializer_count(current.graph))
-        record = _record(spec, pass_.exact, seconds, before, counts, result)
+        record = _record(spec, pass_, seconds, before, counts, result)
         records.append(record)
         if on_stage is not None:
             on_stage(record, current.model())

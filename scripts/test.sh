@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-python3 -m pytest -q -ra "$@" tests
+# Two workers (pytest-xdist): the machines CI runs on have two cores; examples that depend
+# on each other share one worker (--dist loadgroup, tests/converter/test_examples.py).
+python3 -m pytest -q -ra -n "${TRTFORGE_TEST_WORKERS:-2}" --dist loadgroup "$@" tests

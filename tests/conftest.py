@@ -7,6 +7,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers share the machine's cores: one compute thread each (torch, onnxruntime),
+    # so no worker spins waiting for a core another one holds.
+    os.environ.setdefault("TRTFORGE_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 TINY = "tests.tiny_models:conv_net"
 

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 import types
 from pathlib import Path
@@ -175,4 +177,5 @@ def exported(spec_name: str, exporter: str = "torchscript") -> str:
 
     spec = {"decoder": tiny_decoder_spec, "bert": tiny_bert_spec}[spec_name]()
     folder = Path(tempfile.mkdtemp(prefix="trtforge-blocks-"))
+    atexit.register(shutil.rmtree, folder, True)  # the test session leaves nothing in /tmp
     return str(export_model(spec, folder / f"{spec_name}_{exporter}.onnx", exporter=exporter).path)

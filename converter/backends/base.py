@@ -106,6 +106,9 @@ class Backend(Protocol):
 
     def version(self) -> str: ...
 
+    def check_config(self, config: BuildConfig) -> None:
+        """Refuse what this backend cannot build (e.g. a target) before any work is done."""
+
     def parse(self, onnx_path: Path) -> NetworkSummary:
         """Parse into a network definition and summarise it (no GPU needed)."""
 

@@ -136,6 +136,7 @@ def resolve_profiles(network, requested: dict[str, ShapeProfile]) -> dict[str, S
     if unknown:
         raise InvalidInputError(f"--shapes names unknown input(s) {unknown} (inputs: {sorted(names)})")
     resolved: dict[str, ShapeProfile] = {}
+    missing: list[str] = []
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         dims = _dims(tensor.shape)
@@ -150,12 +151,11 @@ def resolve_profiles(network, requested: dict[str, ShapeProfile]) -> dict[str, S
                 raise InvalidInputError(f"--shapes {tensor.name}: need min <= opt <= max in every dim")
             resolved[tensor.name] = prof
         elif any(d < 0 for d in dims):
-            raise InvalidInputError(
-                f"input '{tensor.name}' has dynamic dims {dims}: give a profile as min/opt/max, e.g. "
-                f"--shapes {tensor.name}:{_example(dims, 1)}/{_example(dims, 16)}/{_example(dims, 64)}"
-            )
+            missing.append(f"--shapes {tensor.name}:{_example(dims, 1)}/{_example(dims, 16)}/{_example(dims, 64)}")
         else:
             resolved[tensor.name] = ShapeProfile(tuple(dims), tuple(dims), tuple(dims))
+    if missing:
+        raise InvalidInputError(f"dynamic inputs need a min/opt/max profile each, e.g. {' '.join(missing)}")
     return resolved
 
 
@@ -283,6 +283,9 @@ class NvinferBackend:
 
     def version(self) -> str:
         return str(self.module().__version__)
+
+    def check_config(self, config: BuildConfig) -> None:
+        """Refuse, before any work, what this backend cannot build (targets); a no-op by default."""
 
     def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
         """Apply backend-specific settings; return facts for the sidecar."""

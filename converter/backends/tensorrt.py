@@ -41,11 +41,14 @@ class TensorRTBackend(NvinferBackend):
         with onnx_for_tensorrt(Path(onnx_path)) as (path, self.plugin_mode):
             return super().build(path, engine_path, config, verbose, source_label or str(onnx_path))
 
-    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+    def check_config(self, config: BuildConfig) -> None:
         if any(t.lower() not in ("", "current") for t in config.target_gpus):
             raise UnsupportedError(
                 "full TensorRT builds for the GPU it runs on: --target-gpu needs the tensorrt-rtx backend"
             )
+
+    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+        self.check_config(config)
         facts: dict[str, Any] = {"targets": ["current"], "strongly_typed": True, "plugins": self.plugin_mode}
         if config.timing_cache:
             path = Path(config.timing_cache)

@@ -37,7 +37,8 @@ class TensorRTRTXBackend(NvinferBackend):
     name = "tensorrt-rtx"
     module_name = "tensorrt_rtx"
 
-    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+    def targets(self, trt: ModuleType, config: BuildConfig) -> tuple[list[str], dict[str, str]]:
+        """The normalized targets of `config` and the module's name for each; unsupported ones refused."""
         targets = [normalize_target(t) for t in (config.target_gpus or DEFAULT_TARGETS)]
         supported = {m.lower(): m for m in trt.ComputeCapability.__members__ if m.startswith("SM")}
         missing = [t for t in targets if t not in supported]
@@ -46,6 +47,13 @@ class TensorRTRTXBackend(NvinferBackend):
                 f"TensorRT-RTX cannot target {', '.join(missing)} (supported: {', '.join(sorted(supported))}); "
                 "Hopper and Jetson need the full TensorRT backend"
             )
+        return targets, supported
+
+    def check_config(self, config: BuildConfig) -> None:
+        self.targets(self.module(), config)
+
+    def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
+        targets, supported = self.targets(trt, config)
         builder_config.num_compute_capabilities = len(targets)
         for index, target in enumerate(targets):
             builder_config.set_compute_capability(getattr(trt.ComputeCapability, supported[target]), index)

@@ -54,8 +54,8 @@ def convert(model, out, shapes, as_json, quiet, **options):
     Examples:
       trtforge convert
       trtforge convert efficientnet-lite0 --precision fp16 --target-gpu sm89 -o out/effnet
-      trtforge convert model.onnx --shapes x:1x3x224x224 -o out/model
-      trtforge convert minilm --recipe out/minilm/report.json     # reproduce a run
+      trtforge convert model.onnx --shapes image:1x3x224x224/8x3x224x224/32x3x224x224 -o out/model
+      trtforge convert minilm --recipe trtforge_out/report.json -o out/again     # reproduce a run
     """
     silent = quiet or as_json
     with status("converting...", silent):

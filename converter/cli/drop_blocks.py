@@ -101,8 +101,8 @@ def drop_blocks(model, out, drop_names, shapes, target_gpus, as_json, quiet, **f
       trtforge drop-blocks decoder-lm -o lm.pruned.onnx --max-ppl-increase 0.1
       trtforge drop-blocks decoder-lm -o lm.pruned.onnx --method oneshot --remove 2      # ShortGPT
       trtforge drop-blocks minilm -o m.onnx --method attention-only --remove 3
-      trtforge drop-blocks model.onnx -o p.onnx --target-params 0.2 --load-inputs calib.npz
-      trtforge drop-blocks model.onnx -o p.onnx --drop block3,attn5
+      trtforge drop-blocks lm.onnx -o p.onnx --target-params 0.2 --load-inputs calib.npz
+      trtforge drop-blocks lm.onnx -o p.onnx --drop block3,attn5
     """
     config = _config(flags)
     drop = [n.strip() for n in drop_names.split(",") if n.strip()] if drop_names else None

@@ -15,7 +15,11 @@ from converter.pipelines.export import EXPORTERS
 @onnx_out_option
 @choice_option("--exporter", EXPORTERS, "torchscript", None)
 @click.option("--opset", type=int, help="ONNX opset (default 17 torchscript, 18 dynamo).")
-@click.option("--static", is_flag=True, help="No dynamic axes (default: dynamic batch, and sequence for text).")
+@click.option(
+    "--static",
+    is_flag=True,
+    help="No dynamic axes: inputs fixed at --shapes, else batch 1 at the model's usual size (default: dynamic batch, and sequence for text).",
+)
 @click.option("--dtypes", multiple=True, metavar="NAME:DTYPE", help="Input dtype for module:factory specs.")
 @shapes_option
 @output_options
@@ -26,14 +30,14 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
     Examples:
       trtforge export minilm -o minilm.onnx
       trtforge export efficientnet-lite0 -o effnet.onnx --exporter dynamo
-      trtforge export mypkg.models:make_net --shapes x:1x3x224x224 -o net.onnx
+      trtforge export mypkg.models:make_net --shapes image:1x3x224x224 -o net.onnx
     """
     result = api.export(
         model,
         out,
         exporter=exporter,
         opset=opset,
-        shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
+        shapes=parse_profiles(shapes),
         dtypes=dict(item.split(":", 1) for item in dtypes),
         dynamic=not static,
     )

@@ -10,26 +10,58 @@ the traceback. `python -m converter.cli` is the same command.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
+from rich.markup import escape
 
-from converter.cli.build import build
-from converter.cli.convert import convert
-from converter.cli.drop_blocks import drop_blocks
-from converter.cli.export import export
-from converter.cli.inspect import inspect
-from converter.cli.optimize import optimize
-from converter.cli.options import err_console
-from converter.cli.passes import list_passes
-from converter.cli.quantize import quantize
-from converter.cli.verify import verify
 from converter.core.errors import AccuracyError, ExitCode, TrtforgeError
 from converter.core.version import __version__
 
+# name -> (module:attribute, the one-line summary `trtforge --help` lists). Commands are
+# imported only when run or asked for their own --help: importing them all (onnx, torch,
+# onnxruntime, TensorRT) took ~2 s before the top-level --help could print.
+# tests/converter/test_cli.py checks each summary against the command's own docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("converter.cli.convert:convert", "Convert MODEL (default: minilm) to a verified TensorRT engine."),
+    "export": ("converter.cli.export:export", "Export a torch MODEL (demo name or module:factory) to ONNX."),
+    "optimize": ("converter.cli.optimize:optimize", "Rewrite ONNX_FILE through graph passes."),
+    "build": ("converter.cli.build:build", "Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json)."),
+    "verify": (
+        "converter.cli.verify:verify",
+        "Compare CANDIDATES (.onnx / .engine) against REFERENCE (torch model or .onnx) on real inputs.",
+    ),
+    "inspect": ("converter.cli.inspect:inspect", "Summarise an ONNX file or a TensorRT engine."),
+    "passes": ("converter.cli.passes:list_passes", "List the registered graph passes and pass groups."),
+    "quantize": (
+        "converter.cli.quantize:quantize",
+        "Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) "
+        "with calibrated Q/DQ.",
+    ),
+    "drop-blocks": (
+        "converter.cli.drop_blocks:drop_blocks",
+        "Remove redundant transformer blocks / sub-layers from MODEL (.onnx, demo or module:factory).",
+    ),
+}
+
 
 class TrtforgeGroup(click.Group):
-    """Maps TrtforgeError to one line + exit code; tracebacks only with --debug."""
+    """Maps TrtforgeError to one line + exit code; tracebacks only with --debug. Commands load lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[cmd_name][0].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS' summaries, without importing a single command."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,18 +69,22 @@ class TrtforgeGroup(click.Group):
         except TrtforgeError as exc:
             if ctx.meta.get("trtforge.debug"):
                 raise
+            from converter.cli.options import err_console
+
             if not isinstance(exc, AccuracyError):
-                err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+                err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             else:
-                err_console.print(f"[red]{exc}[/red]", highlight=False)
+                err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug: one line, or the traceback with --debug
             if ctx.meta.get("trtforge.debug"):
                 raise
+            from converter.cli.options import err_console
+
             err_console.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug)",
+                f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -68,7 +104,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       trtforge convert efficientnet-lite0 --precision fp16 -o out/effnet
       trtforge export minilm -o minilm.onnx
       trtforge optimize minilm.onnx -o minilm.opt.onnx --passes cleanup,fold-constants
-      trtforge build minilm.opt.onnx -o minilm.engine --shapes input_ids:1x8/4x64/16x256 ...
+      trtforge build minilm.opt.onnx -o minilm.engine     # the profiles export recorded
       trtforge verify minilm minilm.onnx minilm.engine
       trtforge inspect minilm.engine
 
@@ -77,7 +113,3 @@ def main(ctx: click.Context, debug: bool) -> None:
     4 invalid input, 5 unsupported (op/option), 6 backend unavailable.
     """
     ctx.meta["trtforge.debug"] = debug
-
-
-for command in (convert, export, optimize, build, inspect, list_passes, drop_blocks, quantize, verify):
-    main.add_command(command)

@@ -65,7 +65,7 @@ def load_inputs_option(help: str, dest: str = "inputs") -> Decorator:
 
 
 def batch_size_option(help: str | None = None) -> Decorator:
-    return click.option("--batch-size", type=int, default=16, show_default=True, help=help)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help=help)
 
 
 def output_options(func=None, *, what: str = "result"):

@@ -78,6 +78,13 @@ def print_quantize(report: dict) -> None:
 )
 @choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
 @batch_size_option("Calibration batch size.")
+@click.option(
+    "--search-samples",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Calibration samples the auto method/SmoothQuant search and the --budget sensitivity run on.",
+)
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token limit for text calibration.")
 @click.option("--tokenizer", type=PATH, help="Tokenizer folder for text (default: the demo's).")
 @choice_option("--image-norm", sorted(IMAGE_NORMS), "imagenet", None)
@@ -93,10 +100,10 @@ def quantize(model, out, block_size, shapes, as_json, quiet, **options):
     Examples:
       trtforge quantize minilm -o minilm.int8.onnx
       trtforge quantize model.onnx -o model.int8.onnx --calib calib_npz/ --calib-method mse
-      trtforge quantize model.onnx -o q.onnx --calib sentences.txt --tokenizer tok/ --budget 0.005
+      trtforge quantize minilm.onnx -o q.onnx --calib sentences.txt --tokenizer tok/ --budget 0.005
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
-      trtforge quantize mypkg.models:make_net -o net.int8.onnx --calib calib_npz/
+      trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
     result = api.quantize(
         model,

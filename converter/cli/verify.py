@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from converter import api
@@ -19,7 +21,7 @@ from converter.cli.options import (
     summary,
     trust_option,
 )
-from converter.core.errors import InvalidInputError
+from converter.core.errors import UsageError
 from converter.core.profiles import parse_profiles
 from converter.pipelines.recipe import PRECISIONS
 from converter.verification.tolerances import Tolerances
@@ -32,12 +34,14 @@ def parse_tolerances(precision: str, atol: tuple[str, ...], rtol: tuple[str, ...
     for key, items in (("atol", atol), ("rtol", rtol), ("min_cosine", min_cosine)):
         for item in items:
             name, _, value = item.rpartition(":")
+            flag = f"--{key.replace('_', '-')}"
             try:
                 number = float(value)
             except ValueError as exc:
-                raise InvalidInputError(
-                    f"--{key.replace('_', '-')} '{item}': expected a number or NAME:NUMBER"
-                ) from exc
+                raise UsageError(f"{flag} '{item}': expected a number or NAME:NUMBER") from exc
+            if not math.isfinite(number) or number < 0 or (key == "min_cosine" and number > 1):
+                allowed = "between 0 and 1" if key == "min_cosine" else "a finite number >= 0"
+                raise UsageError(f"{flag} '{item}': must be {allowed}")
             if name:
                 per_output.setdefault(name, {})[key] = number
             else:
@@ -56,7 +60,12 @@ def _tolerance_option(name: str, what: str):
 @click.argument("candidates", nargs=-1)
 @load_inputs_option(".npz of inputs (one array per input).")
 @click.option("--save-inputs", type=PATH, help="Write the inputs used to this .npz.")
-@choice_option("--precision", PRECISIONS, "fp32", "Selects the default tolerances.")
+@choice_option(
+    "--precision",
+    PRECISIONS,
+    None,
+    "Selects the default tolerances (default: fp32, and for --passes the precision each pass leaves).",
+)
 @_tolerance_option("--atol", "Absolute tolerance")
 @_tolerance_option("--rtol", "Relative tolerance")
 @_tolerance_option("--min-cosine", "Minimum cosine")
@@ -77,7 +86,7 @@ def verify(reference, candidates, precision, atol, rtol, min_cosine, passes, out
 
     \b
     Examples:
-      trtforge verify minilm out/model.onnx out/model.opt.onnx
+      trtforge verify minilm trtforge_out/model.onnx trtforge_out/model.opt.onnx
       trtforge verify ref.onnx cand.onnx --atol 1e-3 --min-cosine logits:0.999 --json
       trtforge verify ref.onnx --passes fold,precision          # accuracy after each pass
       trtforge verify ref.onnx cand.onnx --localize --html r.html  # where did error enter?
@@ -85,7 +94,9 @@ def verify(reference, candidates, precision, atol, rtol, min_cosine, passes, out
     result = api.verify(
         reference,
         list(candidates),
-        tolerances=parse_tolerances(precision, atol, rtol, min_cosine),
+        tolerances=parse_tolerances(precision or "fp32", atol, rtol, min_cosine)
+        if precision or atol or rtol or min_cosine
+        else None,
         shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
         passes=names(passes),
         report_path=out,

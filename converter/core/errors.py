@@ -34,6 +34,12 @@ class InvalidInputError(TrtforgeError):
     """A file, option, recipe or data item is missing, corrupt or inconsistent."""
 
 
+class UsageError(TrtforgeError):
+    """An option's value is out of range (NaN, negative) or names something the model lacks."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ModelLoadError(InvalidInputError):
     """An ONNX/torch model could not be read or failed validation."""
 

@@ -13,6 +13,7 @@ SOURCE = "trtforge.source"  # the demo name or module:factory spec the model was
 SAMPLE_DATA = "trtforge.sample_data"  # where its real sample inputs come from (a demo name or a spec)
 TASK = "trtforge.task"  # "classification", "embedding", "language-model", ...
 EXPORTER = "trtforge.exporter"  # "torchscript" or "dynamo"
+PROFILES = "trtforge.profiles"  # JSON min/opt/max per input: the shapes build uses by default
 DROPPED_BLOCKS = "trtforge.drop_blocks"  # comma-separated units drop-blocks removed
 
 

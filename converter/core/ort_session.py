@@ -16,10 +16,23 @@ memory arena, no spinning).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+
+THREADS_ENV = "TRTFORGE_THREADS"  # caps onnxruntime's intra-op threads (shared machines, parallel test workers)
+
+
+def default_threads() -> int:
+    """$TRTFORGE_THREADS when set to a positive integer, else 0 (onnxruntime's choice: one per core).
+
+    On a machine other jobs also load, a thread per core spins and waits for cores it does
+    not get; a cap of 1 keeps each process to its own core."""
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
 
 _FP8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}
 
@@ -69,6 +82,7 @@ def session_options(
     options.enable_cpu_mem_arena = arena
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = threads
     return options

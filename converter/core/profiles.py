@@ -7,6 +7,7 @@ one-line errors are the same everywhere.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -49,3 +50,20 @@ def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile
             raise InvalidInputError(f"--shapes '{item}': need one shape or three of equal rank (min/opt/max)")
         profiles[name] = ShapeProfile(*parts)
     return profiles
+
+
+def profiles_to_json(profiles: dict[str, ShapeProfile]) -> str:
+    """Profiles as the JSON `export` stores in the ONNX metadata (`trtforge.profiles`)."""
+    return json.dumps({name: prof.to_dict() for name, prof in sorted(profiles.items())}, sort_keys=True)
+
+
+def profiles_from_json(text: str) -> dict[str, ShapeProfile]:
+    """The inverse of profiles_to_json; an unreadable entry is ignored (the metadata is only a default)."""
+    try:
+        data = json.loads(text) if text else {}
+        return {
+            str(name): ShapeProfile(*(tuple(int(d) for d in entry[key]) for key in ("min", "opt", "max")))
+            for name, entry in data.items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}

@@ -1,35 +1,36 @@
-"""Train the small decoder LM that layer-dropping and attention-fusion work is measured on.
+"""The small trained decoder LM that layer-dropping and attention-fusion work is measured on.
 
-No pretrained decoder installs offline, so we make one: a GPT-style causal LM
+No pretrained decoder installs offline, so we made one: a GPT-style causal LM
 (pre-LayerNorm, grouped-query attention with 4 query and 2 key/value heads, GELU
 MLP, learned positions), byte-level vocabulary, trained on real English text: the
 docstrings of the Python standard library (documentation prose, some code). The
 held-out split (every 10th module) gives the perplexity that drop-blocks budgets use.
 
-    python scripts/train_decoder_lm.py            # trains if no cached model, prints perplexity
-    python scripts/train_decoder_lm.py --force    # retrain
-    trtforge convert decoder-lm                   # the same model as a built-in demo
-
-The weights are cached in $TRTFORGE_CACHE (default ~/.cache/trtforge) as
-decoder_lm_v2.pt; training takes about two minutes on 2 CPU cores.
+The trained weights ship with the package (weights/decoder_lm_v2.safetensors, 5 MB,
+checked against WEIGHTS_SHA256 on load), so using the demo costs a file read, not a
+training run whose length depends on the machine's load (88 minutes were seen on a busy
+2-core machine). `python scripts/train_decoder_lm.py --out FILE` retrains on request and
+prints the hash to put here.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from converter.core.errors import InvalidInputError
+
 VERSION = "v2"  # v2: the text is built in a fresh interpreter (converter/demos/lm_corpus.py)
+WEIGHTS = Path(__file__).with_name("weights") / f"decoder_lm_{VERSION}.safetensors"
+WEIGHTS_SHA256 = "425c16069629007387eb6e5d3221a224f38b8d83da2dc1b05aff2120507e7e91"
 CONFIG = {"vocab": 256, "d_model": 128, "layers": 8, "heads": 4, "kv_heads": 2, "ffn": 384, "max_seq": 128}
-TRAIN = {"steps": 900, "batch": 24, "seq": 96, "lr": 3e-3, "seed": 0}
 
 
 class Attention(torch.nn.Module):
@@ -102,11 +103,6 @@ def corpus() -> tuple[bytes, bytes]:
     return train, held
 
 
-def cache_path() -> Path:
-    root = Path(os.environ.get("TRTFORGE_CACHE", Path.home() / ".cache" / "trtforge"))
-    return root / f"decoder_lm_{VERSION}.pt"
-
-
 def windows(data: bytes, count: int, seq: int, seed: int) -> np.ndarray:
     """`count` windows of `seq` + 1 bytes at seeded random offsets."""
     array = np.frombuffer(data, dtype=np.uint8)
@@ -123,43 +119,22 @@ def perplexity(model: DecoderLM, data: np.ndarray) -> float:
     return float(math.exp(loss))
 
 
-def train(log=print) -> DecoderLM:
-    torch.manual_seed(TRAIN["seed"])
-    text, held = corpus()
+def load(path: Path = WEIGHTS, sha256: str | None = WEIGHTS_SHA256) -> DecoderLM:
+    """The trained model from `path`, refusing a file whose hash is not the one shipped."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"decoder-lm weights {path}: {exc.strerror or exc}") from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise InvalidInputError(
+            f"decoder-lm weights {path}: sha256 differs from the shipped file's "
+            "(reinstall trtforge, or retrain with scripts/train_decoder_lm.py and update WEIGHTS_SHA256)"
+        )
+    from safetensors.torch import load as load_safetensors
+
     model = DecoderLM(**CONFIG)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN["lr"], weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, TRAIN["lr"], total_steps=TRAIN["steps"], pct_start=0.1)
-    start = time.time()
-    for step in range(TRAIN["steps"]):
-        batch = torch.from_numpy(windows(text, TRAIN["batch"], TRAIN["seq"], seed=step))
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, CONFIG["vocab"]), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == TRAIN["steps"] - 1:
-            log(f"step {step:4d}  loss {loss.item():.3f}  {time.time() - start:.0f} s")
-    model.eval()
-    log(f"held-out perplexity {perplexity(model, windows(held, 64, TRAIN['seq'], seed=1)):.3f} (bytes)")
-    return model
-
-
-def load_or_train(force: bool = False, log=print) -> DecoderLM:
-    """The cached trained model, training (and caching, atomically) when absent."""
-    path = cache_path()
-    if path.exists() and not force:
-        model = DecoderLM(**CONFIG)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = train(log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model
+    model.load_state_dict(load_safetensors(data))
+    return model.eval()
 
 
 def held_out_windows(count: int, seq: int, seed: int = 1) -> np.ndarray:

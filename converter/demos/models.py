@@ -102,9 +102,9 @@ def efficientnet_feeds(num_batches: int, batch_size: int) -> list[Feeds]:
 
 
 def _decoder_lm_module():
-    from converter.demos.decoder_lm import load_or_train
+    from converter.demos.decoder_lm import load
 
-    return load_or_train(log=lambda msg: None)
+    return load()
 
 
 def decoder_lm_feeds(num_batches: int, batch_size: int, seq: int = 64) -> list[Feeds]:

@@ -106,3 +106,42 @@ def synthetic_feeds(
         else:
             feeds[name] = rng.integers(0, 100, shape).astype(dtype)
     return feeds
+
+
+def fit_feeds(feeds: list[dict[str, np.ndarray]], shapes: dict[str, list[int]]) -> list[dict[str, np.ndarray]]:
+    """Real sample batches reshaped to a graph's static dims (-1 = any), for static exports.
+
+    Non-batch dims are zero-padded at the end or truncated (for token inputs: the [PAD]
+    id 0 with attention mask 0, i.e. right padding); a static batch dim re-splits each
+    batch into batches of that size (rows repeated when a batch has too few). The
+    reference and the candidate both see the fitted arrays, so comparisons stay exact.
+    """
+    fitted = []
+    for feed in feeds:
+        resized = {name: _fit_dims(value, shapes.get(name)) for name, value in feed.items()}
+        batches = {shape[0] for name, shape in shapes.items() if name in resized and shape and shape[0] > 0}
+        if len(batches) != 1:
+            fitted.append(resized)
+            continue
+        batch = batches.pop()
+        rows = len(next(iter(resized.values())))
+        if rows < batch:
+            resized = {n: np.resize(v, (batch, *v.shape[1:])) for n, v in resized.items()}
+            rows = batch
+        fitted += [{n: v[s : s + batch] for n, v in resized.items()} for s in range(0, rows - batch + 1, batch)]
+    return fitted
+
+
+def _fit_dims(value: np.ndarray, shape: list[int] | None) -> np.ndarray:
+    if shape is None or len(shape) != value.ndim:
+        return value
+    for axis, want in enumerate(shape[1:], start=1):
+        if want <= 0 or value.shape[axis] == want:
+            continue
+        if value.shape[axis] > want:
+            value = np.take(value, np.arange(want), axis=axis)
+        else:
+            pad = [(0, 0)] * value.ndim
+            pad[axis] = (0, want - value.shape[axis])
+            value = np.pad(value, pad)
+    return value

@@ -8,6 +8,7 @@ from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.model_io import load_model
+from converter.pipelines.model_ref import default_profiles
 
 
 @dataclass
@@ -33,11 +34,15 @@ def build(
     precision: str = "fp32",
     verbose: bool = False,
 ) -> BuildResult:
-    """Build `onnx_path` into the engine `out` with the given profiles and targets."""
+    """Build `onnx_path` into the engine `out` with the given profiles and targets.
+
+    Inputs without a profile in `shapes` take the one `export` recorded in the file's
+    metadata (or its demo's), so an exported model builds without repeating --shapes.
+    """
     onnx_path = Path(onnx_path)
-    load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
+    graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
     config = BuildConfig(
-        profiles=shapes or {},
+        profiles={**default_profiles(graph), **(shapes or {})},
         target_gpus=list(target_gpus or []),
         timing_cache=str(timing_cache) if timing_cache else None,
         precision=precision,

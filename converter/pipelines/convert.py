@@ -11,11 +11,12 @@ before the first stage runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
 from converter.pipelines.html_report import write_html
-from converter.pipelines.model_ref import ModelRef, resolve_model, spec_from_metadata
+from converter.pipelines.model_ref import ModelRef, default_profiles, is_torch_spec, resolve_model
 from converter.pipelines.optimize import check_passes
 from converter.pipelines.recipe import Recipe, load_recipe
 from converter.pipelines.report import artifact, new_report, write_report
@@ -82,6 +83,8 @@ def _recipe_for_run(
         rec.shapes.update(shapes)
     Recipe.from_dict(rec.to_dict())  # validates the merged recipe
     check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
+    config = BuildConfig(profiles={}, target_gpus=list(rec.target_gpus), precision=rec.precision)
+    get_backend(rec.backend).check_config(config)  # so does a target the backend cannot build
     return rec
 
 
@@ -105,11 +108,16 @@ def convert(
     metadata name a `module:factory` whose code is imported for sample data and
     profiles (off: only built-in demos).
     """
+    started = time.perf_counter()
     rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
+    if is_torch_spec(str(model or DEFAULT_DEMO)):  # a file loads in a moment; a torch model can take seconds
+        log(f"loading {model or DEFAULT_DEMO}")
+    loaded = time.perf_counter()
     ref = resolve_model(model or DEFAULT_DEMO, {k: v.opt for k, v in rec.shapes.items()})
+    load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +126,21 @@ def convert(
         raise InvalidInputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     # A failure leaves the output folder (and any input inside it) exactly as it was.
     try:
-        result = _Run(ref, rec, stage, log, trust_model_code).convert(inputs)
+        run = _Run(ref, rec, stage, log, trust_model_code)
+        run.report["stages"]["load"] = load_stage
+        result = run.convert(inputs)
+        writing = time.perf_counter()
         _publish(stage, out_dir, result)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_report(result.report, result.paths["report"])
     write_html(result.report, out_dir / "report.html")
     result.paths["html"] = out_dir / "report.html"
+    result.report["stages"]["write"] = {
+        "seconds": round(time.perf_counter() - writing, 3),
+        "summary": f"{out_dir} (report.json, report.html)",
+    }
+    result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    write_report(result.report, result.paths["report"])
     return result
 
 
@@ -155,6 +171,17 @@ class _Run:
     report: dict[str, Any] = field(default_factory=lambda: new_report("convert"))
     reference: Reference | None = None
 
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str) -> Iterator[dict[str, Any]]:
+        """One timed stage of the report (wall time, so the stages add up to the run), announced first."""
+        self.log(message)
+        start = time.perf_counter()
+        entry = self.report["stages"].setdefault(name, {})
+        try:
+            yield entry
+        finally:
+            entry["seconds"] = round(time.perf_counter() - start, 3)
+
     def convert(self, inputs: str | Path | None) -> ConvertResult:
         self.report["recipe"] = self.rec.to_dict()
         source_path, source = self.source()
@@ -174,16 +201,17 @@ class _Run:
         if spec is None:
             source_path = self.ref.path
         else:
-            self.log(f"exporting {spec.name} ({rec.exporter})")
-            exported = export_model(spec, self.out_dir / "model.onnx", exporter=rec.exporter, opset=rec.opset)
+            with self.stage("export", f"exporting {spec.name} ({rec.exporter})") as entry:
+                exported = export_model(
+                    spec, self.out_dir / "model.onnx", exporter=rec.exporter, opset=rec.opset, profiles=rec.shapes
+                )
+                entry.update(
+                    summary=f"{exported.num_nodes} nodes, opset {exported.opset}",
+                    exporter=exported.exporter,
+                    opset=exported.opset,
+                    nodes=exported.num_nodes,
+                )
             source_path = exported.path
-            self.report["stages"]["export"] = {
-                "seconds": exported.seconds,
-                "summary": f"{exported.num_nodes} nodes, opset {exported.opset}",
-                "exporter": exported.exporter,
-                "opset": exported.opset,
-                "nodes": exported.num_nodes,
-            }
             self.report["artifacts"].append(artifact(source_path, "onnx"))
         self.report["input"] = {"model": self.ref.text, "kind": self.ref.kind}
         return source_path, load_model(source_path)
@@ -191,18 +219,21 @@ class _Run:
     def verify_setup(self, source_path: Path, source: onnx.ModelProto, inputs: str | Path | None) -> None:
         """The sample inputs and the reference's outputs on them; the exported model.onnx checked."""
         spec, rec = self.ref.spec, self.rec
-        sample = resolve_inputs(
-            source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes, self.trust_model_code
-        )
-        check_against_graph(sample, source, str(source_path))
-        self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
-        if spec is not None:
-            self.reference = Reference.of_torch(spec, sample.feeds, sample.count)
-            check = self.reference.compare_onnx(source, "model.onnx", rec.tolerance("fp32"))
-            self.report["verification"].append(check.to_dict())
-        else:
-            classify = metadata_value(source, TASK) == "classification"
-            self.reference = Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
+        what = "torch" if spec is not None else source_path.name
+        with self.stage("reference", f"reading sample inputs and running the reference ({what})") as entry:
+            sample = resolve_inputs(
+                source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes, self.trust_model_code
+            )
+            check_against_graph(sample, source, str(source_path))
+            self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
+            if spec is not None:
+                self.reference = Reference.of_torch(spec, sample.feeds, sample.count)
+                check = self.reference.compare_onnx(source, "model.onnx", rec.tolerance("fp32"))
+                self.report["verification"].append(check.to_dict())
+            else:
+                classify = metadata_value(source, TASK) == "classification"
+                self.reference = Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
+            entry["summary"] = f"{what} outputs on {sample.count} samples ({sample.source})"
 
     def optimize(self, source: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:
         """2. the passes, with accuracy after each one (lossy passes switch to the recipe's tolerance)."""
@@ -219,15 +250,17 @@ class _Run:
                 record.accuracy = {"skipped": str(exc)}
             self.log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
 
-        start = time.perf_counter()
         specs = rec.effective_passes()
-        calib = calibration_source.for_convert(specs, source, self.ref.spec, rec.verify_batches, rec.verify_batch_size)
-        optimized, records = run_passes(source, specs, PassContext(opset=opset_of(source), calibration=calib), measure)
-        opt_path = save_model(optimized, self.out_dir / "model.opt.onnx")
-        self.report["stages"]["optimize"] = {
-            "seconds": round(time.perf_counter() - start, 3),
-            "summary": f"{len(source.graph.node)} -> {len(optimized.graph.node)} nodes",
-        }
+        with self.stage(
+            "optimize", f"running passes {', '.join(s.name for s in specs)}, each checked against the reference"
+        ) as entry:
+            calib = calibration_source.for_convert(
+                specs, source, self.ref.spec, rec.verify_batches, rec.verify_batch_size
+            )
+            ctx = PassContext(opset=opset_of(source), calibration=calib)
+            optimized, records = run_passes(source, specs, ctx, measure)
+            opt_path = save_model(optimized, self.out_dir / "model.opt.onnx")
+            entry["summary"] = f"{len(source.graph.node)} -> {len(optimized.graph.node)} nodes"
         self.report["passes"] = [r.to_dict() for r in records]
         self.report["artifacts"].append(artifact(opt_path, "onnx"))
         return opt_path, optimized
@@ -235,15 +268,20 @@ class _Run:
     def verify_optimized(self, source: onnx.ModelProto, opt_path: Path, optimized: onnx.ModelProto) -> None:
         """model.opt.onnx against the reference, and where along the graph its error entered."""
         tol = self.rec.tolerance()
-        try:
-            final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol)
-            if self.rec.precision != "fp32":
-                final.note = LOW_PRECISION_NOTE
-        except InvalidInputError as exc:
-            final = self.reference.skipped("model.opt.onnx", tol, f"onnxruntime CPU cannot run it: {exc}")
-        self.report["verification"].append(final.to_dict())
-        if final.skipped:
-            return
+        with self.stage("verify", "verifying model.opt.onnx and localizing its error layer by layer") as entry:
+            try:
+                final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol)
+                if self.rec.precision != "fp32":
+                    final.note = LOW_PRECISION_NOTE
+            except InvalidInputError as exc:
+                final = self.reference.skipped("model.opt.onnx", tol, f"onnxruntime CPU cannot run it: {exc}")
+            self.report["verification"].append(final.to_dict())
+            entry["summary"] = "skipped" if final.skipped else ("pass" if final.passed else "FAIL")
+            if not final.skipped:
+                self.localize(source, optimized, tol)
+
+    def localize(self, source: onnx.ModelProto, optimized: onnx.ModelProto, tol) -> None:
+        """Where along the graph model.opt.onnx's error entered (the report's localization)."""
         found = localize_layers(source, optimized, self.reference.feeds, tol)
         source_name = "model.onnx" if self.ref.is_torch else self.ref.path.name
         self.report["localization"] = {**found.to_dict(), "title": f"model.opt.onnx vs {source_name}"}
@@ -252,22 +290,20 @@ class _Run:
     def build(self, source: onnx.ModelProto, opt_path: Path) -> tuple[Backend, EngineArtifact]:
         """3. the engine, with the spec's (or the metadata's) profiles under the recipe's shapes."""
         rec = self.rec
-        self.log(f"building engine ({rec.backend}, {rec.precision})")
-        default_spec = self.ref.spec or spec_from_metadata(source, self.trust_model_code)
-        profiles = dict(default_spec.profiles) if default_spec else {}
-        profiles.update(rec.shapes)
+        profiles = {**default_profiles(source, self.ref.spec, self.trust_model_code), **rec.shapes}
         config = BuildConfig(profiles=profiles, target_gpus=list(rec.target_gpus), precision=rec.precision)
         backend = get_backend(rec.backend)
-        engine = backend.build(opt_path, self.out_dir / "model.engine", config, source_label="model.opt.onnx")
-        side, network = engine.sidecar, engine.sidecar["network"]
-        self.report["stages"]["build"] = {
-            "seconds": side["build_seconds"],
-            "backend": side["backend"],
-            "targets": side.get("targets"),
-            "engine_bytes": side["engine_bytes"],
-            "summary": f"{side['backend']} {side.get('targets')}, "
-            f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB",
-        }
+        with self.stage("build", f"building the engine ({backend.name}, {rec.precision})") as entry:
+            engine = backend.build(opt_path, self.out_dir / "model.engine", config, source_label="model.opt.onnx")
+            side, network = engine.sidecar, engine.sidecar["network"]
+            entry.update(
+                backend=side["backend"],
+                targets=side.get("targets"),
+                engine_bytes=side["engine_bytes"],
+                engine_build_seconds=side["build_seconds"],
+                summary=f"{side['backend']} {side.get('targets')}, "
+                f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB",
+            )
         keys = ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
         self.report["network"] = {k: network[k] for k in keys}
         self.report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]

@@ -106,9 +106,10 @@ def _choose(
     if calib is None:
         return None, None
     log(f"scoring {len(bg.units('all'))} units on {note}")
-    scored = score_units(source, bg, calib, val, config.metric)
+    scored = score_units(source, bg, calib, val, config.metric, progress=log)
     if drop:
         return scored, explicit(scored, drop, "named by --drop")
+    log(f"choosing what to remove ({config.method})")
     return scored, select(source, bg, calib, val, config, scored)
 
 
@@ -128,6 +129,17 @@ def _profiles(
     profiles = dict(spec.profiles) if spec else {n: ShapeProfile(a.shape, a.shape, a.shape) for n, a in feeds.items()}
     profiles.update(shapes or {})
     return profiles
+
+
+def _check_targets(target_gpus: list[str]) -> None:
+    """A target TensorRT-RTX cannot build fails now, not after the search."""
+    from converter.backends import BuildConfig, get_backend
+
+    try:
+        backend = get_backend("tensorrt-rtx")
+    except BackendUnavailableError:
+        return  # the build is skipped with that reason anyway
+    backend.check_config(BuildConfig(profiles={}, target_gpus=target_gpus))
 
 
 def _tensorrt(original: Path, pruned: Path, profiles: dict, target_gpus: list[str], build: bool) -> dict[str, Any]:
@@ -185,6 +197,8 @@ def drop_blocks(
     """
     out = Path(out)
     report_dir = Path(report_dir) if report_dir else out.with_name(out.stem + ".drop")
+    if build and target_gpus:
+        _check_targets(list(target_gpus))
     config = config or DropConfig(remove=1)
     report = new_report("drop-blocks")
     try:

@@ -10,9 +10,13 @@ atomically and switches to external data above 2 GB.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,12 @@ from typing import Any
 import onnx
 
 from converter.core.errors import ExportError, InvalidInputError
-from converter.core.metadata import EXPORTER, SAMPLE_DATA, SOURCE, TASK, write_metadata
+from converter.core.metadata import EXPORTER, PROFILES, SAMPLE_DATA, SOURCE, TASK, write_metadata
 from converter.core.model_io import EXTERNAL_DATA_THRESHOLD, load_model, save_model, sha256_file
 from converter.core.model_spec import ModelSpec
+from converter.core.profiles import ShapeProfile, profiles_to_json
 from converter.core.version import __version__
+from converter.demos.sample_data import fit_feeds
 from converter.pipelines.model_ref import resolve_model
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -53,10 +59,28 @@ class ExportResult:
         }
 
 
-def _example_args(spec: ModelSpec):
+def static_shapes(spec: ModelSpec, given: dict[str, ShapeProfile]) -> dict[str, tuple[int, ...]]:
+    """The fixed input shapes of a `--static` export: the user's profile's opt shape, else the
+    spec's opt shape at batch 1 (a static engine serves one request at a time)."""
+    shapes = {}
+    for name in spec.input_names:
+        if name in given:
+            shapes[name] = given[name].opt
+        elif name in spec.profiles:
+            shapes[name] = (1, *spec.profiles[name].opt[1:])
+    return shapes
+
+
+def _example_args(spec: ModelSpec, static: dict[str, tuple[int, ...]] | None):
+    """Real sample data to trace with: batch 2 for a dynamic export (a batch of 1 would be
+    specialised away), the static shapes (padded/truncated real data) otherwise."""
     import torch
 
-    feeds = spec.sample_feeds(1, 2)[0]
+    if static is None:
+        feeds = spec.sample_feeds(1, 2)[0]
+    else:
+        batch = max((shape[0] for shape in static.values()), default=1)
+        feeds = fit_feeds(spec.sample_feeds(1, batch), {n: list(s) for n, s in static.items()})[0]
     return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
 
 
@@ -81,19 +105,25 @@ def _export_torchscript(
 
 
 def _export_dynamo(module, args, spec: ModelSpec, path: Path, opset: int, dynamic: bool) -> None:
+    """torch.export + onnxscript; dynamic dims given per positional argument.
+
+    `dynamic_shapes` goes as a tuple in the order of `args`, not a dict keyed by our
+    input names: torch.export matches a dict against the forward's parameter names,
+    which need not be ours (EfficientNet's forward takes `inputs`, we call it `image`).
+    """
     import torch
     from torch.export import Dim
 
     dynamic_shapes = None
     if dynamic:
         dims: dict[str, Dim] = {}
-        dynamic_shapes = {}
-        for name in spec.input_names:
-            axes = spec.dynamic_axes.get(name, {})
-            dynamic_shapes[name] = {
+        dynamic_shapes = tuple(
+            {
                 axis: dims.setdefault(label, Dim(label, min=1 if label == "batch" else 2, max=4096))
-                for axis, label in axes.items()
+                for axis, label in spec.dynamic_axes.get(name, {}).items()
             }
+            for name in spec.input_names
+        )
     program = torch.onnx.export(
         module,
         args,
@@ -119,6 +149,37 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
         output.name = wanted
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_NOT_USER_ADVICE = re.compile(r"(please )?(report|file|open) (a|an|this) (bug|issue)|github\.com/pytorch", re.I)
+
+
+def exporter_message(exc: BaseException) -> str:
+    """One readable line from an exporter's exception: colour codes stripped, the first line
+    that says something, no "please file a PyTorch issue" (the user cannot act on it)."""
+    lines = [_ANSI.sub("", line).strip() for line in str(exc).splitlines()]
+    useful = [line for line in lines if line and not _NOT_USER_ADVICE.search(line)]
+    text = useful[0] if useful else ""
+    text = text[:300] + ("..." if len(text) > 300 else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """The exporters' warnings and log lines (e.g. "torchvision is not installed") say nothing
+    the user can act on; trtforge reports what matters itself."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def export_model(
     spec: ModelSpec,
     out_path: str | Path,
@@ -127,9 +188,13 @@ def export_model(
     dynamic: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     constant_folding: bool = True,
+    profiles: dict[str, ShapeProfile] | None = None,
 ) -> ExportResult:
     """Export `spec`'s module to `out_path` (atomic; external data when weights exceed the threshold).
 
+    `profiles` (by input name) override the spec's; the result is recorded in the
+    metadata (`trtforge.profiles`) as the shapes `build` uses by default. A static
+    export (`dynamic=False`) fixes every input at `static_shapes`.
     `constant_folding=False` keeps the TorchScript exporter's raw graph (what
     benchmarks of our own folding passes start from); the dynamo exporter ignores it.
     """
@@ -141,11 +206,20 @@ def export_model(
     import torch
 
     out_path = Path(out_path)
+    given = profiles or {}
+    unknown = sorted(set(given) - set(spec.input_names))
+    if unknown:
+        raise InvalidInputError(
+            f"--shapes {', '.join(unknown)}: {spec.name} has no such input (inputs: {', '.join(spec.input_names)})"
+        )
+    profiles = {**spec.profiles, **given}
+    static = None if dynamic else static_shapes(spec, given)
+    if static is not None:
+        profiles = {name: ShapeProfile(shape, shape, shape) for name, shape in static.items()}
     module = spec.module()
-    args = _example_args(spec)
+    args = _example_args(spec, static)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="trtforge-export-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory(prefix="trtforge-export-") as tmp, _exporter_quiet():
         raw = Path(tmp) / "model.onnx"
         try:
             with torch.no_grad():
@@ -154,14 +228,15 @@ def export_model(
                 else:
                     _export_dynamo(module, args, spec, raw, opset, dynamic)
         except Exception as exc:  # exporters raise many types; the user needs one line
-            raise ExportError(
-                f"{spec.name}: {exporter} export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
+            raise ExportError(f"{spec.name}: {exporter} export failed: {exporter_message(exc)}") from exc
         model = load_model(raw)
     if spec.output_names:
         _rename_outputs(model, spec.output_names)
     model.producer_name, model.producer_version = "trtforge", __version__
-    write_metadata(model, {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task})
+    entries = {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task}
+    if profiles:
+        entries[PROFILES] = profiles_to_json(profiles)
+    write_metadata(model, entries)
     save_model(model, out_path, external_data_threshold)
     seconds = time.perf_counter() - start
     return ExportResult(
@@ -181,10 +256,18 @@ def export(
     *,
     exporter: str = "torchscript",
     opset: int | None = None,
-    shapes: dict[str, tuple[int, ...]] | None = None,
+    shapes: dict[str, ShapeProfile | tuple[int, ...]] | None = None,
     dtypes: dict[str, str] | None = None,
     dynamic: bool = True,
 ) -> ExportResult:
-    """The export use case: a demo name or 'module:factory' (static `shapes`/`dtypes` for a bare module) -> ONNX."""
-    ref = resolve_model(model, shapes, dtypes, torch_only=True)
-    return export_model(ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic)
+    """The export use case: a demo name or 'module:factory' -> ONNX.
+
+    `shapes` are profiles (or static shapes) by input name: a bare nn.Module's input
+    shapes, a demo's profile for later builds, the fixed shapes of a static export.
+    """
+    profiles = {
+        name: shape if isinstance(shape, ShapeProfile) else ShapeProfile(tuple(shape), tuple(shape), tuple(shape))
+        for name, shape in (shapes or {}).items()
+    }
+    ref = resolve_model(model, {name: prof.opt for name, prof in profiles.items()}, dtypes, torch_only=True)
+    return export_model(ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic, profiles=profiles)

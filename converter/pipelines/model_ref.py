@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from converter.core.errors import InvalidInputError
-from converter.core.metadata import SOURCE, metadata_value
+from converter.core.metadata import PROFILES, SOURCE, metadata_value
 from converter.core.model_io import load_model
 from converter.core.model_spec import Feeds, ModelSpec
-from converter.core.profiles import ShapeProfile
+from converter.core.profiles import ShapeProfile, profiles_from_json
 from converter.demos.models import DEMOS
 from converter.demos.sample_data import synthetic_feeds
 
@@ -175,3 +175,14 @@ def spec_from_metadata(model, trust_model_code: bool = False) -> ModelSpec | Non
             return None
         return made if isinstance(made, ModelSpec) else None
     return None
+
+
+def default_profiles(model, spec: ModelSpec | None = None, trust_model_code: bool = False) -> dict[str, ShapeProfile]:
+    """The profiles an engine build uses when the user gives none: those `export` recorded in the
+    metadata, else the spec's (a torch model, or the demo the file names)."""
+    inputs = {vi.name for vi in model.graph.input}
+    found = profiles_from_json(metadata_value(model, PROFILES))
+    if not found:
+        spec = spec or spec_from_metadata(model, trust_model_code)
+        found = dict(spec.profiles) if spec else {}
+    return {name: prof for name, prof in found.items() if name in inputs}

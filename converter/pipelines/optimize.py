@@ -84,3 +84,30 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
     }
     report["verified"] = "not verified"
     return report
+
+
+def pass_catalogue() -> dict[str, Any]:
+    """What `trtforge passes` lists: every registered pass (description, capabilities, options with
+    their defaults) and every group, so a build step can discover them (--json)."""
+    import dataclasses
+
+    from passes.base import CAPABILITIES
+    from passes.registry import DESCRIPTIONS, GROUPS, PASSES
+
+    def default(f: dataclasses.Field) -> Any:
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+    entries = []
+    for name, cls in PASSES.items():
+        options = {f.name: default(f) for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+        entries.append(
+            {
+                "name": name,
+                "description": DESCRIPTIONS[name],
+                **{cap: getattr(cls, cap) for cap in CAPABILITIES},
+                "options": options,
+            }
+        )
+    return {"passes": entries, "groups": dict(GROUPS)}

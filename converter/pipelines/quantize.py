@@ -130,19 +130,28 @@ def _passes(mode: str, alpha: float | None, method: str, options: dict[str, Any]
 
 
 def _search(model, mode, data, evaluator, alphas, methods, options, log) -> tuple[float | None, str, list[dict]]:
-    """Score every (alpha, method) on the calibration subset; the best pair and the table."""
-    table = []
+    """The best (alpha, method) on the calibration subset, by coordinate search; the pair and the table.
+
+    First every alpha with the first method, then every other method at the best alpha:
+    len(alphas) + len(methods) - 1 candidates instead of the full grid's product (MiniLM:
+    8 instead of 20; the full grid picked the same pair, alpha 0.9 with minmax, because the
+    alpha moves the scores far more than the observer does).
+    """
+    table: list[dict[str, Any]] = []
     subset = from_feeds(evaluator.feeds, f"{data.source} (subset)")
-    for alpha in alphas:
-        for method in methods:
-            quick = {**options, "cache_dir": None, "max_cosine_drop": None}
-            candidate, _ = run_passes(
-                model, _passes(mode, alpha, method, quick), PassContext(opset_of(model), calibration=subset)
-            )
-            score = evaluator.score(candidate)
-            table.append({"smoothquant_alpha": alpha, "method": method, **score.to_dict()})
-            log(f"alpha {alpha} method {method}: mean cosine {score.mean_cosine:.5f}")
-    best = min(table, key=lambda row: row["drop"])
+    quick = {**options, "cache_dir": None, "max_cosine_drop": None}
+
+    def score(alpha: float | None, method: str) -> dict[str, Any]:
+        candidate, _ = run_passes(
+            model, _passes(mode, alpha, method, quick), PassContext(opset_of(model), calibration=subset)
+        )
+        result = evaluator.score(candidate)
+        table.append({"smoothquant_alpha": alpha, "method": method, **result.to_dict()})
+        log(f"alpha {alpha} method {method}: mean cosine {result.mean_cosine:.5f}")
+        return table[-1]
+
+    best_alpha = min((score(alpha, methods[0]) for alpha in alphas), key=lambda row: row["drop"])
+    best = min([best_alpha] + [score(best_alpha["smoothquant_alpha"], m) for m in methods[1:]], key=lambda r: r["drop"])
     return best["smoothquant_alpha"], best["method"], table
 
 

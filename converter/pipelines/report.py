@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from converter.core.model_io import atomic_write_text, sha256_file
@@ -80,16 +81,23 @@ def _fixed(value: Any, digits: int = 6) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _snr(value: Any) -> str:
+    """SNR in dB; the metric stores identical outputs (no noise) as a large sentinel."""
+    if value is None:
+        return "-"
+    return "identical" if value >= 1e9 else f"{value:.1f}"
+
+
 def verification_table(comparisons: list[dict[str, Any]]) -> tuple[Table, list[str]]:
     """The metrics table plus the notes (skip reasons, failures) printed under it."""
     reference = comparisons[0]["reference"] if comparisons else ""
-    table = Table(title=f"Verification against {reference}")
+    table = Table(title=f"Verification against {escape(str(reference))}")
     for column in ("candidate", "output", "max-abs", "mean-abs", "cosine", "SNR dB", "top-1", "status"):
         table.add_column(column, no_wrap=column in ("candidate", "status"))
     notes: list[str] = []
     for comp in comparisons:
         if comp.get("skipped"):
-            table.add_row(comp["candidate"], "-", "-", "-", "-", "-", "-", "[yellow]skipped[/yellow]")
+            table.add_row(escape(comp["candidate"]), "-", "-", "-", "-", "-", "-", "[yellow]skipped[/yellow]")
             notes.append(f"{comp['candidate']}: {comp['skipped']}")
             continue
         for out in comp["outputs"]:
@@ -97,12 +105,12 @@ def verification_table(comparisons: list[dict[str, Any]]) -> tuple[Table, list[s
             if not out["passed"]:
                 notes.append(f"{comp['candidate']} / {out['name']}: {out['failure']}")
             table.add_row(
-                comp["candidate"],
-                out["name"],
+                escape(comp["candidate"]),
+                escape(out["name"]),
                 _sci(out["max_abs"]),
                 _sci(out["mean_abs"]),
                 _fixed(out["cosine"]),
-                _fixed(out["snr_db"], 1),
+                _snr(out["snr_db"]),
                 _fixed(out["top1_agreement"], 3),
                 status,
             )
@@ -116,9 +124,9 @@ def passes_table(records: list[dict[str, Any]]) -> Table:
     for rec in records:
         changes = ", ".join(f"{k}={v}" for k, v in rec["changed"].items()) or "none"
         table.add_row(
-            rec["name"],
+            escape(rec["name"]),
             f"{rec['nodes_before']}->{rec['nodes_after']}",
-            changes,
+            escape(changes),
             _fixed(rec["seconds"], 2),
             _fixed(rec.get("accuracy", {}).get("min_cosine")),
         )
@@ -135,7 +143,9 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         table.add_column("seconds")
         table.add_column("result")
         for name, stage in stages.items():
-            table.add_row(name, _fixed(stage.get("seconds"), 2), stage.get("summary", ""))
+            table.add_row(name, _fixed(stage.get("seconds"), 2), escape(str(stage.get("summary", ""))))
+        if report.get("wall_seconds") is not None:
+            table.add_row("total (wall)", _fixed(report["wall_seconds"], 2), "")
         console.print(table)
     if report.get("passes"):
         console.print(passes_table(report["passes"]))
@@ -143,9 +153,15 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         table, notes = verification_table(report["verification"])
         console.print(table)
         for note in notes:
-            console.print(f"  {note}", highlight=False)
+            console.print(f"  {escape(note)}", highlight=False)
+    samples = report.get("input", {}).get("samples", {})
+    if samples.get("source") == "synthetic" and report.get("verification"):
+        console.print(
+            "[yellow]warning:[/yellow] verified on synthetic random inputs (the model names no real sample data): "
+            "a pass says little about accuracy on real data; give --load-inputs"
+        )
     for item in report.get("artifacts", []):
-        console.print(f"{item['kind']:>8}: {item['path']} ({item['bytes'] / 1e6:.1f} MB)")
+        console.print(f"{item['kind']:>8}: {escape(item['path'])} ({item['bytes'] / 1e6:.1f} MB)", highlight=False)
     if report.get("passed") is None and not report.get("verification"):
         return  # nothing was compared (optimize): no verdict to print
     if report.get("verified") == "not verified":
@@ -159,16 +175,16 @@ def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) 
     """Terminal form of `inspect`'s result (ONNX or engine)."""
     if info["kind"] == "onnx":
         console.print(
-            f"[bold]{info['path']}[/bold]: ONNX, {info['num_nodes']} nodes, {info['num_params']:,} params "
+            f"[bold]{escape(str(info['path']))}[/bold]: ONNX, {info['num_nodes']} nodes, {info['num_params']:,} params "
             f"({info['weight_bytes'] / 1e6:.1f} MB), opsets {info['opsets']}"
         )
         for label in ("inputs", "outputs"):
             for io in info[label]:
-                console.print(f"  {label[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
+                console.print(f"  {label[:-1]:>6} {escape(io['name'])}: {io['dtype']} {io['shape']}", highlight=False)
         console.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
         console.print("  weight dtypes: " + json.dumps(info["weight_dtypes"]))
         return
-    console.print(f"[bold]{info['path']}[/bold]: engine, {info['engine_bytes'] / 1e6:.1f} MB")
+    console.print(f"[bold]{escape(str(info['path']))}[/bold]: engine, {info['engine_bytes'] / 1e6:.1f} MB")
     side = info.get("sidecar")
     if side:
         net = side["network"]
@@ -177,14 +193,16 @@ def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) 
             f"precision {side['precision']}"
         )
         for name, prof in side["profiles"].items():
-            console.print(f"  profile {name}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
+            console.print(f"  profile {escape(name)}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
         console.print(f"  network (recorded at build): {net['num_layers']} layers")
         console.print("    layer types: " + ", ".join(f"{k} {v}" for k, v in net["layer_types"].items()))
         console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))
         if layers:
             for layer in net["layers"]:
-                console.print(f"    {layer['type']:<18} {layer['precision']:<6} {layer['name']}", highlight=False)
+                console.print(
+                    f"    {layer['type']:<18} {layer['precision']:<6} {escape(layer['name'])}", highlight=False
+                )
     if info.get("note"):
-        console.print(f"  [yellow]{info['note']}[/yellow]")
+        console.print(f"  [yellow]{escape(info['note'])}[/yellow]")
     if "engine_detail" in info:
-        console.print(f"  [yellow]{info['engine_detail']}[/yellow]")
+        console.print(f"  [yellow]{escape(info['engine_detail'])}[/yellow]")

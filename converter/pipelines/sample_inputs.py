@@ -24,7 +24,7 @@ from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import atomic_path
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
-from converter.demos.sample_data import synthetic_feeds
+from converter.demos.sample_data import fit_feeds, synthetic_feeds
 from converter.pipelines.model_ref import feeds_for_source
 
 
@@ -77,6 +77,25 @@ def check_against_graph(inputs: SampleInputs, model: onnx.ModelProto, where: str
                 )
 
 
+def static_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Each graph input's dims, -1 where the dim is symbolic or unknown."""
+    return {
+        vi.name: [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in vi.type.tensor_type.shape.dim
+        ]
+        for vi in model.graph.input
+    }
+
+
+def _fitted(feeds: list[Feeds], model: onnx.ModelProto | None) -> list[Feeds]:
+    """Real feeds fitted to a static graph's fixed dims (a `--static` export); others unchanged."""
+    if model is None:
+        return feeds
+    dims = static_dims(model)
+    fixed = {name: shape for name, shape in dims.items() if any(d > 0 for d in shape)}
+    return fit_feeds(feeds, fixed) if fixed else feeds
+
+
 def _graph_shapes(model: onnx.ModelProto, profiles: dict[str, ShapeProfile]) -> tuple[dict, dict]:
     shapes, dtypes = {}, {}
     for value_info in model.graph.input:
@@ -101,12 +120,12 @@ def resolve_inputs(
     if inputs_file:
         return SampleInputs(load_inputs_file(inputs_file), f"file:{inputs_file}")
     if spec is not None and spec.sample_source != "synthetic":
-        return SampleInputs(spec.sample_feeds(num_batches, batch_size), spec.sample_source)
+        return SampleInputs(_fitted(spec.sample_feeds(num_batches, batch_size), model), spec.sample_source)
     if model is not None:
         source = metadata_value(model, SAMPLE_DATA)
         feeds = feeds_for_source(source, num_batches, batch_size, trust_model_code) if source else None
         if feeds is not None:
-            return SampleInputs(feeds, source)
+            return SampleInputs(_fitted(feeds, model), source)
         shapes, dtypes = _graph_shapes(model, profiles or {})
         return SampleInputs([synthetic_feeds(shapes, dtypes, seed=b) for b in range(num_batches)], "synthetic")
     if spec is not None:

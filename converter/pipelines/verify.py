@@ -81,13 +81,25 @@ def _reference(ref: ModelRef, sample: SampleInputs) -> Reference:
 
 
 def _after_each_pass(
-    ref: ModelRef, reference: Reference, passes: list[PassSpec], tol: Tolerances, comparisons: list[Comparison]
+    ref: ModelRef,
+    reference: Reference,
+    passes: list[PassSpec],
+    tol: Tolerances | None,
+    comparisons: list[Comparison],
 ) -> list[PassRecord]:
-    """Run the ONNX reference through `passes`, comparing the graph after each one with the reference."""
+    """Run the ONNX reference through `passes`, comparing the graph after each one with the reference.
+
+    Without explicit tolerances, each stage is held to its precision's defaults: fp32 until a
+    pass lowers the graph (`precision` to fp16), that precision's from then on, as convert does.
+    """
     model = load_model(ref.path)
+    lowered: list[str] = []
 
     def after_pass(record: PassRecord, stage: onnx.ModelProto) -> None:
-        comparison = reference.compare_onnx(stage, f"after {record.name}", tol)
+        if record.precision:
+            lowered.append(record.precision)
+        stage_tol = tol or Tolerances.for_precision(lowered[-1] if lowered else "fp32")
+        comparison = reference.compare_onnx(stage, f"after {record.name}", stage_tol)
         record.accuracy = pass_accuracy(comparison)
         comparisons.append(comparison)
 
@@ -123,7 +135,11 @@ def verify(
     html: str | Path | None = None,
     save_inputs: str | Path | None = None,
 ) -> VerifyResult:
-    """Compare each candidate against the reference (see module docstring); writes the requested files."""
+    """Compare each candidate against the reference (see module docstring); writes the requested files.
+
+    `tolerances` None: fp32 defaults for the candidates, and for `passes` the defaults of
+    the precision each stage computes in.
+    """
     passes = list(passes or [])
     _check_arguments(reference, candidates, passes)
     ref = resolve_model(reference, shapes)
@@ -135,11 +151,12 @@ def verify(
     tol = tolerances or Tolerances.for_precision("fp32")
     sample = _sample(ref, candidates, inputs, num_batches, batch_size, trust_model_code)
     compared = _reference(ref, sample)
+    compared.check_tolerances(tol)
     files = [Path(c) for c in candidates]
     comparisons = [compared.compare_file(cand, tol, backend) for cand in files]
     result = VerifyResult(comparisons, sample)
     if specs:
-        result.pass_records = _after_each_pass(ref, compared, specs, tol, comparisons)
+        result.pass_records = _after_each_pass(ref, compared, specs, tolerances, comparisons)
     if localize:
         result.localizations = _localize(ref, files, sample, tol)
     result.report = verify_report(result, reference, candidates, engines=[f.name for f in files if is_engine(f)])

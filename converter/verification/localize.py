@@ -96,8 +96,13 @@ def _layer_error(index, tensor, node, ref: np.ndarray, cand: np.ndarray, tol: To
     if ref.shape != cand.shape:
         return LayerError(index, tensor, node.name, node.op_type, float("inf"), float("inf"), 0.0, True)
     r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    # Equal values (the -inf of a causal mask in both graphs included) differ by 0, not NaN;
+    # the metrics then read the positions where both are finite.
+    same = (r == c) | (np.isnan(r) & np.isnan(c))
+    finite = bool(np.all(same | (np.isfinite(r) & np.isfinite(c))))
+    keep = np.isfinite(r) & np.isfinite(c)
+    r, c = r[keep], c[keep]
     diff = np.abs(c - r)
-    finite = bool(np.all(np.isfinite(c)))
     scale = float(np.max(np.abs(r))) if r.size else 0.0
     norms = float(np.linalg.norm(r) * np.linalg.norm(c)) if finite else 0.0
     cosine = float(np.dot(r, c) / norms) if norms > 0 else float(np.array_equal(r, c))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converter.core.errors import InvalidInputError
+from converter.core.errors import InvalidInputError, UsageError
 from converter.core.model_io import load_model
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.verification.compare import (
@@ -62,6 +62,15 @@ class Reference:
     feeds: list[Feeds]
     samples: int
     classify: bool = False  # top-1 agreement for classifiers
+
+    def check_tolerances(self, tol: Tolerances) -> None:
+        """A tolerance for an output the reference does not have is a typo, not a check that passed."""
+        unknown = sorted(set(tol.per_output) - set(self.outputs))
+        if unknown:
+            raise UsageError(
+                f"tolerance for output(s) {', '.join(unknown)}: {self.label} has no such output "
+                f"(outputs: {', '.join(self.outputs)})"
+            )
 
     @classmethod
     def of_runner(cls, runner: Runner, feeds: list[Feeds], samples: int, classify: bool = False) -> Reference:

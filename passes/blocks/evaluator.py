@@ -8,6 +8,7 @@ set again pay nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -22,9 +23,20 @@ from passes.blocks.scores import Feeds, GatedSession, OutputMetrics, language_mo
 class Evaluator:
     """Output metrics of any removal set on the calibration and validation data (cached)."""
 
+    PROGRESS_EVERY_S = 5.0
+
     def __init__(
-        self, model: onnx.ModelProto, bg: BlockGraph, calib: list[Feeds], val: list[Feeds], metric: str = "auto"
+        self,
+        model: onnx.ModelProto,
+        bg: BlockGraph,
+        calib: list[Feeds],
+        val: list[Feeds],
+        metric: str = "auto",
+        progress: Callable[[str], None] | None = None,
     ):
+        """`progress` hears, every few seconds of a long search, how many removal sets were measured."""
+        self.progress, self.started = progress, time.perf_counter()
+        self._last_progress = self.started
         self.bg, self.lm = bg, language_model_io(model)
         self.metric = metric if metric != "auto" else ("ppl" if self.lm else "cosine")
         self.session = GatedSession(model, bg)
@@ -40,7 +52,14 @@ class Evaluator:
         if key not in self.cache:
             self.cache[key] = self.measure(lambda feeds: self.session.run(feeds, removed), split)
             self.runs += 1
+            self._report_progress()
         return self.cache[key]
+
+    def _report_progress(self) -> None:
+        now = time.perf_counter()
+        if self.progress is not None and now - self._last_progress >= self.PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.progress(f"measured {self.runs} removal sets ({now - self.started:.0f} s)")
 
     def measure(self, run: Callable[[Feeds], dict[str, np.ndarray]], split: str = "val") -> dict[str, float]:
         """Output metrics of any model (`run`: feeds -> outputs, e.g. the written ONNX) against the original."""

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +101,15 @@ class Scored:
 
 
 def score_units(
-    model: onnx.ModelProto, bg: BlockGraph, calib: list[Feeds], val: list[Feeds], metric: str = "auto"
+    model: onnx.ModelProto,
+    bg: BlockGraph,
+    calib: list[Feeds],
+    val: list[Feeds],
+    metric: str = "auto",
+    progress: Callable[[str], None] | None = None,
 ) -> Scored:
     """Score every block and sub-layer on `calib` (Block Influence, the direct measure) and price it."""
-    ev = Evaluator(model, bg, calib, val, metric)
+    ev = Evaluator(model, bg, calib, val, metric, progress)
     probe = GatedSession(model, bg, probe=True)
     return Scored(ev, unit_scores(ev, probe, calib), Costs.of(model, bg, probe.matmul_flops(calib[0])))
 

@@ -100,6 +100,9 @@ class Precision(Pass):
         self.low_dtype = np.float16 if self.target == "fp16" else self.low
         self._sensitive: dict[int, str] = {}
 
+    def output_precision(self) -> str | None:
+        return self.target
+
     def _kept(self, node: gs.Node) -> bool:
         return (
             node.op in self.keep_fp32_ops

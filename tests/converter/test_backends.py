@@ -9,6 +9,7 @@ from converter import api
 from converter.backends import ShapeProfile, get_backend, load_sidecar
 from converter.backends.tensorrt_rtx import normalize_target
 from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
+from converter.core.metadata import PROFILES
 from tests.graphs import unsupported_op_graph
 
 
@@ -64,9 +65,15 @@ def test_hopper_target_needs_full_tensorrt(tmp_path, tiny_onnx):
 
 
 def test_dynamic_input_without_profile_is_explained(tmp_path, tiny_onnx):
-    with pytest.raises(InvalidInputError, match="input 'image' has dynamic dims"):
-        api.build(tiny_onnx, tmp_path / "x.engine", backend="tensorrt-rtx")
-    assert not list(tmp_path.iterdir())
+    model = onnx.load(str(tiny_onnx))
+    kept = [p for p in model.metadata_props if p.key != PROFILES]  # a file export did not write
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(InvalidInputError, match="dynamic inputs need a min/opt/max profile each, e.g. --shapes image:"):
+        api.build(bare, tmp_path / "x.engine", backend="tensorrt-rtx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx"]
 
 
 def test_profile_that_does_not_fit_is_rejected(tmp_path, tiny_onnx):

@@ -170,4 +170,16 @@ def test_cli_rejects_bad_tolerance_syntax(tmp_path):
     ref = tmp_path / "ref.onnx"
     onnx.save(redundant_graph(), str(ref))
     result = CliRunner().invoke(main, ["verify", str(ref), str(ref), "--atol", "y:lots"])
-    assert result.exit_code == ExitCode.INVALID_INPUT and "--atol" in result.output
+    assert result.exit_code == ExitCode.USAGE and "--atol" in result.output
+
+
+def test_equal_infinities_are_not_an_error():
+    """A causal mask's -inf in both graphs is agreement, not NaN (or a divergent layer)."""
+    from converter.verification.localize import _layer_error
+
+    node = helper.make_node("Add", ["a", "b"], ["m"], name="mask")
+    ref = np.array([0.0, -np.inf, 1.0], np.float32)
+    with np.errstate(all="raise"):
+        same = _layer_error(0, "m", node, ref, ref.copy(), FP32)
+    assert not same.divergent and same.max_abs == 0.0
+    assert _layer_error(0, "m", node, ref, np.array([0.0, 0.0, 1.0], np.float32), FP32).divergent
