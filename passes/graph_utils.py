@@ -61,13 +61,17 @@ def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
         return "its output is a graph output fed directly by graph I/O or a constant"
     drop_inputs_after_first(node)
     if any(t is dst for t in graph.outputs):
+        # `src` takes over the output's name; the nodes that read the output read `src`
+        # (under that same name), and every place the output is listed points at `src`.
         # Other consumers of `src` keep reading it under its new name: still exact.
-        index = next(i for i, t in enumerate(graph.outputs) if t is dst)
+        redirect(dst, src, consumers(dst))
         name = dst.name
         node.outputs.clear()
         dst.name = name + "__removed"
         src.name = name
-        graph.outputs[index] = src
+        for index, tensor in enumerate(graph.outputs):
+            if tensor is dst:
+                graph.outputs[index] = src
         if src.dtype is None:
             src.dtype, src.shape = dst.dtype, dst.shape
         node.inputs.clear()

@@ -2,7 +2,8 @@
 
 The graphs mix: elementwise ops on the input, constant subexpressions (folding
 targets), Identity/Dropout/no-op Cast (cleanup targets), duplicated chains (dedupe
-targets) and a dynamic-shape reshape round trip (shape-folding target).
+targets), a dynamic-shape reshape round trip (shape-folding target), and graph outputs
+that are behind pass-through chains, read by other nodes, or intermediate tensors.
 """
 
 from __future__ import annotations
@@ -76,5 +77,21 @@ def random_graphs(draw) -> onnx.ModelProto:
                 helper.make_node("Add", [a, b], [out], name=fresh("dsum")),
             ]
         live.append(out)
-    nodes.append(helper.make_node("Identity", [live[-1]], ["y"], name="out_identity"))
-    return make_model(nodes, {"x": ["N", WIDTH]}, {"y": ["N", WIDTH]}, inits, name="random")
+    # The graph output, behind a chain of pass-throughs (cleanup must keep its name and producer).
+    last = live[-1]
+    for index in range(draw(st.integers(0, 2))):
+        op = draw(st.sampled_from(["Identity", "Dropout"]))
+        nodes.append(helper.make_node(op, [last], [f"chain{index}"], name=fresh("chain")))
+        last = f"chain{index}"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="out_identity"))
+    outputs = ["y"]
+    if draw(st.booleans()):  # a graph output that other nodes also read
+        c = fresh("c")
+        inits.append(numpy_helper.from_array(rng.uniform(0.5, 1.5, (WIDTH,)).astype(np.float32), c))
+        nodes.append(helper.make_node("Mul", ["y", c], ["z"], name="reads_output"))
+        outputs.append("z")
+    intermediates = [t for t in live[1:-1] if t not in outputs]
+    if intermediates:  # intermediate tensors exposed as outputs too (and still read downstream)
+        outputs += draw(st.lists(st.sampled_from(intermediates), max_size=2, unique=True))
+    shapes = {name: ["N", WIDTH] for name in outputs}
+    return make_model(nodes, {"x": ["N", WIDTH]}, shapes, inits, name="random")

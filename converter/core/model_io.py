@@ -21,6 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from converter.core.errors import InvalidInputError, ModelLoadError
+from converter.core.model_checks import check_untrusted, tensor_nbytes
 
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -99,8 +100,9 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
 def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
     """Read an ONNX file, with its external data, or raise ModelLoadError naming the file.
 
-    Checks: the file exists, parses as ONNX, every external-data file it names
-    exists, and the graph has inputs and outputs.
+    Checks: the file exists, parses as ONNX, the graph has outputs, and everything
+    converter/core/model_checks.py checks before any runtime or parser reads the file
+    (external data inside the model's folder, sizes, versions, graph structure).
     """
     path = Path(path)
     if not path.exists():
@@ -113,9 +115,7 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
         raise ModelLoadError(f"{path}: not a valid ONNX file ({type(exc).__name__}: {exc})") from exc
     if not model.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
-    for location in external_data_files(model):
-        if not (path.parent / location).exists():
-            raise ModelLoadError(f"{path}: external data file '{location}' is missing (looked in {path.parent})")
+    check_untrusted(model, path)
     if load_weights and external_data_files(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
@@ -141,28 +141,10 @@ def check_model(model: onnx.ModelProto, name: str = "model") -> None:
         raise ModelLoadError(f"{name}: invalid ONNX graph ({str(exc).splitlines()[0]})") from exc
 
 
-PACKED_BITS = {  # sub-byte types, stored packed
-    onnx.TensorProto.INT4: 4,
-    onnx.TensorProto.UINT4: 4,
-    onnx.TensorProto.FLOAT4E2M1: 4,
-    onnx.TensorProto.INT2: 2,
-    onnx.TensorProto.UINT2: 2,
-}
-
-
 def weights_nbytes(model: onnx.ModelProto) -> int:
     """Bytes held by initializers, from their dims and dtypes: without serialising the
     model, and without reading `raw_data` (each read copies the whole buffer)."""
-    total = 0
-    for init in model.graph.initializer:
-        count = 1
-        for dim in init.dims:
-            count *= dim
-        if init.data_type in PACKED_BITS:
-            total += -(-count * PACKED_BITS[init.data_type] // 8)
-        else:
-            total += count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-    return total
+    return sum(tensor_nbytes(init) or 0 for init in model.graph.initializer)
 
 
 def save_model(

@@ -14,6 +14,13 @@ what torch.onnx.export writes for a model in training mode); from 14 by
 and turns a 3-output one into an invalid training_mode=0 node. So, when crossing
 opset 14, unused saved mean/var outputs are dropped first and the node is marked
 training_mode=1 after: it keeps normalizing with batch statistics, as before.
+
+A second gap: before opset 13, Softmax, LogSoftmax and Hardmax work on the input
+flattened to 2-D at `axis`; from 13, along `axis` alone. The converter rewrites the first
+two (Flatten, op, Reshape) but keeps Hardmax as it is, which changes its result whenever
+`axis` is not the last dim (up to 1.0 per element). So when crossing 13, such a Hardmax
+is written in the old meaning first: Flatten at `axis`, Hardmax over the last dim of the
+2-D tensor (the same under both meanings), Reshape back to the input's shape.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class UpgradeOpset(Pass):
             # model; op adapters never read weight values), then put the weights back.
             light = without_large_weights(model)
             training = _unmark_training_batchnorms(light) if current < 14 <= self.target else set()
+            flattened = _flatten_hardmax(light) if current < 13 <= self.target else 0
+            if flattened:
+                result.count("hardmax_flattened", n=flattened)
             upgraded = onnx.version_converter.convert_version(light, self.target)
             for node in upgraded.graph.node:
                 if node.op_type == "BatchNormalization" and node.output[0] in training:
@@ -96,3 +106,38 @@ def _unmark_training_batchnorms(model: onnx.ModelProto) -> set[str]:
         del node.output[3:]
         training.add(node.output[0])
     return training
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int | None:
+    for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            return len(info.type.tensor_type.shape.dim)
+    return None
+
+
+def _flatten_hardmax(model: onnx.ModelProto) -> int:
+    """Pre-13 Hardmax not over the last dim -> Shape, Flatten, Hardmax(axis=1), Reshape (in place)."""
+    typed = onnx.shape_inference.infer_shapes(model)  # ranks only; the nodes change in `model`
+    nodes, changed = [], 0
+    for node in model.graph.node:
+        if node.op_type != "Hardmax" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        rank = _rank(typed, node.input[0])
+        if rank is not None and axis in (rank - 1, -1):
+            nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        shape, flat, hard = f"{base}__shape", f"{base}__flat", f"{base}__hardmax2d"
+        nodes += [
+            onnx.helper.make_node("Shape", [node.input[0]], [shape], name=shape),
+            onnx.helper.make_node("Flatten", [node.input[0]], [flat], name=flat, axis=axis),
+            onnx.helper.make_node("Hardmax", [flat], [hard], name=hard, axis=1),
+            onnx.helper.make_node("Reshape", [hard, shape], [node.output[0]], name=base),
+        ]
+        changed += 1
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed
