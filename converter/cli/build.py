@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from converter import api
 from converter.cli.options import (
@@ -24,7 +25,7 @@ PRECISION_HELP = "Recorded in the sidecar; the graph's types decide (run `optimi
 
 def print_build(d: dict) -> None:
     console.print(
-        f"built {d['engine']} ({d['engine_bytes'] / 1e6:.1f} MB) with {d['backend']} {d['backend_version']} "
+        f"built {escape(d['engine'])} ({d['engine_bytes'] / 1e6:.1f} MB) with {d['backend']} {d['backend_version']} "
         f"for {', '.join(d.get('targets') or [])} in {d['build_seconds']} s; "
         f"{d['network']['num_layers']} network layers"
     )

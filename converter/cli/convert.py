@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from converter import api
 from converter.cli.options import (
@@ -62,5 +63,5 @@ def convert(model, out, shapes, as_json, quiet, **options):
         result = api.convert(model, out, shapes=parse_profiles(shapes), log=progress_log(silent), **options)
     emit(result.report, as_json, quiet, summary)
     if not silent:
-        console.print(f"report: {result.paths['report']}")
+        console.print(f"report: {escape(str(result.paths['report']))}", highlight=False)
     fail_on_accuracy(result.report)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from converter import api
 from converter.cli.options import (
@@ -111,7 +112,11 @@ def drop_blocks(model, out, drop_names, shapes, target_gpus, as_json, quiet, **f
             config.check(is_lm=True)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
-    log = (lambda m: None) if (quiet or as_json) else (lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    log = (
+        (lambda m: None)
+        if (quiet or as_json)
+        else (lambda m: err_console.print(f"[dim]{escape(m)}[/dim]", highlight=False))
+    )
     result = api.drop_blocks(
         model,
         out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from converter import api
 from converter.cli.options import choice_option, console, emit, onnx_out_option, output_options, shapes_option
@@ -44,7 +45,7 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
 
     def print_export(d: dict) -> None:
         console.print(
-            f"exported {model} -> {d['path']} ({d['nodes']} nodes, opset {d['opset']}, {d['exporter']}, {d['seconds']} s)"
+            f"exported {escape(model)} -> {escape(d['path'])} ({d['nodes']} nodes, opset {d['opset']}, {d['exporter']}, {d['seconds']} s)"
         )
 
     emit(result.report, as_json, quiet, print_export)

@@ -11,12 +11,14 @@ the traceback. `python -m converter.cli` is the same command.
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 from typing import Any
 
 import click
 from rich.markup import escape
 
-from converter.core.errors import AccuracyError, ExitCode, TrtforgeError
+from converter.core.errors import AccuracyError, ExitCode, Interrupted, TrtforgeError
 from converter.core.version import __version__
 
 # name -> (module:attribute, the one-line summary `trtforge --help` lists). Commands are
@@ -64,6 +66,7 @@ class TrtforgeGroup(click.Group):
             formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = _raise_on_sigterm()
         try:
             return super().invoke(ctx)
         except TrtforgeError as exc:
@@ -76,6 +79,17 @@ class TrtforgeGroup(click.Group):
             else:
                 err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
             ctx.exit(exc.exit_code)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            from converter.cli.options import err_console
+
+            code = ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else ExitCode.TERMINATED
+            signal_name = "Ctrl-C" if code == ExitCode.INTERRUPTED else "SIGTERM"
+            command = ctx.invoked_subcommand or "trtforge"
+            err_console.print(
+                f"[red]interrupted:[/red] {command} stopped by {signal_name}; its partial outputs were removed",
+                highlight=False,
+            )
+            ctx.exit(code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug: one line, or the traceback with --debug
@@ -89,6 +103,9 @@ class TrtforgeGroup(click.Group):
                 soft_wrap=True,
             )
             ctx.exit(ExitCode.INTERNAL)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=TrtforgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,3 +130,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     4 invalid input, 5 unsupported (op/option), 6 backend unavailable.
     """
     ctx.meta["trtforge.debug"] = debug
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def _raise_on_sigterm() -> Any:
+    """SIGTERM becomes an exception while a command runs, so staging folders and temp files are
+    removed on the way out (the default action kills the process where it stands). Returns the
+    handler it replaced (None off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)

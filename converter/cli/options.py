@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from converter.backends import BACKEND_CHOICES
 from converter.core.errors import AccuracyError
@@ -104,7 +105,7 @@ def progress_log(silent: bool) -> Callable[[str], None]:
     """Where a use case's progress messages go: dim lines on stderr, or nowhere with --quiet/--json."""
     if silent:
         return lambda _msg: None
-    return lambda msg: err_console.print(f"[dim]{msg}[/dim]")
+    return lambda msg: err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from calibration.data import IMAGE_NORMS
 from converter import api
@@ -36,13 +37,13 @@ def print_quantize(report: dict) -> None:
     acc = report.get("accuracy") or {}
     qdq = report["qdq"]
     console.print(
-        f"[bold]{report['mode']}[/bold] {report['model']} -> {report['output']}: "
+        f"[bold]{report['mode']}[/bold] {escape(report['model'])} -> {escape(report['output'])}: "
         f"{qdq['qdq_pairs']} activation Q/DQ pairs, {qdq['dequantize_linear']} DequantizeLinear, "
         f"method {report.get('method')}, SmoothQuant alpha {report.get('smoothquant_alpha')}"
     )
     if acc:
         console.print(
-            f"accuracy on {acc['data']} ({acc['samples']} samples): mean cosine {acc['mean_cosine']:.5f}, "
+            f"accuracy on {escape(str(acc['data']))} ({acc['samples']} samples): mean cosine {acc['mean_cosine']:.5f}, "
             f"min {acc['min_cosine']:.5f}, top-1 agreement {acc['top1_agreement']:.3f}"
         )
     mixed = report.get("mixed_precision")

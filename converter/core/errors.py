@@ -19,6 +19,8 @@ class ExitCode:
     INVALID_INPUT = 4  # a model, data file, recipe or option is broken or missing
     UNSUPPORTED = 5  # valid input that no backend/pass can handle (e.g. an unknown op)
     BACKEND_UNAVAILABLE = 6  # the requested backend or runtime is not installed here
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): stopped, staging folders removed, nothing published
+    TERMINATED = 143  # SIGTERM: the same
 
 
 class TrtforgeError(Exception):
@@ -64,6 +66,14 @@ class BackendUnavailableError(TrtforgeError):
     """The requested backend or runtime cannot be imported or used on this machine."""
 
     exit_code = ExitCode.BACKEND_UNAVAILABLE
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised as an exception so that every `with`/`finally` cleans up on the way out.
+
+    A BaseException, like KeyboardInterrupt: no `except Exception` may swallow it."""
+
+    exit_code = ExitCode.TERMINATED
 
 
 class AccuracyError(TrtforgeError):

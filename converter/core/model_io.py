@@ -46,6 +46,11 @@ def sha256_model(model: onnx.ModelProto) -> str:
     return digest.hexdigest()
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (mkstemp's 0600 is not it)."""
+    return 0o666 & ~_umask()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -164,10 +169,7 @@ def save_model(
     if weights_nbytes(model) < external_data_threshold:
         with atomic_path(final) as tmp:
             tmp.write_bytes(model.SerializeToString(deterministic=True))
-        stale = final.with_name(final.name + ".data")
-        if stale.exists():
-            stale.unlink()
-        return final
+        return final  # an older '<name>.data' beside it is left alone: it may be someone else's
 
     data_name = final.name + ".data"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

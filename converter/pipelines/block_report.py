@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from converter.core.model_io import atomic_path
@@ -80,7 +81,7 @@ def bar_chart(scores: dict[str, dict[str, Any]], removed: list[str], path: str |
 
 
 def print_summary(report: dict[str, Any], console: Console) -> None:
-    console.print(report["discovery"]["message"])
+    console.print(escape(report["discovery"]["message"]), highlight=False)
     if report.get("scores"):
         console.print(score_table(report["scores"], report["removed"], report["unit_costs"]))
     sel = report.get("selection")
@@ -100,4 +101,5 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         if trt.get("engine_bytes_before"):
             line += f", engine {trt['engine_bytes_before'] / 1e6:.1f} MB -> {trt['engine_bytes_after'] / 1e6:.1f} MB"
         console.print(line)
-    console.print(f"wrote {report['output']}" + (f", chart {report['chart']}" if report.get("chart") else ""))
+    chart = f", chart {report['chart']}" if report.get("chart") else ""
+    console.print(escape(f"wrote {report['output']}{chart}"), highlight=False)

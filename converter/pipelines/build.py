@@ -8,6 +8,7 @@ from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.model_io import load_model
+from converter.core.outputs import Outputs
 from converter.pipelines.model_ref import default_profiles
 
 
@@ -47,5 +48,8 @@ def build(
         timing_cache=str(timing_cache) if timing_cache else None,
         precision=precision,
     )
-    engine = get_backend(backend).build(onnx_path, Path(out), config, verbose=verbose)
-    return BuildResult(engine.path, engine.sidecar)
+    engine_backend = get_backend(backend)
+    engine_backend.check_config(config)
+    with Outputs(inputs=[onnx_path]) as outputs:  # the engine and its sidecar appear together
+        engine = engine_backend.build(onnx_path, outputs.path(out), config, verbose=verbose)
+    return BuildResult(Path(out), engine.sidecar)

@@ -27,6 +27,7 @@ from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfil
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.outputs import protected_files
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
@@ -117,6 +118,7 @@ def convert(
         log(f"loading {model or DEFAULT_DEMO}")
     loaded = time.perf_counter()
     ref = resolve_model(model or DEFAULT_DEMO, {k: v.opt for k, v in rec.shapes.items()})
+    _refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
     try:
@@ -144,13 +146,26 @@ def convert(
     return result
 
 
+CONVERT_OUTPUTS = ("model.onnx", "model.opt.onnx", "model.engine", "model.engine.json", "report.json", "report.html")
+
+
+def _refuse_overwriting_inputs(out_dir: Path, inputs: list[str | Path]) -> None:
+    """An input (or the weights it reads) inside `out_dir` under a name convert writes would be replaced."""
+    protected = protected_files([Path(p) for p in inputs])
+    for name in CONVERT_OUTPUTS:
+        for target in (out_dir / name, out_dir / f"{name}.data"):
+            if target.resolve() in protected:
+                raise InvalidInputError(
+                    f"{target}: is an input of this run, and convert writes {target.name} into {out_dir}; "
+                    "choose another --out"
+                )
+
+
 def _publish(stage: Path, out_dir: Path, result: ConvertResult) -> None:
     """Move the staged files into `out_dir` and point the result at their final paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in sorted(stage.iterdir()):
-        os.replace(item, out_dir / item.name)
-        if not (stage / f"{item.name}.data").exists():
-            (out_dir / f"{item.name}.data").unlink(missing_ok=True)  # stale weights of an older run
+    for item in sorted(stage.iterdir(), key=lambda p: (not p.name.endswith(".data"), p.name)):
+        os.replace(item, out_dir / item.name)  # weights files first; an older run's others are left alone
     for entry in result.report["artifacts"]:
         entry["path"] = str(out_dir / Path(entry["path"]).name)
     result.out_dir = out_dir

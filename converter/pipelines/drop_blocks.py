@@ -24,6 +24,7 @@ from converter.core.errors import BackendUnavailableError, BuildError, InvalidIn
 from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import load_model, save_model
 from converter.core.model_spec import Feeds, ModelSpec
+from converter.core.outputs import Outputs
 from converter.core.profiles import ShapeProfile
 from converter.demos.splits import DEMO_SPLITS, demo_splits
 from converter.pipelines.block_report import bar_chart
@@ -201,8 +202,9 @@ def drop_blocks(
         _check_targets(list(target_gpus))
     config = config or DropConfig(remove=1)
     report = new_report("drop-blocks")
+    inputs = [Path(p) for p in (model, calib_inputs, val_inputs) if p and Path(p).exists()]
     try:
-        with tempfile.TemporaryDirectory(prefix="trtforge-drop-src-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="trtforge-drop-src-") as tmp, Outputs(inputs) as outputs:
             source_path, spec = _source(model, exporter, Path(tmp), log)
             source = load_model(source_path)
             bg = find_blocks(source)
@@ -219,23 +221,24 @@ def drop_blocks(
             scored, selection = _choose(source, bg, data, config, drop, log)
             removed = selection.removed if selection else canonical(bg, drop or [])
             pruned = remove_units(source, bg, removed)
-            save_model(pruned, out)
+            written = save_model(pruned, outputs.path(out))  # published with the report, at the end
             report["scores"] = scored.scores if scored else {}
             report["unit_costs"] = scored.unit_costs() if scored else {}
             report["removed"], report["config"], report["output"] = removed, dict(config.__dict__), str(out)
             if selection is not None:
-                _validation(report, selection, scored, out)
+                _validation(report, selection, scored, written)
             report["nodes"] = {"before": len(source.graph.node), "after": len(pruned.graph.node)}
             log("TensorRT-RTX parse/build before and after")
             profiles = _profiles(source, spec, shapes or {}, (data[0] or [{}])[0], trust_model_code)
-            report["tensorrt"] = _tensorrt(source_path, out, profiles, list(target_gpus or []), build)
+            report["tensorrt"] = _tensorrt(source_path, written, profiles, list(target_gpus or []), build)
+            report_path = report_dir / "report.json"
+            if report["scores"]:
+                title = f"{model}: {bg.message}"
+                bar_chart(report["scores"], removed, outputs.path(report_dir / "scores.png"), title)
+                report["chart"] = str(report_dir / "scores.png")
+            report["passed"] = True
+            write_report(report, outputs.path(report_path))
     except ValueError as exc:  # a bad unit name or an option the model cannot meet: the caller's input
         raise InvalidInputError(f"drop-blocks: {exc}") from exc
-    report_dir.mkdir(parents=True, exist_ok=True)
-    if report["scores"]:
-        report["chart"] = str(bar_chart(report["scores"], removed, report_dir / "scores.png", f"{model}: {bg.message}"))
-    report["passed"] = True
-    report_path = report_dir / "report.json"
-    write_report(report, report_path)
     report["report"] = str(report_path)
     return DropBlocksResult(report, out, report_path)

@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.outputs import Outputs
 from converter.pipelines import calibration_source
 from converter.pipelines.recipe import Recipe
 from converter.pipelines.report import new_report, write_report
@@ -66,11 +67,12 @@ def optimize(
     model = load_model(onnx_path)
     ctx = PassContext(opset=opset_of(model), calibration=calibration_source.for_optimize(specs, model))
     result, records = run_passes(model, specs, ctx, on_stage)
-    save_model(result, out)
-    optimized = OptimizeResult(Path(out), records, len(model.graph.node), len(result.graph.node))
-    optimized.report = optimize_report(optimized)
-    if report_path:
-        write_report(optimized.report, report_path)
+    with Outputs(inputs=[Path(onnx_path)]) as outputs:  # the ONNX and the report, together or neither
+        save_model(result, outputs.path(out))
+        optimized = OptimizeResult(Path(out), records, len(model.graph.node), len(result.graph.node))
+        optimized.report = optimize_report(optimized)
+        if report_path:
+            write_report(optimized.report, outputs.path(report_path))
     return optimized
 
 

@@ -29,6 +29,7 @@ from calibration.sensitivity import Evaluator, Metric, run_outputs, sample_cosin
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.outputs import Outputs
 from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
 from converter.pipelines.model_ref import ModelRef, resolve_model
@@ -240,18 +241,21 @@ def quantize(
             )
         alpha, method, evaluator = _choose(source, data, opts, report, log)
         quantized = _quantize(source, data, opts, (alpha, method), report, log)
-        path = save_model(quantized, out)
         val = opts.data(opts.validation, source, ref) if opts.validation else None
         subset = evaluator.feeds if evaluator else (_subset(data, opts.search_samples) if data is not None else None)
         report["accuracy"] = measure(
             source, quantized, list(val) if val is not None else subset, "validation" if val else "calibration subset"
         )
-        if opts.calib_table and opts.mode == "int8":
-            report["calib_table"] = str(write_trt_table(opts.calib_table, qdq_ranges(quantized)))
-    report["output"] = str(path)
-    if report_path:
-        write_report(report, report_path)
-    return QuantizeResult(path, report)
+        inputs = [p for p in (ref.path, opts.calib, opts.validation) if isinstance(p, (str, Path))]
+        with Outputs(inputs=[Path(p) for p in inputs]) as outputs:  # all of them, or none
+            save_model(quantized, outputs.path(out))
+            if opts.calib_table and opts.mode == "int8":
+                write_trt_table(outputs.path(opts.calib_table), qdq_ranges(quantized))
+                report["calib_table"] = str(opts.calib_table)
+            report["output"] = str(out)
+            if report_path:
+                write_report(report, outputs.path(report_path))
+    return QuantizeResult(Path(out), report)
 
 
 def _alphas(smoothquant: str | float | None, model: onnx.ModelProto) -> list[float | None]:
