@@ -15,6 +15,10 @@ from rich.markup import escape
 
 from converter import api
 from converter.cli.options import (
+    COSINE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE_INT,
     console,
     emit,
     err_console,
@@ -57,17 +61,17 @@ def _config(flags: dict[str, Any]) -> DropConfig:
     help="Units to choose from (default: block for oneshot, all = blocks and sub-layers for iterative).",
 )
 @click.option("--score", type=click.Choice(SCORES), default=DEFAULT.score, show_default=True, help="oneshot ranking.")
-@click.option("--remove", type=int, help="Number of units to remove.")
-@click.option("--target-params", type=float, help="Fraction of parameters to remove, e.g. 0.2.")
-@click.option("--target-flops", type=float, help="Fraction of estimated FLOPs to remove.")
+@click.option("--remove", type=POSITIVE_INT, help="Number of units to remove.")
+@click.option("--target-params", type=FRACTION, help="Fraction of parameters to remove, e.g. 0.2.")
+@click.option("--target-flops", type=FRACTION, help="Fraction of estimated FLOPs to remove.")
 @click.option(
-    "--max-ppl-increase", type=float, help="Budget: relative perplexity increase on validation data (0.1 = 10%)."
+    "--max-ppl-increase", type=NON_NEGATIVE, help="Budget: relative perplexity increase on validation data (0.1 = 10%)."
 )
-@click.option("--min-cosine", type=float, help="Budget: mean output cosine to the original on validation data.")
+@click.option("--min-cosine", type=COSINE, help="Budget: mean output cosine to the original on validation data.")
 @click.option("--metric", type=click.Choice(METRICS), default=DEFAULT.metric, show_default=True)
 @click.option(
     "--beam",
-    type=int,
+    type=POSITIVE_INT,
     default=DEFAULT.beam,
     show_default=True,
     help="iterative: partial sets kept per step (1 = greedy).",
@@ -82,9 +86,9 @@ def _config(flags: dict[str, Any]) -> DropConfig:
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True)
 @click.option("--load-inputs", "calib_inputs", type=click.Path(path_type=Path), help="Calibration inputs (.npz).")
 @click.option("--validation-inputs", "val_inputs", type=click.Path(path_type=Path), help="Validation inputs (.npz).")
-@click.option("--calibration-samples", "calib_samples", type=int, default=64, show_default=True)
-@click.option("--validation-samples", "val_samples", type=int, default=128, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--calibration-samples", "calib_samples", type=POSITIVE_INT, default=64, show_default=True)
+@click.option("--validation-samples", "val_samples", type=POSITIVE_INT, default=128, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=16, show_default=True)
 @click.option(
     "--report-dir", type=click.Path(path_type=Path), help="Where report.json and scores.png go (default OUT.drop/)."
 )

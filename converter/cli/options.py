@@ -7,6 +7,7 @@ arguments of one converter.api function, calls it and prints the report it retur
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,23 @@ console = Console() if sys.stdout.isatty() else Console(width=130)
 err_console = Console(stderr=True)
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that also refuses NaN and infinities (click's FloatRange lets NaN through:
+    every comparison with it is false; `drop-blocks --min-cosine nan` removed every block)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+FRACTION = FiniteFloat(0.0, 1.0, min_open=True, max_open=True)  # a share of the model, strictly between 0 and 1
+NON_NEGATIVE = FiniteFloat(min=0.0)
+COSINE = FiniteFloat(-1.0, 1.0)
+POSITIVE_INT = click.IntRange(min=1)
 PATH = click.Path(path_type=Path)
 
 

@@ -9,6 +9,8 @@ from calibration.data import IMAGE_NORMS
 from converter import api
 from converter.cli.options import (
     PATH,
+    POSITIVE_INT,
+    FiniteFloat,
     batch_size_option,
     choice_option,
     console,
@@ -64,7 +66,7 @@ def print_quantize(report: dict) -> None:
 @click.option("--calib", type=PATH, help=CALIB_HELP)
 @choice_option("--calib-method", METHODS, "auto", METHOD_HELP, "method")
 @click.option("--smoothquant", default="auto", show_default=True, metavar="auto|off|ALPHA", help=SMOOTHQUANT_HELP)
-@click.option("--budget", "--max-cosine-drop", "max_cosine_drop", type=float, help=BUDGET_HELP)
+@click.option("--budget", "--max-cosine-drop", "max_cosine_drop", type=FiniteFloat(0.0, 2.0), help=BUDGET_HELP)
 @choice_option("--precision", HIGH_PRECISIONS, "fp32", PRECISION_HELP)
 @click.option("--validate", "validation", type=PATH, help="Validation data (same formats as --calib).")
 @click.option(
@@ -81,12 +83,14 @@ def print_quantize(report: dict) -> None:
 @batch_size_option("Calibration batch size.")
 @click.option(
     "--search-samples",
-    type=click.IntRange(min=1),
+    type=POSITIVE_INT,
     default=64,
     show_default=True,
     help="Calibration samples the auto method/SmoothQuant search and the --budget sensitivity run on.",
 )
-@click.option("--max-length", type=int, default=128, show_default=True, help="Token limit for text calibration.")
+@click.option(
+    "--max-length", type=POSITIVE_INT, default=128, show_default=True, help="Token limit for text calibration."
+)
 @click.option("--tokenizer", type=PATH, help="Tokenizer folder for text (default: the demo's).")
 @choice_option("--image-norm", sorted(IMAGE_NORMS), "imagenet", None)
 @click.option("--cache-dir", type=PATH, help="Calibration cache folder (a rerun skips collection).")

@@ -9,6 +9,7 @@ runs); `check` adds what needs the model: a goal, and a language model for perpl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 METHODS = ("oneshot", "iterative")
@@ -42,6 +43,21 @@ class DropConfig:
             raise ValueError(f"beam must be at least 1, got {self.beam}")
         if self.metric not in METRICS:
             raise ValueError(f"metric '{self.metric}' not in {METRICS}")
+        self._check_goals()
+
+    def _check_goals(self) -> None:
+        """Goals in range: NaN compares false with everything, so `min_cosine=nan` removed every block."""
+        if self.remove is not None and self.remove < 1:
+            raise ValueError(f"remove must be at least 1, got {self.remove}")
+        ranges = {
+            "target_params": (self.target_params, 0.0, 1.0),
+            "target_flops": (self.target_flops, 0.0, 1.0),
+            "max_ppl_increase": (self.max_ppl_increase, 0.0, math.inf),
+            "min_cosine": (self.min_cosine, -1.0, 1.0),
+        }
+        for name, (value, low, high) in ranges.items():
+            if value is not None and not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
 
     def check(self, is_lm: bool) -> None:
         """The checks that need the model (is it a language model) and a goal, one line each."""

@@ -182,7 +182,7 @@ def _next_level(config: DropConfig, scorer: Scorer, chosen: Trial, quantum: floa
     key = "flops_saved_frac" if config.target_flops is not None else "params_saved_frac"
     level = scorer.saved(chosen.names)[key] + quantum / 2
     cap = config.target_flops if config.target_flops is not None else config.target_params
-    level = min(level, cap) if cap is not None else level
+    level = min(level, cap if cap is not None else 1.0)  # a share of the model: at most all of it
     if config.target_flops is not None:
         return replace(free, remove=None, target_params=None, target_flops=level)
     return replace(free, remove=None, target_params=level, target_flops=None)
