@@ -132,12 +132,33 @@ def _profile(value: Any, where: str) -> ShapeProfile:
         raise InvalidInputError(f"{where}: expected {{min, opt, max}} lists") from exc
 
 
+MAX_RECIPE_BYTES = 4 << 20  # a recipe (or a report.json holding one) is kilobytes; 4 MiB is generous
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: nested `*alias` references ("billion laughs") expand into
+    an exponentially large recipe once it is copied into the report; a recipe needs none."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a recipe", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_recipe(path: str | Path) -> Recipe:
+    """A recipe from YAML/JSON: bounded in size, UTF-8, no aliases, then validated field by field."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise InvalidInputError(f"{path}: no such recipe file")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise InvalidInputError(f"{path}: {path.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe loader)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):

@@ -60,3 +60,21 @@ def test_drop_config_refuses_out_of_range_goals_from_the_api_and_recipes(field, 
 
     with pytest.raises(ValueError, match=field):
         DropConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\npasses: [cleanup]\n", "aliases"),
+        (b"passes: [cleanup]\n# " + b"x" * (5 << 20) + b"\n", "at most"),
+        (b"passes: [cl\xffeanup]\n", "not UTF-8"),
+        (b"passes: {cleanup: 1}\n", "recipe"),
+    ],
+)
+def test_hostile_recipes_are_refused_with_one_line(content, expected, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(content)
+    result = CliRunner().invoke(main, ["convert", "decoder-lm", "--recipe", str(recipe), "-o", str(tmp_path / "o")])
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
