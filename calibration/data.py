@@ -17,7 +17,6 @@ naming the file and the input.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from converter.core.arrays import read_npy, read_npz
 from converter.core.errors import InvalidInputError
 
 Feeds = dict[str, np.ndarray]
@@ -144,20 +144,11 @@ def _with_batch_axis(value: np.ndarray, rank: int | None) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> Feeds:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise InvalidInputError(f"{path}: expected an .npz archive (one array per input name)")
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from exc
+    return read_npz(path)  # headers checked against their bytes first (converter/core/arrays.py)
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from exc
+    return read_npy(path)
 
 
 def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int]]]:

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from converter.core.arrays import read_npz
 from converter.core.errors import InvalidInputError
 from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import atomic_path
@@ -43,18 +43,12 @@ def load_inputs_file(path: str | Path) -> list[Feeds]:
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such inputs file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise InvalidInputError(
-                    f"{path}: expected an .npz archive (one array per input name), got a single array"
-                )
-            feeds = {k: data[k] for k in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from exc
+    feeds = read_npz(path)
     if not feeds:
         raise InvalidInputError(f"{path}: holds no arrays")
     for name, value in feeds.items():
+        if value.ndim == 0 or len(value) == 0:
+            raise InvalidInputError(f"{path}: input '{name}' has no rows (shape {list(value.shape)})")
         if value.dtype.kind not in "biuf":
             raise InvalidInputError(f"{path}: input '{name}' has non-numeric dtype {value.dtype}")
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
