@@ -7,8 +7,20 @@ from rich.markup import escape
 
 from converter import api
 from converter.cli.options import choice_option, console, emit, onnx_out_option, output_options, shapes_option
+from converter.core.errors import UsageError
 from converter.core.profiles import parse_profiles
 from converter.pipelines.export import EXPORTERS
+
+
+def parse_dtypes(items: tuple[str, ...]) -> dict[str, str]:
+    """'--dtypes ids:int64' (repeatable) -> {'ids': 'int64'}; anything else is a usage error."""
+    parsed = {}
+    for item in items:
+        name, sep, dtype = item.partition(":")
+        if not sep or not name or not dtype:
+            raise UsageError(f"--dtypes '{item}': expected NAME:DTYPE, e.g. input_ids:int64")
+        parsed[name] = dtype
+    return parsed
 
 
 @click.command()
@@ -39,7 +51,7 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
         exporter=exporter,
         opset=opset,
         shapes=parse_profiles(shapes),
-        dtypes=dict(item.split(":", 1) for item in dtypes),
+        dtypes=parse_dtypes(dtypes),
         dynamic=not static,
     )
 

@@ -78,3 +78,19 @@ def test_hostile_recipes_are_refused_with_one_line(content, expected, tmp_path):
     assert result.exit_code == ExitCode.INVALID_INPUT, result.output
     assert expected in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_dtypes_without_a_colon_is_a_usage_error(tmp_path):
+    args = [
+        "export",
+        "tests.tiny_models:plain_mlp",
+        "--shapes",
+        "x:2x16",
+        "--dtypes",
+        "int64",
+        "-o",
+        str(tmp_path / "m.onnx"),
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == ExitCode.USAGE and "--dtypes 'int64'" in result.output
+    assert list(tmp_path.iterdir()) == []
