@@ -13,6 +13,7 @@ import inspect
 import pkgutil
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from calibration.data import (
     input_specs,
 )
 from converter.core.errors import InvalidInputError
+from converter.core.limits import LIMITS
 
 TEXT_SUFFIXES = (".txt",)
 
@@ -105,8 +107,19 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """RGB HxWx3 float32 in [0, 1]: center square crop, bilinear resize."""
     from PIL import Image, UnidentifiedImageError
 
+    pixels = LIMITS["image-pixels"]
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow warns of large images; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # our limit, checked from the header before decoding
+            img = Image.open(path)
+        with img:
+            w, h = img.size
+            if w * h > pixels.value():
+                raise InvalidInputError(
+                    f"{path}: {w}x{h} image ({w * h:,} pixels) over the limit of {pixels.value():,} "
+                    f"({pixels.how_to_raise()})"
+                )
             img = img.convert("RGB")
             w, h = img.size
             side = min(w, h)

@@ -126,6 +126,15 @@ class Pass:
     reads_weights: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
 
+    def requires_calibration(self) -> bool:
+        """Whether this pass, with these options, cannot do its job without calibration data.
+
+        `needs_calibration` says the pass reads data when there is some; this says a run
+        without any would silently change nothing (e.g. int8 Q/DQ without activation
+        ranges), so the pipelines refuse it before anything runs.
+        """
+        return self.needs_calibration
+
     def output_precision(self) -> str | None:
         """The float precision the graph computes in after this pass ("fp16", "bf16"), when the pass
         lowers it: the verifier then applies that precision's default tolerances. None: unchanged."""

@@ -165,6 +165,11 @@ def build_passes(specs: list[PassSpec]) -> list[tuple[PassSpec, Pass]]:
     return [(PassSpec(name, options), create_pass(name, options)) for name, options in expanded]
 
 
+def requiring_calibration(specs: list[PassSpec]) -> list[str]:
+    """The passes of `specs` (groups expanded) that would change nothing without calibration data."""
+    return list(dict.fromkeys(spec.name for spec, pass_ in build_passes(specs) if pass_.requires_calibration()))
+
+
 def needs_calibration(names: list[str]) -> bool:
     """Whether any of the named passes (groups expanded) reads calibration data (PassContext.calibration)."""
     expanded = expand_groups([(name, {}) for name in names])

@@ -75,22 +75,63 @@ def sidecar_path_for(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
 
 
+SIDECAR_FORMAT = "trtforge-engine-sidecar/1"
+MAX_SIDECAR_BYTES = 64 << 20  # a network summary of a 10k-layer engine is a few MB
+
+# What readers of a sidecar use, with the JSON type each must have.
+SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "backend": str,
+    "backend_version": str,
+    "precision": str,
+    "profiles": dict,
+    "engine_bytes": int,
+    "engine_sha256": str,
+    "network": dict,
+}
+NETWORK_FIELDS: dict[str, type | tuple[type, ...]] = {"num_layers": int, "layer_types": dict, "tensor_dtypes": dict}
+
+
+def _sidecar_problem(data: Any) -> str | None:
+    """Why `data` is not a sidecar this version of trtforge wrote, or None.
+
+    A sidecar is data from disk: a foreign or hand-edited one must be ignored with a
+    reason, not crash the summary (KeyError) or mislabel the engine.
+    """
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    if data.get("format") != SIDECAR_FORMAT:
+        return f"is not a trtforge sidecar (format {str(data.get('format'))[:40]!r}, expected {SIDECAR_FORMAT!r})"
+    for fields, where in ((SIDECAR_FIELDS, data), (NETWORK_FIELDS, data.get("network"))):
+        for key, kind in fields.items():
+            if not isinstance(where, dict) or not isinstance(where.get(key), kind) or isinstance(where[key], bool):
+                return f"has no valid {key!r} entry"
+    for name, prof in data["profiles"].items():
+        if not isinstance(prof, dict) or not all(isinstance(prof.get(k), list) for k in ("min", "opt", "max")):
+            return f"has a malformed profile for {str(name)[:40]!r}"
+    return None
+
+
 def load_sidecar(engine_path: str | Path) -> tuple[dict[str, Any] | None, str]:
     """(sidecar, "") when a sidecar matching this engine exists, else (None, why not).
 
-    A sidecar is trusted only if it parses, has the expected keys and records this
-    engine's size and sha256: a stale one (the engine was rebuilt or replaced)
-    would describe another network.
+    A sidecar is trusted only if it is a regular file of bounded size, parses, has the
+    fields its readers use with the right types, and records this engine's size and
+    sha256: a stale one (the engine was rebuilt or replaced) would describe another
+    network.
     """
     path = sidecar_path_for(engine_path)
     if not path.exists():
         return None, f"no sidecar ({path.name}) beside the engine"
+    if not path.is_file() or path.stat().st_size > MAX_SIDECAR_BYTES:
+        return None, f"sidecar {path.name} is not a regular file of at most {MAX_SIDECAR_BYTES >> 20} MiB: ignored"
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, f"sidecar {path.name} is not valid JSON ({exc})"
-    if not isinstance(data, dict) or not {"network", "engine_bytes", "engine_sha256"} <= set(data):
-        return None, f"sidecar {path.name} lacks the network/engine_bytes/engine_sha256 entries"
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return None, f"sidecar {path.name} is not valid JSON ({type(exc).__name__}): ignored"
+    problem = _sidecar_problem(data)
+    if problem:
+        return None, f"sidecar {path.name} {problem}: ignored"
     if data["engine_bytes"] != Path(engine_path).stat().st_size or data["engine_sha256"] != sha256_file(engine_path):
         return None, f"sidecar {path.name} describes another engine (size/sha256 differ): ignored"
     return data, ""

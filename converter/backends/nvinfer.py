@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from converter.backends.base import (
+    SIDECAR_FORMAT,
     BuildConfig,
     EngineArtifact,
     LayerInfo,
@@ -324,7 +325,7 @@ class NvinferBackend:
         with atomic_path(engine_path) as tmp:
             tmp.write_bytes(blob)
         sidecar = {
-            "format": "trtforge-engine-sidecar/1",
+            "format": SIDECAR_FORMAT,
             "backend": self.name,
             "backend_version": self.version(),
             "precision": config.precision,

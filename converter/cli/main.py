@@ -85,8 +85,10 @@ class TrtforgeGroup(click.Group):
             code = ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else ExitCode.TERMINATED
             signal_name = "Ctrl-C" if code == ExitCode.INTERRUPTED else "SIGTERM"
             command = ctx.invoked_subcommand or "trtforge"
+            stage = getattr(exc, "stage", None)  # set by pipelines that run in stages (convert)
+            during = f" in its {stage} stage" if stage else ""
             err_console.print(
-                f"[red]interrupted:[/red] {command} stopped by {signal_name}; its partial outputs were removed",
+                f"[red]interrupted:[/red] {command} stopped by {signal_name}{during}; its partial outputs were removed",
                 highlight=False,
             )
             ctx.exit(code)
@@ -110,9 +112,18 @@ class TrtforgeGroup(click.Group):
 
 @click.group(cls=TrtforgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--limit",
+    "limits",
+    multiple=True,
+    metavar="NAME=VALUE",
+    is_eager=True,
+    callback=lambda ctx, _param, values: _list_limits(ctx) if "help" in values else values,
+    help="Raise a resource limit for this run, e.g. --limit tensor-bytes=128G (--limit help lists them).",
+)
 @click.version_option(__version__, prog_name="trtforge")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, limits: tuple[str, ...]) -> None:
     """trtforge: PyTorch/ONNX -> optimized ONNX -> TensorRT engine, verified at every stage.
 
     \b
@@ -130,6 +141,21 @@ def main(ctx: click.Context, debug: bool) -> None:
     4 invalid input, 5 unsupported (op/option), 6 backend unavailable.
     """
     ctx.meta["trtforge.debug"] = debug
+    if limits:
+        from converter.core.limits import set_limits
+
+        try:
+            set_limits(limits)
+        except TrtforgeError as exc:
+            raise click.UsageError(str(exc)) from exc
+
+
+def _list_limits(ctx: click.Context) -> None:
+    """`trtforge --limit help`: each limit, its default and its environment variable."""
+    from converter.core.limits import describe
+
+    click.echo(describe())
+    ctx.exit(0)
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -3,7 +3,7 @@
 An .npy header states a shape and a dtype; numpy allocates what it states before reading
 a byte of data, so a 100-byte file claiming 2**40 elements exhausts memory. Every array is
 checked first: a numeric dtype (object arrays would need pickle), a size within
-TRTFORGE_MAX_TENSOR_BYTES, and exactly as many data bytes as the header states (in the
+the tensor-bytes limit (converter/core/limits.py), and exactly as many data bytes as the header states (in the
 file, or in the .npz member). A file of the wrong kind (.npy named .npz) is named as such.
 """
 
@@ -17,7 +17,7 @@ from typing import IO
 import numpy as np
 
 from converter.core.errors import InvalidInputError
-from converter.core.model_checks import MAX_TENSOR_BYTES_ENV, max_tensor_bytes
+from converter.core.model_checks import TENSOR_BYTES
 
 
 def _check_header(handle: IO[bytes], available: int, where: str) -> None:
@@ -31,10 +31,10 @@ def _check_header(handle: IO[bytes], available: int, where: str) -> None:
     if dtype.hasobject:
         raise InvalidInputError(f"{where}: holds Python objects (would need pickle); give numeric arrays")
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > max_tensor_bytes():
+    if nbytes > TENSOR_BYTES.value():
         raise InvalidInputError(
             f"{where}: header claims shape {list(shape)} ({nbytes:,} bytes), over the limit of "
-            f"{max_tensor_bytes():,} (raise it with {MAX_TENSOR_BYTES_ENV})"
+            f"{TENSOR_BYTES.value():,} ({TENSOR_BYTES.how_to_raise()})"
         )
     if nbytes != available - handle.tell():
         raise InvalidInputError(

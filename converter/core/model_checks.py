@@ -12,15 +12,13 @@ inputs). Each failure is one ModelLoadError line naming the file and the thing a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnx
 
 from converter.core.errors import ModelLoadError
+from converter.core.limits import LIMITS
 
-MAX_TENSOR_BYTES_ENV = "TRTFORGE_MAX_TENSOR_BYTES"
-DEFAULT_MAX_TENSOR_BYTES = 64 << 30  # 64 GiB: far above any one weight of today's LLMs
 MIN_OPSET = 7  # the oldest default-domain opset onnxruntime and TensorRT still run
 
 PACKED_BITS = {  # sub-byte types, stored packed
@@ -32,10 +30,7 @@ PACKED_BITS = {  # sub-byte types, stored packed
 }
 
 
-def max_tensor_bytes() -> int:
-    """The largest tensor a model may declare: $TRTFORGE_MAX_TENSOR_BYTES, else 64 GiB."""
-    value = os.environ.get(MAX_TENSOR_BYTES_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_TENSOR_BYTES
+TENSOR_BYTES = LIMITS["tensor-bytes"]  # 64 GiB by default: far above any one weight of today's LLMs
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
@@ -69,7 +64,7 @@ def check_versions(model: onnx.ModelProto, where: str) -> None:
 
 def check_tensor_sizes(model: onnx.ModelProto, where: str) -> None:
     """Dims non-negative, sizes bounded, and inline data exactly as large as the dims say."""
-    limit = max_tensor_bytes()
+    limit = TENSOR_BYTES.value()
     for tensor in model.graph.initializer:
         if any(d < 0 for d in tensor.dims):
             raise ModelLoadError(f"{where}: initializer '{tensor.name}' has a negative dim {list(tensor.dims)}")
@@ -77,7 +72,7 @@ def check_tensor_sizes(model: onnx.ModelProto, where: str) -> None:
         if size is not None and size > limit:
             raise ModelLoadError(
                 f"{where}: initializer '{tensor.name}' declares {size:,} bytes (dims {list(tensor.dims)}), over the "
-                f"limit of {limit:,} (raise it with {MAX_TENSOR_BYTES_ENV})"
+                f"limit of {limit:,} ({TENSOR_BYTES.how_to_raise()})"
             )
         inline = tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.HasField("raw_data")
         if inline and size is not None and len(tensor.raw_data) != size:
@@ -95,7 +90,7 @@ def check_tensor_sizes(model: onnx.ModelProto, where: str) -> None:
         if count * 8 > limit:
             raise ModelLoadError(
                 f"{where}: '{info.name}' has dims {dims} ({count:,} elements), over the limit of {limit:,} bytes "
-                f"(raise it with {MAX_TENSOR_BYTES_ENV})"
+                f"({TENSOR_BYTES.how_to_raise()})"
             )
 
 

@@ -114,6 +114,8 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
+    if not path.is_file():  # a device (/dev/zero), FIFO or socket: reading it may never end
+        raise ModelLoadError(f"{path}: not a regular file, expected an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:

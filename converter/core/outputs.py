@@ -27,6 +27,22 @@ import onnx
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import external_data_files, file_mode
 
+MAX_NAME_BYTES = 250  # NAME_MAX (255) less the '.data' / '.json' a companion file adds
+
+
+def check_name_length(path: str | os.PathLike) -> Path:
+    """`path`, or InvalidInputError when a component is too long for a file system (ENAMETOOLONG
+    would otherwise surface from deep inside a write as an internal error)."""
+    path = Path(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > MAX_NAME_BYTES:
+            raise InvalidInputError(
+                f"{part[:40]}...: the name is {size} bytes; at most {MAX_NAME_BYTES} "
+                "(file systems allow 255, and '.data' or '.json' may be added beside an output)"
+            )
+    return path
+
 
 def protected_files(inputs: list[Path]) -> set[Path]:
     """The inputs and, for ONNX inputs, the external-data files they read (resolved)."""
@@ -55,7 +71,7 @@ class Outputs:
 
     def path(self, final: str | os.PathLike) -> Path:
         """Where to write the output `final` (its name, in a staging folder beside it)."""
-        final = Path(final)
+        final = check_name_length(final)
         for target in (final, final.with_name(final.name + ".data")):
             if target.resolve() in self.protected:
                 raise InvalidInputError(
@@ -67,7 +83,7 @@ class Outputs:
             raise InvalidInputError(f"{final}: named for two outputs of this command")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.trtforge-", dir=final.parent))
+            stage = Path(tempfile.mkdtemp(prefix=f".{final.name[:64]}.trtforge-", dir=final.parent))
         except OSError as exc:
             raise InvalidInputError(f"{final}: cannot write there ({exc.strerror or exc})") from exc
         self.staged[final] = stage

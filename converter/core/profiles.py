@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from converter.core.errors import InvalidInputError
 
+MAX_DIM = 2**31 - 1
+
 
 @dataclass
 class ShapeProfile:
@@ -25,14 +27,29 @@ class ShapeProfile:
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
+    def check(self, where: str) -> ShapeProfile:
+        """Itself, or InvalidInputError: equal ranks, dims in [1, 2**31 - 1] (TensorRT's
+        dims are int32), min <= opt <= max in every dim."""
+        shapes = (self.min, self.opt, self.max)
+        if len({len(s) for s in shapes}) != 1:
+            raise InvalidInputError(f"{where}: min/opt/max must have the same rank, got {[list(s) for s in shapes]}")
+        for shape in shapes:
+            if not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape):
+                raise InvalidInputError(f"{where}: dims must be integers in [1, {MAX_DIM}], got {list(shape)}")
+        if not all(a <= b <= c for a, b, c in zip(*shapes, strict=True)):
+            raise InvalidInputError(f"{where}: need min <= opt <= max in every dim, got {[list(s) for s in shapes]}")
+        return self
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224)."""
-    if not re.fullmatch(r"\d{1,9}(x\d{1,9})*", text.strip()):
+    if not re.fullmatch(r"\d{1,30}(x\d{1,30})*", text.strip()):
         raise InvalidInputError(f"bad shape '{text}': expected positive dims joined by 'x', e.g. 1x3x224x224")
     dims = tuple(int(d) for d in text.strip().split("x"))
     if 0 in dims:
         raise InvalidInputError(f"bad shape '{text}': dims must be at least 1")
+    if max(dims) > MAX_DIM:
+        raise InvalidInputError(f"bad shape '{text}': dims must be at most {MAX_DIM} (TensorRT's dims are int32)")
     return dims
 
 
@@ -48,7 +65,7 @@ def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile
             parts *= 3
         if len(parts) != 3 or len({len(p) for p in parts}) != 1:
             raise InvalidInputError(f"--shapes '{item}': need one shape or three of equal rank (min/opt/max)")
-        profiles[name] = ShapeProfile(*parts)
+        profiles[name] = ShapeProfile(*parts).check(f"--shapes '{item}'")
     return profiles
 
 
@@ -62,8 +79,8 @@ def profiles_from_json(text: str) -> dict[str, ShapeProfile]:
     try:
         data = json.loads(text) if text else {}
         return {
-            str(name): ShapeProfile(*(tuple(int(d) for d in entry[key]) for key in ("min", "opt", "max")))
+            str(name): ShapeProfile(*(tuple(int(d) for d in entry[key]) for key in ("min", "opt", "max"))).check(name)
             for name, entry in data.items()
         }
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, InvalidInputError):
         return {}

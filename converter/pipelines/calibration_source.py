@@ -23,10 +23,11 @@ import onnx
 
 from calibration.data import CalibrationData, from_feeds
 from calibration.readers import load_calibration
+from converter.core.errors import InvalidInputError
 from converter.core.metadata import SAMPLE_DATA, SOURCE, metadata_value
 from converter.core.model_spec import ModelSpec
 from converter.pipelines.model_ref import feeds_for_source
-from passes.registry import PassSpec, needs_calibration
+from passes.registry import PassSpec, needs_calibration, requiring_calibration
 
 # convert: batches of the recipe's verify_batch_size, after the verification batches.
 CONVERT_BATCHES = 16
@@ -71,7 +72,32 @@ def for_passes(
     """The model's own sample data when one of `passes` (groups expanded) needs calibration, else None."""
     if not needs_calibration([p.name for p in passes]):
         return None
-    return sample_calibration(model, batches, batch_size, skip, spec)
+    data = sample_calibration(model, batches, batch_size, skip, spec)
+    if data is None:
+        _refuse_without_data(requiring_calibration(passes))
+    return data
+
+
+def require_own_samples(passes: list[PassSpec], model: onnx.ModelProto | None, spec: ModelSpec | None) -> None:
+    """Before any work: refuse passes that would change nothing without data when the model
+    has no real sample data of its own (the spec's, or a built-in demo its metadata names)."""
+    if spec is not None and spec.sample_source != "synthetic":
+        return
+    if model is not None and metadata_value(model, SAMPLE_DATA):
+        return
+    _refuse_without_data(requiring_calibration(passes))
+
+
+def _refuse_without_data(required: list[str]) -> None:
+    if not required:
+        return
+    names = ", ".join(f"'{name}'" for name in required)
+    subject = f"pass {names} needs" if len(required) == 1 else f"passes {names} need"
+    raise InvalidInputError(
+        f"{subject} calibration data and the model has no sample data of its own "
+        "(a demo, or a factory returning a ModelSpec with real data): "
+        "use `trtforge quantize MODEL --calib DIR` (or `drop-blocks --load-inputs`)"
+    )
 
 
 def for_convert(

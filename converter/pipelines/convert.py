@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +25,10 @@ from typing import Any
 import onnx
 
 from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.core.errors import InvalidInputError
+from converter.core.errors import Interrupted, InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
-from converter.core.outputs import protected_files
+from converter.core.outputs import check_name_length, protected_files
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
@@ -36,7 +37,7 @@ from converter.pipelines.model_ref import ModelRef, default_profiles, is_torch_s
 from converter.pipelines.optimize import check_passes
 from converter.pipelines.recipe import Recipe, load_recipe
 from converter.pipelines.report import artifact, new_report, write_report
-from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs
+from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs, run_reference
 from converter.verification.compare import EngineRunner
 from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, pass_accuracy, verdict
@@ -111,7 +112,7 @@ def convert(
     """
     started = time.perf_counter()
     rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes)
-    out_dir = Path(out)
+    out_dir = check_name_length(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
     if is_torch_spec(str(model or DEFAULT_DEMO)):  # a file loads in a moment; a torch model can take seconds
@@ -119,6 +120,8 @@ def convert(
     loaded = time.perf_counter()
     ref = resolve_model(model or DEFAULT_DEMO, {k: v.opt for k, v in rec.shapes.items()})
     _refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
+    header = load_model(ref.path, load_weights=False) if ref.path is not None else None
+    calibration_source.require_own_samples(rec.effective_passes(), header, ref.spec)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
     try:
@@ -126,23 +129,24 @@ def convert(
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.resolve().name}.trtforge-", dir=parent))
     except OSError as exc:
         raise InvalidInputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
-    # A failure leaves the output folder (and any input inside it) exactly as it was.
+    # A failure or a signal leaves the output folder (and any input inside it) exactly as it
+    # was: every file, the reports included, is written into the staging folder first.
     try:
         run = _Run(ref, rec, stage, log, trust_model_code)
         run.report["stages"]["load"] = load_stage
         result = run.convert(inputs)
         writing = time.perf_counter()
-        _publish(stage, out_dir, result)
+        _point_at(out_dir, result)
+        write_html(result.report, stage / "report.html")
+        result.report["stages"]["write"] = {
+            "seconds": round(time.perf_counter() - writing, 3),
+            "summary": f"{out_dir} (report.json, report.html)",
+        }
+        result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
+        write_report(result.report, stage / "report.json")
+        _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_html(result.report, out_dir / "report.html")
-    result.paths["html"] = out_dir / "report.html"
-    result.report["stages"]["write"] = {
-        "seconds": round(time.perf_counter() - writing, 3),
-        "summary": f"{out_dir} (report.json, report.html)",
-    }
-    result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
-    write_report(result.report, result.paths["report"])
     return result
 
 
@@ -161,17 +165,33 @@ def _refuse_overwriting_inputs(out_dir: Path, inputs: list[str | Path]) -> None:
                 )
 
 
-def _publish(stage: Path, out_dir: Path, result: ConvertResult) -> None:
-    """Move the staged files into `out_dir` and point the result at their final paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in sorted(stage.iterdir(), key=lambda p: (not p.name.endswith(".data"), p.name)):
-        os.replace(item, out_dir / item.name)  # weights files first; an older run's others are left alone
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move the staged files into `out_dir`, weights files first; an older run's others are left
+    alone. SIGTERM/SIGINT wait until the renames are done (a few milliseconds), so a signal
+    never leaves half a set of outputs."""
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.iterdir(), key=lambda p: (not p.name.endswith(".data"), p.name)):
+            os.replace(item, out_dir / item.name)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _point_at(out_dir: Path, result: ConvertResult) -> None:
+    """Point the result and its report at the files' final paths in `out_dir`."""
     for entry in result.report["artifacts"]:
         entry["path"] = str(out_dir / Path(entry["path"]).name)
     result.out_dir = out_dir
     result.onnx = out_dir / "model.opt.onnx"
     result.engine = out_dir / "model.engine"
-    result.paths = {"onnx": result.onnx, "engine": result.engine, "report": out_dir / "report.json"}
+    result.paths = {
+        "onnx": result.onnx,
+        "engine": result.engine,
+        "report": out_dir / "report.json",
+        "html": out_dir / "report.html",
+    }
 
 
 @dataclass
@@ -194,6 +214,9 @@ class _Run:
         entry = self.report["stages"].setdefault(name, {})
         try:
             yield entry
+        except (Interrupted, KeyboardInterrupt) as exc:  # the CLI says which stage was stopped
+            exc.stage = getattr(exc, "stage", None) or name  # type: ignore[union-attr]
+            raise
         finally:
             entry["seconds"] = round(time.perf_counter() - start, 3)
 
@@ -242,12 +265,14 @@ class _Run:
             check_against_graph(sample, source, str(source_path))
             self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
             if spec is not None:
-                self.reference = Reference.of_torch(spec, sample.feeds, sample.count)
+                self.reference = run_reference(sample, lambda: Reference.of_torch(spec, sample.feeds, sample.count))
                 check = self.reference.compare_onnx(source, "model.onnx", rec.tolerance("fp32"))
                 self.report["verification"].append(check.to_dict())
             else:
                 classify = metadata_value(source, TASK) == "classification"
-                self.reference = Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
+                self.reference = run_reference(
+                    sample, lambda: Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
+                )
             entry["summary"] = f"{what} outputs on {sample.count} samples ({sample.source})"
 
     def optimize(self, source: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:

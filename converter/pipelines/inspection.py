@@ -82,6 +82,8 @@ def inspect_engine(path: Path) -> dict[str, Any]:
 def inspect_path(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")
+    if not path.is_file():  # a folder, a device (/dev/zero) or a FIFO: hashing it may never end
+        raise InvalidInputError(f"{path}: not a regular file")
     if path.suffix in ENGINE_SUFFIXES:
         return inspect_engine(path)
     if path.suffix == ".onnx":

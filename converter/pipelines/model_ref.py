@@ -36,6 +36,8 @@ def _import_factory(spec: str) -> Callable[[], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidInputError(f"model spec '{spec}': cannot import module '{module_name}' ({exc})") from exc
+    except (Exception, SystemExit) as exc:  # user code failing at import: a SyntaxError, a sys.exit()
+        raise InvalidInputError(f"model spec '{spec}': importing {module_name} {_what_failed(exc)}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InvalidInputError(f"model spec '{spec}': '{attr}' is not a callable in {module_name}")
@@ -47,8 +49,15 @@ def _call_factory(spec: str) -> Any:
     factory = _import_factory(spec)
     try:
         return factory()
-    except Exception as exc:  # user code: any exception is the user's model failing to build
-        raise InvalidInputError(f"model spec '{spec}': the factory raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # user code: any exception is the user's model failing to build
+        raise InvalidInputError(f"model spec '{spec}': the factory {_what_failed(exc)}") from exc
+
+
+def _what_failed(exc: BaseException) -> str:
+    """'raised ValueError: ...' or 'called sys.exit(0)': user code that exits must not end trtforge with 0."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
 def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> ModelSpec:

@@ -81,6 +81,8 @@ class QuantizeOptions:
             raise InvalidInputError(f"--calib-method '{self.method}' not in {METHODS}")
         if self.precision not in HIGH_PRECISIONS:
             raise InvalidInputError(f"--precision '{self.precision}' not in {', '.join(HIGH_PRECISIONS)}")
+        if self.cache_dir and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise InvalidInputError(f"--cache-dir {self.cache_dir}: exists and is not a folder")
 
     def pass_options(self) -> dict[str, Any]:
         """The options the quantize pass takes from these (the search and budget add their own)."""

@@ -9,6 +9,7 @@ reproduces a result. Unknown keys are errors, not silently ignored.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from converter.core.errors import InvalidInputError
+from converter.core.limits import LIMITS, limit
 from converter.core.profiles import ShapeProfile
 from converter.verification.tolerances import TOLERANCE_KEYS, Tolerances
 from passes.registry import PassSpec
@@ -23,6 +25,10 @@ from passes.registry import PassSpec
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 DEFAULT_PASSES = ["fold"]
+
+# Bounds that stop a typo (verify_batches: 1e11) from running until killed; generous for real use.
+MAX_BATCH_SIZE = 4096
+MAX_OPSET = 30
 
 
 @dataclass
@@ -89,15 +95,21 @@ class Recipe:
         if not isinstance(data.get("target_gpus") or [], list):
             raise InvalidInputError(f"{source}: target_gpus must be a list, e.g. [sm86, sm89]")
         recipe.target_gpus = [str(t) for t in data.get("target_gpus") or []]
-        recipe.shapes = {k: _profile(v, f"{source}: shapes.{k}") for k, v in (data.get("shapes") or {}).items()}
-        recipe.opset = _number(source, "opset", data.get("opset"), int, 7) if data.get("opset") is not None else None
-        tolerances = data.get("tolerances") or {}
+        shapes = _mapping(source, "shapes", data.get("shapes"), "e.g. {input_ids: {min: [1, 8], opt: ..., max: ...}}")
+        recipe.shapes = {str(k): _profile(v, f"{source}: shapes.{k}") for k, v in shapes.items()}
+        if data.get("opset") is not None:
+            recipe.opset = _number(source, "opset", data["opset"], int, 7, MAX_OPSET)
+        tolerances = _mapping(source, "tolerances", data.get("tolerances"), "e.g. {atol: 1e-3}")
         bad = sorted(set(tolerances) - set(TOLERANCE_KEYS))
         if bad:
             raise InvalidInputError(f"{source}: unknown tolerance(s) {bad}")
         recipe.tolerances = {k: _number(source, f"tolerances.{k}", v, float, 0.0) for k, v in tolerances.items()}
-        recipe.verify_batches = _number(source, "verify_batches", data.get("verify_batches", 2), int, 1)
-        recipe.verify_batch_size = _number(source, "verify_batch_size", data.get("verify_batch_size", 4), int, 1)
+        recipe.verify_batches = _number(
+            source, "verify_batches", data.get("verify_batches", 2), int, 1, limit("batches")
+        )
+        recipe.verify_batch_size = _number(
+            source, "verify_batch_size", data.get("verify_batch_size", 4), int, 1, MAX_BATCH_SIZE
+        )
         return recipe
 
 
@@ -106,14 +118,28 @@ def _one_of(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None
         raise InvalidInputError(f"{source}: {key} '{value}' not in {allowed}")
 
 
-def _number(source: str, key: str, value: Any, kind: type, minimum: float):
-    """`value` as int/float >= minimum, or a one-line error naming the key."""
+def _mapping(source: str, key: str, value: Any, example: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{source}: {key} must be a mapping ({example}), got {type(value).__name__}")
+    return value
+
+
+def _number(source: str, key: str, value: Any, kind: type, minimum: float, maximum: float = math.inf):
+    """`value` as a finite int/float in [minimum, maximum], or a one-line error naming the key."""
     try:
         number = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{source}: {key} must be a number, got {value!r}") from exc
-    if isinstance(value, bool) or number < minimum or (kind is int and number != value):
-        raise InvalidInputError(f"{source}: {key} must be a {kind.__name__} >= {minimum}, got {value!r}")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInputError(f"{source}: {key} must be a number, got {str(value)[:40]!r}") from exc
+    if (
+        isinstance(value, bool)
+        or not math.isfinite(number)
+        or not minimum <= number <= maximum
+        or (kind is int and number != value)
+    ):
+        upper = f" and <= {maximum:g}" if math.isfinite(maximum) else ""
+        raise InvalidInputError(f"{source}: {key} must be a {kind.__name__} >= {minimum}{upper}, got {value!r}")
     return number
 
 
@@ -121,18 +147,25 @@ def _pass_spec(item: Any, source: str) -> PassSpec:
     if isinstance(item, str):
         return PassSpec(item)
     if isinstance(item, dict) and "name" in item:
-        return PassSpec(str(item["name"]), dict(item.get("options") or {}))
+        unknown = sorted(str(k) for k in set(item) - {"name", "options"})
+        if unknown:
+            raise InvalidInputError(f"{source}: pass {str(item['name'])!r} has unknown key(s) {unknown}")
+        options = item.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise InvalidInputError(
+                f"{source}: options of pass {str(item['name'])!r} must be a mapping of option names to values, "
+                f"got {type(options).__name__}"
+            )
+        return PassSpec(str(item["name"]), dict(options))
     raise InvalidInputError(f"{source}: a pass must be a name or {{name, options}}, got {item!r}")
 
 
 def _profile(value: Any, where: str) -> ShapeProfile:
     try:
-        return ShapeProfile(tuple(value["min"]), tuple(value["opt"]), tuple(value["max"]))
+        profile = ShapeProfile(tuple(value["min"]), tuple(value["opt"]), tuple(value["max"]))
     except (KeyError, TypeError) as exc:
         raise InvalidInputError(f"{where}: expected {{min, opt, max}} lists") from exc
-
-
-MAX_RECIPE_BYTES = 4 << 20  # a recipe (or a report.json holding one) is kilobytes; 4 MiB is generous
+    return profile.check(where)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -153,8 +186,11 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such recipe file")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise InvalidInputError(f"{path}: {path.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
+    bound = LIMITS["recipe-bytes"]  # a recipe (or a report.json holding one) is kilobytes
+    if path.stat().st_size > bound.value():
+        raise InvalidInputError(
+            f"{path}: {path.stat().st_size:,} bytes; a recipe is at most {bound.value():,} ({bound.how_to_raise()})"
+        )
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe loader)
     except UnicodeDecodeError as exc:

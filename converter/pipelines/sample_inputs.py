@@ -12,20 +12,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
 
 from converter.core.arrays import read_npz
-from converter.core.errors import InvalidInputError
+from converter.core.errors import InvalidInputError, TrtforgeError
 from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import atomic_path
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import fit_feeds, synthetic_feeds
 from converter.pipelines.model_ref import feeds_for_source
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,18 +61,83 @@ def load_inputs_file(path: str | Path) -> list[Feeds]:
 
 
 def check_against_graph(inputs: SampleInputs, model: onnx.ModelProto, where: str) -> None:
-    """Every graph input present with the right rank and static dims."""
+    """Every graph input present with the right dtype, rank and static dims."""
+    initializers = {init.name for init in model.graph.initializer}
     for value_info in model.graph.input:
         name = value_info.name
+        if name in initializers:  # an overridable constant (ir_version < 4 models): fed only when given
+            continue
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+        dtype = _np_dtype(value_info.type.tensor_type.elem_type)
         for feeds in inputs.feeds:
             if name not in feeds:
                 raise InvalidInputError(f"{where}: sample data has no array for input '{name}'")
+            if dtype is not None and feeds[name].dtype != dtype:
+                raise InvalidInputError(f"{where}: sample '{name}' is {feeds[name].dtype}, the model expects {dtype}")
             shape = feeds[name].shape
             if len(shape) != len(dims) or any(d > 0 and d != s for d, s in zip(dims, shape, strict=False)):
                 raise InvalidInputError(
                     f"{where}: sample '{name}' has shape {list(shape)}, the model expects {dims} (-1 = any)"
                 )
+    check_index_ranges(inputs, model, where)
+
+
+def run_reference(sample: SampleInputs, make: Callable[[], T]) -> T:
+    """`make()` (running the reference model on the sample), where a failure on inputs the user
+    gave (--load-inputs) is the inputs' fault: one line naming the file, not an internal error."""
+    try:
+        return make()
+    except TrtforgeError:
+        raise
+    except Exception as exc:
+        if not sample.source.startswith("file:"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InvalidInputError(
+            f"{sample.source[5:]}: the reference model fails on these inputs ({type(exc).__name__}: {first[:300]})"
+        ) from exc
+
+
+def embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """Graph inputs used directly as Gather indices into a constant table: input -> (node, rows).
+
+    Token ids past the vocabulary fail deep inside onnxruntime or torch; checked here, the
+    error names the input, the id and the table's size.
+    """
+    rows = {init.name: list(init.dims) for init in model.graph.initializer}
+    graph_inputs = {vi.name for vi in model.graph.input} - set(rows)
+    found: dict[str, tuple[str, int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in graph_inputs:
+            continue
+        dims = rows.get(node.input[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if dims and -len(dims) <= axis < len(dims):
+            found.setdefault(node.input[1], (node.name or node.output[0], dims[axis]))
+    return found
+
+
+def check_index_ranges(inputs: SampleInputs, model: onnx.ModelProto, where: str) -> None:
+    """Every id fed to an embedding table lies in [0, rows)."""
+    for name, (node, size) in embedding_tables(model).items():
+        for feeds in inputs.feeds:
+            ids = feeds.get(name)
+            if ids is None or ids.size == 0 or ids.dtype.kind not in "iu":
+                continue
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= size:
+                bad = low if low < 0 else high
+                raise InvalidInputError(
+                    f"{where}: sample '{name}' holds id {bad}; it indexes {node} with {size} rows (valid 0..{size - 1})"
+                )
+
+
+def _np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type; None when unset or not a numpy type (bfloat16, fp8)."""
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def static_dims(model: onnx.ModelProto) -> dict[str, list[int]]:

@@ -24,7 +24,13 @@ from converter.pipelines.html_report import write_html
 from converter.pipelines.model_ref import ModelRef, resolve_model
 from converter.pipelines.optimize import check_passes
 from converter.pipelines.report import new_report, write_report
-from converter.pipelines.sample_inputs import SampleInputs, check_against_graph, resolve_inputs, save_feeds
+from converter.pipelines.sample_inputs import (
+    SampleInputs,
+    check_against_graph,
+    resolve_inputs,
+    run_reference,
+    save_feeds,
+)
 from converter.verification.compare import Comparison
 from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, is_engine, pass_accuracy, verdict
@@ -65,19 +71,21 @@ def _check_arguments(reference: str, candidates: list[str], passes: list[str]) -
 def _sample(
     ref: ModelRef, candidates: list[str], inputs, num_batches: int, batch_size: int, trust_model_code: bool
 ) -> SampleInputs:
-    """The sample inputs, checked against the first ONNX graph among the reference and candidates."""
-    first_onnx = next((c for c in [ref.text, *candidates] if str(c).endswith(".onnx")), None)
-    graph = load_model(first_onnx, load_weights=False) if first_onnx else None
-    sample = resolve_inputs(graph, ref.spec, inputs, num_batches, batch_size, trust_model_code=trust_model_code)
-    if graph is not None:
-        check_against_graph(sample, graph, first_onnx)
+    """The sample inputs (shaped for the first ONNX graph among the reference and candidates),
+    checked against every ONNX graph: a candidate that takes other inputs is named before anything runs."""
+    onnx_files = [c for c in [ref.text, *candidates] if str(c).endswith(".onnx")]
+    graphs = {str(c): load_model(c, load_weights=False) for c in onnx_files}
+    first = next(iter(graphs.values()), None)
+    sample = resolve_inputs(first, ref.spec, inputs, num_batches, batch_size, trust_model_code=trust_model_code)
+    for where, graph in graphs.items():
+        check_against_graph(sample, graph, where)
     return sample
 
 
 def _reference(ref: ModelRef, sample: SampleInputs) -> Reference:
     if ref.spec is not None:
-        return Reference.of_torch(ref.spec, sample.feeds, sample.count)
-    return Reference.of_onnx(ref.path, ref.path.name, sample.feeds, sample.count)
+        return run_reference(sample, lambda: Reference.of_torch(ref.spec, sample.feeds, sample.count))
+    return run_reference(sample, lambda: Reference.of_onnx(ref.path, ref.path.name, sample.feeds, sample.count))
 
 
 def _after_each_pass(

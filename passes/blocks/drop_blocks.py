@@ -68,6 +68,10 @@ class DropBlocks(Pass, DropConfig):
         if not self.drop:  # a goal is needed now; whether the model is a language model, when it runs
             self.check(is_lm=True)
 
+    def requires_calibration(self) -> bool:
+        """Scoring needs data; an explicit `drop` list does not."""
+        return not self.drop
+
     def drop_config(self) -> DropConfig:
         """The selection options alone, as the search and selection read them."""
         return DropConfig(**{f.name: getattr(self, f.name) for f in fields(DropConfig)})

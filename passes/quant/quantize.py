@@ -22,6 +22,7 @@ result's `details["mixed_precision"]` (calibration.sensitivity.MixedPrecision.to
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 
@@ -97,10 +98,16 @@ class Quantize(Pass):
             raise ValueError(f"max_cosine_drop must be >= 0, got {self.max_cosine_drop}")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
+        if self.cache_dir and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            raise ValueError(f"cache_dir {self.cache_dir} exists and is not a folder")
 
     @property
     def weight_only(self) -> bool:
         return self.mode in WEIGHT_ONLY
+
+    def requires_calibration(self) -> bool:
+        """W8A8 needs activation ranges; weight-only formats quantize weights without data."""
+        return not self.weight_only
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         if self.max_cosine_drop is None:

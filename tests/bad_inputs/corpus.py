@@ -137,6 +137,29 @@ def truncated_protobuf(folder: Path) -> tuple[Path, str]:
     return path, "model.onnx"
 
 
+def device_as_model(folder: Path) -> tuple[Path, str]:
+    """model.onnx -> /dev/zero: reading it never ends (the command ran until killed)."""
+    os.symlink("/dev/zero", folder / "model.onnx")
+    return folder / "model.onnx", "not a regular file"
+
+
+def fifo_as_model(folder: Path) -> tuple[Path, str]:
+    """A named pipe called model.onnx: opening it blocks until someone writes."""
+    os.mkfifo(folder / "model.onnx")
+    return folder / "model.onnx", "not a regular file"
+
+
+def negative_dim(folder: Path) -> tuple[Path, str]:
+    tensor = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[-4], raw_data=bytes(16))
+    return _save(folder, _relu_model(weight=tensor)), "negative"
+
+
+def no_outputs(folder: Path) -> tuple[Path, str]:
+    model = _relu_model()
+    del model.graph.output[:]
+    return _save(folder, model), "no outputs"
+
+
 CASES: dict[str, Case] = {
     fn.__name__: fn
     for fn in (
@@ -156,6 +179,10 @@ CASES: dict[str, Case] = {
         cycle,
         dangling_input,
         truncated_protobuf,
+        device_as_model,
+        fifo_as_model,
+        negative_dim,
+        no_outputs,
     )
 }
 

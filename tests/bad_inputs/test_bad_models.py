@@ -17,6 +17,7 @@ COMMANDS = {
     "verify": lambda model, out: ["verify", model, model],
     "convert": lambda model, out: ["convert", model, "-o", out / "conv"],
     "quantize": lambda model, out: ["quantize", model, "-o", out / "q.onnx"],
+    "drop-blocks": lambda model, out: ["drop-blocks", model, "-o", out / "d.onnx", "--remove", "1"],
 }
 
 

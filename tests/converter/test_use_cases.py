@@ -16,7 +16,7 @@ from onnx import helper
 
 from converter import api
 from converter.cli.main import main
-from converter.core.errors import ExitCode
+from converter.core.errors import ExitCode, InvalidInputError
 from converter.core.metadata import SAMPLE_DATA, write_metadata
 from converter.core.profiles import ShapeProfile
 from converter.pipelines import calibration_source
@@ -109,9 +109,11 @@ def test_optimize_gives_calibrated_passes_the_models_own_sample_data(tmp_path):
     with_data = api.optimize(
         _image_model(tmp_path / "m.onnx", "demo:efficientnet-lite0"), tmp_path / "q.onnx", passes=["quantize"]
     )
-    without = api.optimize(_image_model(tmp_path / "bare.onnx", None), tmp_path / "b.onnx", passes=["quantize"])
     assert with_data.records[0].changed.get("activation_qdq", 0) > 0  # calibrated on the demo's photographs
-    assert without.records[0].changed.get("activation_qdq", 0) == 0  # no data: weights only
+    # no data: refused before any pass runs (int8 Q/DQ without activation ranges would change nothing)
+    with pytest.raises(InvalidInputError, match="pass 'quantize' needs calibration data"):
+        api.optimize(_image_model(tmp_path / "bare.onnx", None), tmp_path / "b.onnx", passes=["quantize"])
+    assert not (tmp_path / "b.onnx").exists()
     # which passes read data is their own declaration; drop-blocks gets 4 batches of 8, as it read before
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert calibration_source.for_optimize([PassSpec("fold")], model) is None

@@ -79,3 +79,13 @@ def test_needs_calibration_reads_the_declared_capability():
     assert needs_calibration(["drop-blocks"])
     assert not needs_calibration(["no-such-pass"])
     assert {name for name, cls in PASSES.items() if cls.needs_calibration} == {"smoothquant", "quantize", "drop-blocks"}
+
+
+def test_passes_that_need_data_say_when_they_cannot_work_without_it():
+    from passes.registry import requiring_calibration
+
+    assert requiring_calibration([PassSpec("quantize"), PassSpec("smoothquant")]) == ["quantize", "smoothquant"]
+    assert requiring_calibration([PassSpec("quantize", {"mode": "int4-wo"})]) == []  # weights only
+    assert requiring_calibration([PassSpec("drop-blocks", {"drop": ["block0"]})]) == []  # named blocks
+    assert requiring_calibration([PassSpec("drop-blocks", {"remove": 1})]) == ["drop-blocks"]
+    assert requiring_calibration([PassSpec("fold")]) == []

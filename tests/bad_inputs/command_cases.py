@@ -1,0 +1,397 @@
+"""Bad and hostile command lines, each with the files it needs generated (no hand-copied bytes).
+
+The companion of corpus.py (broken ONNX files, tried with every command): these are the
+user's other inputs and options, grouped by the class of defect they once showed: a denial
+of service, something accepted that must be refused, an internal error (exit 1) for the
+user's mistake, markup from data. Each case writes its files into a folder and returns the
+argument list, the exit code and the words the one-line error must contain.
+
+    python -m tests.bad_inputs.command_cases OUT_DIR     # writes every case, prints each command
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.core.errors import ExitCode
+
+INVALID, USAGE = ExitCode.INVALID_INPUT, ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class CommandCase:
+    kind: str  # the class of defect: "dos", "refuse", "internal", "markup"
+    make: Callable[[Path], list[str]]  # writes its files into the folder, returns the arguments
+    exit_code: int
+    message: str  # the one-line error contains this
+
+
+def _matmul(folder: Path, name: str = "m.onnx", rows: int = 4, dtype: int = TensorProto.FLOAT) -> str:
+    """x[b, rows] @ w[rows, 4] -> y: the smallest model every command accepts."""
+    w = numpy_helper.from_array(np.ones((rows, 4), helper.tensor_dtype_to_np_dtype(dtype)), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", dtype, ["b", rows])],
+        [helper.make_tensor_value_info("y", dtype, ["b", 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / name))
+    return str(folder / name)
+
+
+def _embedding(folder: Path) -> str:
+    """ids[b, s] -> Gather from a 16-row table: an LM's first layer."""
+    table = numpy_helper.from_array(np.ones((16, 4), np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], name="embed")],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 4])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "lm.onnx"))
+    return str(folder / "lm.onnx")
+
+
+def _conv(folder: Path) -> str:
+    """image[b, 3, 16, 16] -> Conv: a model that calibrates on image folders."""
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 16, 16])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "conv.onnx"))
+    return str(folder / "conv.onnx")
+
+
+def _write(folder: Path, name: str, content: str | bytes) -> str:
+    path = folder / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+def _npz(folder: Path, name: str = "in.npz", **arrays: np.ndarray) -> str:
+    np.savez(folder / name, **arrays)
+    return str(folder / name)
+
+
+def _calib_folder(folder: Path, **arrays: np.ndarray) -> str:
+    (folder / "calib").mkdir()
+    return str(Path(_npz(folder / "calib", "calib.npz", **arrays)).parent)
+
+
+def _module(folder: Path, name: str, source: str) -> str:
+    """A Python module for a module:factory spec (the tests put `folder` on sys.path)."""
+    (folder / f"{name}.py").write_text(source)
+    return name
+
+
+def _engine_with_sidecar(folder: Path, sidecar: str | bytes) -> str:
+    """An engine file (bytes only: without a GPU nothing reads it) with the given sidecar beside it."""
+    engine = _write(folder, "m.engine", b"not really an engine")
+    _write(folder, "m.engine.json", sidecar)
+    return engine
+
+
+def _recipe(folder: Path, text: str | bytes) -> list[str]:
+    return ["convert", _matmul(folder), "--recipe", _write(folder, "r.yaml", text), "-o", str(folder / "out")]
+
+
+def _optimize(folder: Path, *extra: str) -> list[str]:
+    return ["optimize", _matmul(folder), "-o", str(folder / "o.onnx"), *extra]
+
+
+def _big_png(folder: Path) -> list[str]:
+    from PIL import Image
+
+    (folder / "images").mkdir()
+    Image.new("RGB", (9000, 9000)).save(folder / "images" / "big.png")  # 81 Mpx, over the 64 Mpx limit
+    return ["quantize", _conv(folder), "--calib", str(folder / "images"), "-o", str(folder / "q.onnx")]
+
+
+def _sidecar(**changes: object) -> str:
+    """A sidecar of the right shape for the 20-byte engine above, with `changes` applied."""
+    import hashlib
+
+    data = {
+        "format": "trtforge-engine-sidecar/1",
+        "backend": "tensorrt-rtx",
+        "backend_version": "1.0",
+        "precision": "fp32",
+        "profiles": {},
+        "engine_bytes": 20,
+        "engine_sha256": hashlib.sha256(b"not really an engine").hexdigest(),
+        "network": {"num_layers": 1, "layer_types": {}, "tensor_dtypes": {}},
+    }
+    data.update(changes)
+    return json.dumps({k: v for k, v in data.items() if v is not None})
+
+
+CASES: dict[str, CommandCase] = {
+    # -- denial of service: each once ran until killed or exhausted memory
+    "recipe_verify_batches_1e11": CommandCase(
+        "dos", lambda f: _recipe(f, "verify_batches: 100000000000\n"), INVALID, "verify_batches"
+    ),
+    "recipe_verify_batch_size_huge": CommandCase(
+        "dos", lambda f: _recipe(f, "verify_batch_size: 10000000\n"), INVALID, "verify_batch_size"
+    ),
+    "recipe_profile_dim_2_40": CommandCase(
+        "dos",
+        lambda f: _recipe(f, "shapes: {x: {min: [1, 4], opt: [2, 4], max: [1099511627776, 4]}}\n"),
+        INVALID,
+        "dims must be integers",
+    ),
+    "calibration_image_81_megapixels": CommandCase("dos", _big_png, INVALID, "big.png"),
+    "shapes_dim_2_40": CommandCase(
+        "dos",
+        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "x:1x4/2x4/1099511627776x4"],
+        INVALID,
+        "at most 2147483647",
+    ),
+    "limit_option_unknown": CommandCase(
+        "refuse", lambda f: ["--limit", "memory=1G", "inspect", _matmul(f)], USAGE, "--limit 'memory=1G'"
+    ),
+    # -- accepted when it must be refused
+    "passes_quantize_without_data": CommandCase(
+        "refuse", lambda f: _optimize(f, "--passes", "quantize"), INVALID, "needs calibration data"
+    ),
+    "passes_smoothquant_without_data": CommandCase(
+        "refuse", lambda f: _optimize(f, "--passes", "smoothquant"), INVALID, "needs calibration data"
+    ),
+    "recipe_quantize_without_data": CommandCase(
+        "refuse", lambda f: _recipe(f, "passes: [fold, quantize]\n"), INVALID, "needs calibration data"
+    ),
+    "factory_calls_sys_exit_0": CommandCase(
+        "refuse",
+        lambda f: [
+            "export",
+            _module(f, "exits", "import sys\ndef make():\n    sys.exit(0)\n") + ":make",
+            "--shapes",
+            "x:1x4",
+            "-o",
+            str(f / "e.onnx"),
+        ],
+        INVALID,
+        "called sys.exit(0)",
+    ),
+    "module_exits_at_import": CommandCase(
+        "refuse",
+        lambda f: ["export", _module(f, "exits_early", "raise SystemExit(3)\n") + ":make", "-o", str(f / "e.onnx")],
+        INVALID,
+        "sys.exit(3)",
+    ),
+    "module_with_syntax_error": CommandCase(
+        "internal",
+        lambda f: ["export", _module(f, "broken_syntax", "def make(:\n") + ":make", "-o", str(f / "e.onnx")],
+        INVALID,
+        "SyntaxError",
+    ),
+    "shapes_name_unknown_input": CommandCase(
+        "refuse",
+        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "nope:1x4/2x4/4x4"],
+        INVALID,
+        "'nope'",
+    ),
+    "shapes_min_above_opt": CommandCase(
+        "refuse",
+        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "x:4x4/2x4/8x4"],
+        INVALID,
+        "min <= opt <= max",
+    ),
+    "tolerance_for_unknown_output": CommandCase(
+        "refuse", lambda f: ["verify", _matmul(f), _matmul(f), "--atol", "nope:0.1"], USAGE, "nope"
+    ),
+    "recipe_tolerance_nan": CommandCase(
+        "refuse", lambda f: _recipe(f, "tolerances: {atol: .nan}\n"), INVALID, "tolerances.atol"
+    ),
+    "recipe_unknown_pass_option": CommandCase(
+        "refuse", lambda f: _recipe(f, "passes: [{name: cleanup, options: {colour: red}}]\n"), INVALID, "colour"
+    ),
+    "pass_name_typo": CommandCase(
+        "refuse", lambda f: _optimize(f, "--passes", "fold-constant"), INVALID, "fold-constants"
+    ),
+    "output_is_the_input": CommandCase(
+        "refuse", lambda f: ["optimize", _matmul(f), "-o", str(f / "m.onnx")], INVALID, "which this command reads"
+    ),
+    "build_target_sm90_for_rtx": CommandCase(
+        "refuse",
+        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--backend", "tensorrt-rtx", "--target-gpu", "sm90"],
+        ExitCode.UNSUPPORTED,
+        "sm90",
+    ),
+    # -- once an internal error (exit 1) for the user's mistake
+    "output_name_over_255_bytes": CommandCase(
+        "internal", lambda f: ["optimize", _matmul(f), "-o", str(f / ("a" * 300 + ".onnx"))], INVALID, "305 bytes"
+    ),
+    "convert_out_name_over_255_bytes": CommandCase(
+        "internal", lambda f: ["convert", _matmul(f), "-o", str(f / ("d" * 300))], INVALID, "bytes"
+    ),
+    "output_under_proc": CommandCase(
+        "internal", lambda f: ["optimize", _matmul(f), "-o", "/proc/self/trtforge/o.onnx"], INVALID, "/proc/self"
+    ),
+    "output_below_a_file": CommandCase(
+        "internal", lambda f: ["optimize", _matmul(f), "-o", str(f / "m.onnx" / "o.onnx")], INVALID, "cannot write"
+    ),
+    "sidecar_without_backend": CommandCase(
+        "internal", lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(backend=None))], 0, "ignored"
+    ),
+    "sidecar_foreign_format": CommandCase(
+        "internal", lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(format="polygraphy/9"))], 0, "ignored"
+    ),
+    "sidecar_wrong_types": CommandCase(
+        "internal",
+        lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(network={"num_layers": "many"}))],
+        0,
+        "ignored",
+    ),
+    "sidecar_not_json": CommandCase("internal", lambda f: ["inspect", _engine_with_sidecar(f, b"\xff{")], 0, "ignored"),
+    "engine_is_a_device": CommandCase(
+        "dos",
+        lambda f: (os.symlink("/dev/zero", f / "z.engine"), ["inspect", str(f / "z.engine")])[1],
+        INVALID,
+        "regular",
+    ),
+    "recipe_pass_options_a_list": CommandCase(
+        "internal", lambda f: _recipe(f, "passes: [{name: cleanup, options: [1, 2]}]\n"), INVALID, "mapping"
+    ),
+    "recipe_pass_options_a_string": CommandCase(
+        "internal", lambda f: _recipe(f, "passes: [{name: cleanup, options: fast}]\n"), INVALID, "mapping"
+    ),
+    "recipe_pass_shorthand_with_list": CommandCase(
+        "internal", lambda f: _recipe(f, "passes: [{cleanup: [1, 2]}]\n"), INVALID, "a pass must be"
+    ),
+    "recipe_shapes_a_list": CommandCase("internal", lambda f: _recipe(f, "shapes: [1, 2]\n"), INVALID, "mapping"),
+    "recipe_tolerances_a_list": CommandCase("internal", lambda f: _recipe(f, "tolerances: [1]\n"), INVALID, "mapping"),
+    "recipe_not_utf8": CommandCase("internal", lambda f: _recipe(f, b"passes: [cl\xffeanup]\n"), INVALID, "UTF-8"),
+    "cache_dir_is_a_file": CommandCase(
+        "internal",
+        lambda f: [
+            "quantize",
+            _matmul(f),
+            "--calib",
+            _calib_folder(f, x=np.ones((4, 4), np.float32)),
+            "--cache-dir",
+            _write(f, "cache", "a file"),
+            "-o",
+            str(f / "q.onnx"),
+        ],
+        INVALID,
+        "--cache-dir",
+    ),
+    "token_id_past_the_table": CommandCase(
+        "internal",
+        lambda f: ["verify", _embedding(f), _embedding(f), "--load-inputs", _npz(f, ids=np.full((2, 3), 99))],
+        INVALID,
+        "holds id 99",
+    ),
+    "negative_token_id": CommandCase(
+        "internal",
+        lambda f: ["verify", _embedding(f), _embedding(f), "--load-inputs", _npz(f, ids=np.full((2, 3), -1))],
+        INVALID,
+        "holds id -1",
+    ),
+    "candidate_with_another_input_shape": CommandCase(
+        "internal", lambda f: ["verify", _matmul(f), _matmul(f, "other.onnx", rows=5)], INVALID, "other.onnx"
+    ),
+    "load_inputs_of_another_dtype": CommandCase(
+        "internal",
+        lambda f: ["verify", _matmul(f), _matmul(f), "--load-inputs", _npz(f, x=np.ones((2, 4), np.float64))],
+        INVALID,
+        "float64",
+    ),
+    "load_inputs_zero_rows": CommandCase(
+        "internal",
+        lambda f: ["verify", _matmul(f), _matmul(f), "--load-inputs", _npz(f, x=np.ones((0, 4), np.float32))],
+        INVALID,
+        "no rows",
+    ),
+    "load_inputs_npy_named_npz": CommandCase(
+        "internal",
+        lambda f: (
+            np.save(open(f / "in.npz", "wb"), np.ones((2, 4), np.float32)),  # noqa: SIM115 (closed at exit)
+            ["verify", _matmul(f), _matmul(f), "--load-inputs", str(f / "in.npz")],
+        )[1],
+        INVALID,
+        "single .npy",
+    ),
+    "dtypes_without_colon": CommandCase(
+        "internal",
+        lambda f: ["export", "tests.tiny_models:plain_mlp", "--dtypes", "int64", "-o", str(f / "e.onnx")],
+        USAGE,
+        "--dtypes 'int64'",
+    ),
+    "calibration_with_nan": CommandCase(
+        "refuse",
+        lambda f: [
+            "quantize",
+            _matmul(f),
+            "--calib",
+            _calib_folder(f, x=np.full((4, 4), np.nan, np.float32)),
+            "-o",
+            str(f / "q.onnx"),
+        ],
+        INVALID,
+        "NaN",
+    ),
+    "calibration_of_another_shape": CommandCase(
+        "refuse",
+        lambda f: [
+            "quantize",
+            _matmul(f),
+            "--calib",
+            _calib_folder(f, x=np.ones((4, 7), np.float32)),
+            "-o",
+            str(f / "q.onnx"),
+        ],
+        INVALID,
+        "calib.npz",
+    ),
+    "inspect_a_text_file": CommandCase(
+        "refuse", lambda f: ["inspect", _write(f, "notes.txt", "hello")], INVALID, "expected an .onnx file"
+    ),
+    "convert_out_is_a_file": CommandCase(
+        "refuse", lambda f: ["convert", _matmul(f), "-o", _write(f, "taken", "x")], INVALID, "not a folder"
+    ),
+    # -- markup from data is printed as text
+    "markup_in_missing_model_path": CommandCase(
+        "markup", lambda f: ["inspect", str(f / "[bold]nope[/bold].onnx")], INVALID, "[bold]nope[/bold].onnx"
+    ),
+    "markup_in_unknown_input_name": CommandCase(
+        "markup",
+        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "[red]x[/red]:1x4"],
+        INVALID,
+        "[red]x[/red]",
+    ),
+}
+
+
+def main(out: Path) -> None:
+    sys.path.insert(0, str(out))
+    for name, case in CASES.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        args = case.make(folder)
+        print(f"{name:<36} trtforge {' '.join(args)[:160]}  (exit {case.exit_code}: {case.message})")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "bad_commands"))
