@@ -34,9 +34,14 @@ def parse_dtypes(items: tuple[str, ...]) -> dict[str, str]:
     help="No dynamic axes: inputs fixed at --shapes, else batch 1 at the model's usual size (default: dynamic batch, and sequence for text).",
 )
 @click.option("--dtypes", multiple=True, metavar="NAME:DTYPE", help="Input dtype for module:factory specs.")
+@click.option(
+    "--output-names",
+    metavar="A,B",
+    help="Names of the graph outputs, in order (module:factory default: output, or output_0, output_1, ...).",
+)
 @shapes_option
 @output_options
-def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
+def export(model, out, exporter, opset, static, dtypes, output_names, shapes, as_json, quiet):
     """Export a torch MODEL (demo name or module:factory) to ONNX.
 
     \b
@@ -44,6 +49,7 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
       trtforge export minilm -o minilm.onnx
       trtforge export efficientnet-lite0 -o effnet.onnx --exporter dynamo
       trtforge export mypkg.models:make_net --shapes image:1x3x224x224 -o net.onnx
+      trtforge export scripts.llama_spec:tiny --shapes input_ids:1x8/1x64/1x128 --dtypes input_ids:int64 --output-names logits -o llama/model.onnx
     """
     result = api.export(
         model,
@@ -53,6 +59,7 @@ def export(model, out, exporter, opset, static, dtypes, shapes, as_json, quiet):
         shapes=parse_profiles(shapes),
         dtypes=parse_dtypes(dtypes),
         dynamic=not static,
+        output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
     )
 
     def print_export(d: dict) -> None:

@@ -24,7 +24,15 @@ from converter.core.errors import InvalidInputError, ModelLoadError
 from converter.core.model_checks import check_untrusted, tensor_nbytes
 
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # below protobuf's 2 GB limit, with room for the graph
+EXTERNAL_DATA_ENV = "TRTFORGE_EXTERNAL_DATA_BYTES"
+
+
+def external_data_bytes() -> int:
+    """Weight bytes above which models are saved with external data: $TRTFORGE_EXTERNAL_DATA_BYTES
+    when set (so tests and users can send a small model down the external-data path), else 1.8 GB."""
+    text = os.environ.get(EXTERNAL_DATA_ENV, "")
+    return min(int(text), EXTERNAL_DATA_THRESHOLD) if text.isdigit() else EXTERNAL_DATA_THRESHOLD
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -157,7 +165,7 @@ def weights_nbytes(model: onnx.ModelProto) -> int:
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike,
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_data_threshold: int | None = None,
 ) -> Path:
     """Save atomically; weights go to '<name>.data' beside it when they exceed the threshold.
 
@@ -165,16 +173,21 @@ def save_model(
     temporary folder beside the destination and renamed into place, data file first.
     The model passed in is not modified.
     """
+    threshold = external_data_bytes() if external_data_threshold is None else external_data_threshold
     final = Path(path)
     if final.is_dir():
         raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
-    if weights_nbytes(model) < external_data_threshold:
+    if weights_nbytes(model) < threshold:
         with atomic_path(final) as tmp:
             tmp.write_bytes(model.SerializeToString(deterministic=True))
         return final  # an older '<name>.data' beside it is left alone: it may be someone else's
 
     data_name = final.name + ".data"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"{final}: cannot create its folder ({exc.strerror})") from exc
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:64]}.", dir=final.parent))
     try:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -184,8 +197,11 @@ def save_model(
             save_as_external_data=True,
             all_tensors_to_one_file=True,
             location=data_name,
-            size_threshold=min(1024, external_data_threshold),
+            size_threshold=min(1024, threshold),
         )
+        for written in (staging / data_name, staging / final.name):
+            if written.exists():  # onnx creates the data file 0600: give the umask's mode
+                os.chmod(written, file_mode())
         if (staging / data_name).exists():
             os.replace(staging / data_name, final.parent / data_name)
         os.replace(staging / final.name, final)

@@ -118,7 +118,7 @@ def convert(
     if is_torch_spec(str(model or DEFAULT_DEMO)):  # a file loads in a moment; a torch model can take seconds
         log(f"loading {model or DEFAULT_DEMO}")
     loaded = time.perf_counter()
-    ref = resolve_model(model or DEFAULT_DEMO, {k: v.opt for k, v in rec.shapes.items()})
+    ref = resolve_model(model or DEFAULT_DEMO, rec.shapes)
     _refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
     header = load_model(ref.path, load_weights=False) if ref.path is not None else None
     calibration_source.require_own_samples(rec.effective_passes(), header, ref.spec)

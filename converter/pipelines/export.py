@@ -25,12 +25,12 @@ import onnx
 
 from converter.core.errors import ExportError, InvalidInputError
 from converter.core.metadata import EXPORTER, PROFILES, SAMPLE_DATA, SOURCE, TASK, write_metadata
-from converter.core.model_io import EXTERNAL_DATA_THRESHOLD, load_model, save_model, sha256_file
+from converter.core.model_io import load_model, save_model, sha256_file
 from converter.core.model_spec import ModelSpec
 from converter.core.profiles import ShapeProfile, profiles_to_json
 from converter.core.version import __version__
 from converter.demos.sample_data import fit_feeds
-from converter.pipelines.model_ref import resolve_model
+from converter.pipelines.model_ref import as_profiles, resolve_model
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -117,11 +117,16 @@ def _export_dynamo(module, args, spec: ModelSpec, path: Path, opset: int, dynami
     dynamic_shapes = None
     if dynamic:
         dims: dict[str, Dim] = {}
+
+        def dim(name: str, axis: int, label: str) -> Dim:
+            """torch.export's Dim over the profile's range (a dim below 2 is specialised, so 2 up)."""
+            prof = spec.profiles.get(name)
+            low, high = (prof.min[axis], prof.max[axis]) if prof and axis < len(prof.min) else (1, 4096)
+            low = 1 if label == "batch" else max(low, 2)
+            return dims.setdefault(label, Dim(label, min=low, max=max(high, low + 1, 4096)))
+
         dynamic_shapes = tuple(
-            {
-                axis: dims.setdefault(label, Dim(label, min=1 if label == "batch" else 2, max=4096))
-                for axis, label in spec.dynamic_axes.get(name, {}).items()
-            }
+            {axis: dim(name, axis, label) for axis, label in spec.dynamic_axes.get(name, {}).items()}
             for name in spec.input_names
         )
     program = torch.onnx.export(
@@ -137,9 +142,16 @@ def _export_dynamo(module, args, spec: ModelSpec, path: Path, opset: int, dynami
     program.save(str(path), external_data=True)
 
 
+_GENERATED_DIM = re.compile(r"^[A-Za-z]+\d+_dim_\d+$")  # TorchScript's names for output dims: 'MatMul699_dim_0'
+
+
 def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
-    """Give graph outputs the spec's names (the dynamo exporter picks its own)."""
+    """Give graph outputs the spec's names (the exporters pick their own), and their
+    exporter-generated symbolic dims the output's name ('logits_dim0')."""
     for output, wanted in zip(model.graph.output, names, strict=False):
+        for axis, dim in enumerate(output.type.tensor_type.shape.dim):
+            if _GENERATED_DIM.match(dim.dim_param):
+                dim.dim_param = f"{wanted}_dim{axis}"
         old = output.name
         if old == wanted:
             continue
@@ -147,6 +159,20 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
             node.output[:] = [wanted if o == old else o for o in node.output]
             node.input[:] = [wanted if i == old else i for i in node.input]
         output.name = wanted
+
+
+def _output_names(spec: ModelSpec, given: list[str] | None, count: int) -> list[str]:
+    """The graph outputs' names: the user's (`--output-names`), the spec's, else `output` /
+    `output_<i>` (the exporters name a bare module's outputs after internal values, e.g. '699')."""
+    if given:
+        if len(given) != count or len(set(given)) != count:
+            raise InvalidInputError(
+                f"--output-names {','.join(given)}: {spec.name} has {count} output(s); give {count} distinct names"
+            )
+        return list(given)
+    if spec.output_names:
+        return spec.output_names
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -186,9 +212,10 @@ def export_model(
     exporter: str = "torchscript",
     opset: int | None = None,
     dynamic: bool = True,
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_data_threshold: int | None = None,
     constant_folding: bool = True,
     profiles: dict[str, ShapeProfile] | None = None,
+    output_names: list[str] | None = None,
 ) -> ExportResult:
     """Export `spec`'s module to `out_path` (atomic; external data when weights exceed the threshold).
 
@@ -230,8 +257,7 @@ def export_model(
         except Exception as exc:  # exporters raise many types; the user needs one line
             raise ExportError(f"{spec.name}: {exporter} export failed: {exporter_message(exc)}") from exc
         model = load_model(raw)
-    if spec.output_names:
-        _rename_outputs(model, spec.output_names)
+    _rename_outputs(model, _output_names(spec, output_names, len(model.graph.output)))
     model.producer_name, model.producer_version = "trtforge", __version__
     entries = {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task}
     if profiles:
@@ -259,15 +285,15 @@ def export(
     shapes: dict[str, ShapeProfile | tuple[int, ...]] | None = None,
     dtypes: dict[str, str] | None = None,
     dynamic: bool = True,
+    output_names: list[str] | None = None,
 ) -> ExportResult:
     """The export use case: a demo name or 'module:factory' -> ONNX.
 
     `shapes` are profiles (or static shapes) by input name: a bare nn.Module's input
     shapes, a demo's profile for later builds, the fixed shapes of a static export.
     """
-    profiles = {
-        name: shape if isinstance(shape, ShapeProfile) else ShapeProfile(tuple(shape), tuple(shape), tuple(shape))
-        for name, shape in (shapes or {}).items()
-    }
-    ref = resolve_model(model, {name: prof.opt for name, prof in profiles.items()}, dtypes, torch_only=True)
-    return export_model(ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic, profiles=profiles)
+    profiles = as_profiles(shapes)
+    ref = resolve_model(model, profiles, dtypes, torch_only=True)
+    return export_model(
+        ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic, profiles=profiles, output_names=output_names
+    )

@@ -60,8 +60,42 @@ def _what_failed(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
-def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> ModelSpec:
-    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module."""
+Shapes = dict[str, ShapeProfile | tuple[int, ...]]
+
+
+def as_profiles(shapes: Shapes | None) -> dict[str, ShapeProfile]:
+    """Static shapes as one-shape profiles; profiles as they are."""
+    return {
+        name: shape if isinstance(shape, ShapeProfile) else ShapeProfile(tuple(shape), tuple(shape), tuple(shape))
+        for name, shape in (shapes or {}).items()
+    }
+
+
+def dynamic_axes_of(profiles: dict[str, ShapeProfile]) -> dict[str, dict[int, str]]:
+    """Each input's dynamic dims, named: axis 0 always (`batch`: a bare `--shapes x:2x16` still
+    serves any batch, as before); another axis when it varies between the profile's min and max,
+    named `dim<k>` when every input varying there varies over the same range (so input_ids and
+    attention_mask share their sequence dim), else `<input>_dim<k>`."""
+    ranges: dict[int, set[tuple[int, int]]] = {}
+    for prof in profiles.values():
+        for axis, (low, high) in enumerate(zip(prof.min, prof.max, strict=True)):
+            if low != high:
+                ranges.setdefault(axis, set()).add((low, high))
+    axes: dict[str, dict[int, str]] = {}
+    for name, prof in profiles.items():
+        varying = {axis for axis, (low, high) in enumerate(zip(prof.min, prof.max, strict=True)) if low != high}
+        labels = {0: "batch"} if prof.min else {}
+        for axis in sorted(varying - {0}):
+            labels[axis] = f"dim{axis}" if len(ranges[axis]) == 1 else f"{name}_dim{axis}"
+        axes[name] = labels
+    return axes
+
+
+def user_spec(spec: str, shapes: Shapes, dtypes: dict[str, str] | None = None) -> ModelSpec:
+    """ModelSpec for 'package.module:factory'; the factory returns a ModelSpec or an nn.Module.
+
+    A bare module's inputs are named and shaped by `shapes`: dims that vary between a
+    profile's min and max are exported dynamic (`dynamic_axes_of`), the rest fixed."""
     made = _call_factory(spec)
     if isinstance(made, ModelSpec):
         return made
@@ -76,11 +110,16 @@ def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, s
         raise InvalidInputError(f"--dtypes {bad}: use float32, float16, int64, int32 or bool")
     if not shapes:
         raise InvalidInputError(f"model spec '{spec}': give input shapes, e.g. --shapes x:1x3x224x224")
-    names = list(shapes)
+    profiles = as_profiles(shapes)
+    names = list(profiles)
     np_dtypes = {n: np.dtype((dtypes or {}).get(n, "float32")) for n in names}
+    opt = {n: prof.opt for n, prof in profiles.items()}
 
     def feeds(num_batches: int, batch_size: int) -> list[Feeds]:
-        return [synthetic_feeds(shapes, np_dtypes, seed=b) for b in range(num_batches)]
+        """Random inputs at the profiles' opt shapes, `batch_size` rows (export traces at 2: a
+        batch of 1 would be specialised away)."""
+        shaped = {n: (batch_size, *s[1:]) if s else s for n, s in opt.items()}
+        return [synthetic_feeds(shaped, np_dtypes, seed=b) for b in range(num_batches)]
 
     return ModelSpec(
         name=spec,
@@ -88,8 +127,8 @@ def user_spec(spec: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, s
         input_names=names,
         output_names=[],
         sample_feeds=feeds,
-        dynamic_axes={n: {0: "batch"} for n in names},
-        profiles={n: ShapeProfile(s, s, s) for n, s in shapes.items()},
+        dynamic_axes=dynamic_axes_of(profiles),
+        profiles=profiles,
         sample_source="synthetic",
     )
 
@@ -98,9 +137,7 @@ def is_torch_spec(model: str) -> bool:
     return model in DEMOS or (":" in model and not Path(model).exists() and not model.endswith(".onnx"))
 
 
-def resolve_spec(
-    model: str, shapes: dict[str, tuple[int, ...]] | None = None, dtypes: dict[str, str] | None = None
-) -> ModelSpec:
+def resolve_spec(model: str, shapes: Shapes | None = None, dtypes: dict[str, str] | None = None) -> ModelSpec:
     """A demo name or a 'module:factory' spec -> ModelSpec."""
     if model in DEMOS:
         return DEMOS[model]()
@@ -132,13 +169,14 @@ class ModelRef:
 
 def resolve_model(
     model: str | Path,
-    shapes: dict[str, tuple[int, ...]] | None = None,
+    shapes: Shapes | None = None,
     dtypes: dict[str, str] | None = None,
     torch_only: bool = False,
 ) -> ModelRef:
     """A demo name or 'module:factory' -> its spec; else an ONNX file, checked to load (without weights).
 
-    `shapes`/`dtypes` are the static input shapes of a bare nn.Module factory; with
+    `shapes` (profiles or static shapes) and `dtypes` name and shape a bare nn.Module
+    factory's inputs (an ONNX file's --shapes must name its inputs); with
     `torch_only` (export) a file is an error.
     """
     text = str(model)
@@ -147,7 +185,12 @@ def resolve_model(
     path = Path(text)
     if not path.exists() and path.suffix != ".onnx":
         resolve_spec(text)  # raises the "no such file, and not a demo or spec" message
-    load_model(path, load_weights=False)  # a missing or broken file fails here, before anything is written
+    header = load_model(path, load_weights=False)  # a missing or broken file fails here, before any work
+    initializers = {init.name for init in header.graph.initializer}
+    inputs = [vi.name for vi in header.graph.input if vi.name not in initializers]
+    unknown = sorted(set(shapes or {}) - set(inputs))
+    if unknown:
+        raise InvalidInputError(f"--shapes names unknown input(s) {unknown} (inputs: {inputs})")
     return ModelRef(text, path=path)
 
 

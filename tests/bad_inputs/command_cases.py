@@ -211,6 +211,30 @@ CASES: dict[str, CommandCase] = {
         INVALID,
         "'nope'",
     ),
+    "convert_shapes_unknown_input": CommandCase(
+        "refuse",
+        lambda f: ["convert", _matmul(f), "-o", str(f / "out"), "--shapes", "nope:1x4/2x4/4x4"],
+        INVALID,
+        "'nope'",
+    ),
+    "verify_shapes_unknown_input": CommandCase(
+        "refuse", lambda f: ["verify", _matmul(f), _matmul(f), "--shapes", "nope:1x4"], INVALID, "'nope'"
+    ),
+    "quantize_shapes_unknown_input": CommandCase(
+        "refuse",
+        lambda f: [
+            "quantize",
+            _matmul(f),
+            "--calib",
+            _calib_folder(f, x=np.ones((4, 4), np.float32)),
+            "--shapes",
+            "nope:1x4",
+            "-o",
+            str(f / "q.onnx"),
+        ],
+        INVALID,
+        "'nope'",
+    ),
     "shapes_min_above_opt": CommandCase(
         "refuse",
         lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "x:4x4/2x4/8x4"],

@@ -1,0 +1,76 @@
+"""Llama-shaped decoder LMs for `module:factory` specs: random weights, real structure.
+
+No pretrained LLM installs offline, so scale and structure are tested on generated models:
+`transformers.LlamaForCausalLM` from a config (RMSNorm, rotary embeddings, grouped-query
+attention, SwiGLU MLP), wrapped to take `input_ids` and return the logits alone, the way a
+user exports their own decoder. Accuracy is measured on the trained `decoder-lm` demo.
+
+    trtforge export scripts.llama_spec:tiny --shapes input_ids:1x8/1x64/1x128 \
+        --dtypes input_ids:int64 --output-names logits -o llama/model.onnx
+
+`layers(n)` builds the TinyLlama-1.1B shape (hidden 2048, 32 heads, 4 KV heads, vocab
+32000) with `n` layers, in fp16; `tinyllama` is the full 22-layer 1.1B model (2.2 GB).
+"""
+
+from __future__ import annotations
+
+import torch
+
+TINYLLAMA = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+}
+
+
+class LogitsOnly(torch.nn.Module):
+    """input_ids -> logits (no cache; one causal sequence per row).
+
+    The all-ones attention mask is what a caller without padding passes; without one,
+    transformers looks for packed sequences in the position ids (torch.diff, which the
+    TorchScript exporter cannot export)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False, return_dict=True).logits
+
+
+def build(shape: dict, num_layers: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised LlamaForCausalLM of `shape` with `num_layers` layers, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(num_hidden_layers=num_layers, tie_word_embeddings=False, **shape)
+    config._attn_implementation = "eager"  # exportable everywhere; sdpa lowers the same way
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    return LogitsOnly(model).eval()
+
+
+def tiny() -> torch.nn.Module:
+    """2 layers, hidden 64: a Llama in a few hundred kB, for tests and the README example."""
+    return build(TINY, 2)
+
+
+def layers(num_layers: int) -> torch.nn.Module:
+    """The TinyLlama-1.1B shape with `num_layers` layers, fp16 (about 0.1 GB per layer)."""
+    return build(TINYLLAMA, num_layers, torch.float16)
+
+
+def tinyllama() -> torch.nn.Module:
+    """TinyLlama-1.1B's full shape: 22 layers, 1.1 B parameters, 2.2 GB in fp16."""
+    return layers(22)
