@@ -32,6 +32,7 @@ from passes.fold.fold_pad import FoldPad
 from passes.fold.fold_shapes import FoldShapes
 from passes.fold.fuse_gelu import FuseGelu
 from passes.fold.fuse_norms import FuseNorms
+from passes.fold.remove_noops import RemoveNoops
 from passes.fold.reparam import Reparam
 from passes.fold.upgrade_opset import UpgradeOpset
 from passes.precision.precision import Precision
@@ -41,6 +42,7 @@ from passes.quant.smoothquant import SmoothQuant
 # fmt: off
 REGISTERED: list[tuple[type[Pass], str]] = [
     (Cleanup, "remove Identity, inference Dropout, no-op Cast, dead nodes, unused initializers (exact)"),
+    (RemoveNoops, "identity Reshapes, Reshape chains, x*1 and x/1 removed (exact)"),
     (FoldConstants, "evaluate constant subgraphs and static shape arithmetic (exact)"),
     (FoldShapes, "dynamic shape arithmetic -> constant Reshape targets via symbolic shapes (exact)"),
     (FoldPad, "constant zero Pad folded into the following Conv/AveragePool pads (exact)"),
@@ -71,6 +73,7 @@ GROUPS: dict[str, list[str]] = {
         "fold-constants",
         "dedupe",
         "fold-shapes",
+        "remove-noops",
         "fold-pad",
         "fold-batchnorm",
         "upgrade-opset",
