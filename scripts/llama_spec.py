@@ -74,3 +74,17 @@ def layers(num_layers: int) -> torch.nn.Module:
 def tinyllama() -> torch.nn.Module:
     """TinyLlama-1.1B's full shape: 22 layers, 1.1 B parameters, 2.2 GB in fp16."""
     return layers(22)
+
+
+def __getattr__(name: str):
+    """`layers_<n>` for any n, so a spec names the depth: `scripts.llama_spec:layers_4`."""
+    prefix = "layers_"
+    if name.startswith(prefix) and name[len(prefix) :].isdigit() and 1 <= int(name[len(prefix) :]) <= 64:
+        count = int(name[len(prefix) :])
+
+        def factory() -> torch.nn.Module:
+            return layers(count)
+
+        factory.__doc__ = f"The TinyLlama-1.1B shape with {count} layers, fp16."
+        return factory
+    raise AttributeError(name)
