@@ -194,6 +194,7 @@ def bench_lossy(layers: int, work: Path) -> list[dict[str, Any]]:
             str(calib),
             "--calibration-samples",
             "8",
+            "--no-build",  # the engines before/after are the build benchmark's business
             "-o",
             str(folder / "pruned.onnx"),
         ),

@@ -26,6 +26,7 @@ import onnx
 
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import external_data_files, file_mode
+from converter.core.onnx_scan import external_locations
 
 MAX_NAME_BYTES = 250  # NAME_MAX (255) less the '.data' / '.json' a companion file adds
 
@@ -51,12 +52,22 @@ def protected_files(inputs: list[Path]) -> set[Path]:
         path = Path(path)
         found.add(path.resolve())
         if path.suffix == ".onnx" and path.is_file():
-            try:
-                model = onnx.load(str(path), load_external_data=False)
-            except Exception:  # an unreadable input fails in its loader, with its own message
-                continue
-            found.update((path.parent / location).resolve() for location in external_data_files(model))
+            found.update((path.parent / location).resolve() for location in _external_files(path))
     return found
+
+
+def _external_files(path: Path) -> list[str]:
+    """The external-data locations `path` reads: scanned without loading its weights
+    (converter/core/onnx_scan.py), else by onnx's parser; none for an unreadable file,
+    which fails in its loader with its own message."""
+    try:
+        return external_locations(path)
+    except (ValueError, OSError):
+        pass
+    try:
+        return external_data_files(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return []
 
 
 class Outputs:
