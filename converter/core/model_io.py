@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from converter.core.errors import InvalidInputError, ModelLoadError
 from converter.core.model_checks import check_untrusted, tensor_nbytes
+from converter.core.onnx_write import write_model
 
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # below protobuf's 2 GB limit, with room for the graph
@@ -171,15 +172,16 @@ def save_model(
 
     With external data two files must appear together, so both are written into a
     temporary folder beside the destination and renamed into place, data file first.
-    The model passed in is not modified.
+    Either way tensors are written one at a time (converter/core/onnx_write.py): no
+    second copy of the weights. The model passed in is not modified.
     """
     threshold = external_data_bytes() if external_data_threshold is None else external_data_threshold
     final = Path(path)
     if final.is_dir():
         raise InvalidInputError(f"{final}: is a folder; give a file path for this output")
     if weights_nbytes(model) < threshold:
-        with atomic_path(final) as tmp:
-            tmp.write_bytes(model.SerializeToString(deterministic=True))
+        with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+            write_model(model, handle)
         return final  # an older '<name>.data' beside it is left alone: it may be someone else's
 
     data_name = final.name + ".data"
@@ -189,18 +191,10 @@ def save_model(
         raise InvalidInputError(f"{final}: cannot create its folder ({exc.strerror})") from exc
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name[:64]}.", dir=final.parent))
     try:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(
-            copy,
-            str(staging / final.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=min(1024, threshold),
-        )
+        with open(staging / final.name, "wb") as handle, open(staging / data_name, "wb") as data:
+            write_model(model, handle, data, data_name, inline_below=min(1024, threshold))
         for written in (staging / data_name, staging / final.name):
-            if written.exists():  # onnx creates the data file 0600: give the umask's mode
+            if written.exists():  # the umask's mode, whatever created them
                 os.chmod(written, file_mode())
         if (staging / data_name).exists():
             os.replace(staging / data_name, final.parent / data_name)
