@@ -72,8 +72,12 @@ def bypass(graph: gs.Graph, node: gs.Node) -> str | None:
         for index, tensor in enumerate(graph.outputs):
             if tensor is dst:
                 graph.outputs[index] = src
+        # The output keeps what it declared where `src` knows less (e.g. a shape inference
+        # could not follow): graph outputs must have a type and a shape.
         if src.dtype is None:
-            src.dtype, src.shape = dst.dtype, dst.shape
+            src.dtype = dst.dtype
+        if src.shape is None:
+            src.shape = dst.shape
         node.inputs.clear()
         return None
     redirect(dst, src, consumers(dst))

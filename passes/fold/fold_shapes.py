@@ -7,7 +7,9 @@ symbolic shapes (onnxruntime's symbolic shape inference names every dim, e.g.
 'batch', 'sequence', and proves equalities through MatMul/Transpose/...), we know
 that entry 0 of the target *is* dim 0 of the Reshape's own input, and Reshape's
 "0 = copy this dim" rule expresses exactly that: the target becomes the constant
-[0, 0, 12, 32]. What this pass rewrites:
+[0, 0, 12, 32]. Dims that inference merges where they broadcast count as equal only
+when a valid run forces them to be (passes/model_utils.py, checked_symbolic_dims): an
+input [M, D] added to [N, D] may have M = 1. What this pass rewrites:
 
 - Reshape whose target's entries are all known (ints, or dims of some tensor): an
   entry equal to the data input's dim at the same position becomes 0, static dims
@@ -31,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass, redirect
-from passes.model_utils import symbolic_dims
+from passes.model_utils import checked_symbolic_dims
 
 Dim = int | str  # an int, or the name of a symbolic dim
 
@@ -174,8 +176,11 @@ class FoldShapes(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         # Symbolic inference is most of this pass's cost; only the ops below ever read a
-        # dim, so a graph without them (e.g. one whose shapes all folded) skips it.
-        shapes = symbolic_dims(graph, auto_merge=True) if _reads_dims(graph) else {}
+        # dim, so a graph without them (e.g. one whose shapes all folded) skips it. Its
+        # merges of dims at broadcasts count only where a valid run forces them equal.
+        shapes, unmerged = checked_symbolic_dims(graph) if _reads_dims(graph) else ({}, None)
+        if unmerged:
+            result.notes.append(unmerged)
         evaluator = ShapeEvaluator(shapes)
         for node in list(graph.nodes):
             if node.op == "Reshape":
@@ -203,8 +208,9 @@ class FoldShapes(Pass):
             result.reject(node.name, "Reshape kept dynamic: allowzero=1 with a literal 0 in the target")
             return
         # allowzero=1 only changes the meaning of literal zeros, and there are none:
-        # the new target's zeros must mean "copy", so allowzero goes back to 0.
-        node.attrs["allowzero"] = 0
+        # the new target's zeros must mean "copy", so allowzero goes back to its default 0
+        # (dropped, not written: Reshape has no allowzero attribute before opset 14).
+        node.attrs.pop("allowzero", None)
         node.inputs[1] = gs.Constant(f"{node.name}_shape", np.array(folded, dtype=np.int64))
         result.count("reshape_targets_folded", node.name)
 

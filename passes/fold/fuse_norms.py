@@ -74,8 +74,9 @@ def _rsqrt_of_mean_square(tensor: gs.Tensor, divide: bool) -> tuple[gs.Tensor, f
     return None
 
 
-def _affine(graph: gs.Graph, out: gs.Tensor, channels: int | None, with_beta: bool):
-    """Follow optional * gamma [+ beta] after `out`; return (last tensor, gamma, beta, extra nodes)."""
+def _affine(graph: gs.Graph, out: gs.Tensor, channels: int | None, with_beta: bool, dtype: np.dtype | None):
+    """Follow optional * gamma [+ beta] after `out`; return (last tensor, gamma, beta, extra nodes),
+    or None when a gamma/beta to supply has no known size or dtype (`dtype`: the input's)."""
     gamma = beta = None
     nodes = []
     reader = only_consumer(out)
@@ -91,9 +92,9 @@ def _affine(graph: gs.Graph, out: gs.Tensor, channels: int | None, with_beta: bo
             beta, out = const, reader.outputs[0]
             nodes.append(reader)
     size = channels or (np.asarray(gamma.values).size if gamma is not None else None)
-    if size is None:
+    dtype = np.asarray(gamma.values).dtype if gamma is not None else dtype  # Scale/B have the input's type
+    if size is None or dtype is None:
         return None
-    dtype = np.asarray(gamma.values).dtype if gamma is not None else np.float32
     gamma = gamma if gamma is not None else gs.Constant(f"{out.name}_gamma", np.ones(size, dtype))
     if with_beta and beta is None:
         beta = gs.Constant(f"{out.name}_beta", np.zeros(size, dtype))
@@ -104,6 +105,14 @@ def _last_dim(tensor: gs.Tensor) -> int | None:
     if tensor.shape and isinstance(tensor.shape[-1], int) and tensor.shape[-1] > 0:
         return int(tensor.shape[-1])
     return None
+
+
+def _dtype(tensor: gs.Tensor) -> np.dtype | None:
+    """The tensor's numpy dtype; None when unknown or not a numpy type (e.g. bfloat16 in gs)."""
+    try:
+        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
+    except TypeError:
+        return None
 
 
 def _replace(graph: gs.Graph, op: str, name: str, inputs, out: gs.Tensor, eps: float) -> None:
@@ -141,9 +150,9 @@ class FuseNorms(Pass):
         if ctx.opset < 17:
             result.reject(div.name, f"LayerNorm found but opset {ctx.opset} < 17")
             return True
-        affine = _affine(graph, div.outputs[0], _last_dim(x), with_beta=True)
+        affine = _affine(graph, div.outputs[0], _last_dim(x), with_beta=True, dtype=_dtype(x))
         if affine is None:
-            result.reject(div.name, "LayerNorm found but its size is unknown (no gamma, dynamic last dim)")
+            result.reject(div.name, "LayerNorm found but its size or dtype is unknown (no gamma, dynamic last dim)")
             return True
         out, gamma, beta, _ = affine
         _replace(graph, "LayerNormalization", f"{div.name}_layernorm", [x, gamma, beta], out, eps)
@@ -163,9 +172,9 @@ class FuseNorms(Pass):
         if ctx.opset < 23:
             result.reject(node.name, f"RMSNorm found but opset {ctx.opset} < 23 has no RMSNormalization")
             return True
-        affine = _affine(graph, node.outputs[0], _last_dim(x), with_beta=False)
+        affine = _affine(graph, node.outputs[0], _last_dim(x), with_beta=False, dtype=_dtype(x))
         if affine is None:
-            result.reject(node.name, "RMSNorm found but its size is unknown")
+            result.reject(node.name, "RMSNorm found but its size or dtype is unknown")
             return True
         out, gamma, _, _ = affine
         _replace(graph, "RMSNormalization", f"{node.name}_rmsnorm", [x, gamma], out, eps)

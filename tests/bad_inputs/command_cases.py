@@ -116,6 +116,23 @@ def _recipe(folder: Path, text: str | bytes) -> list[str]:
     return ["convert", _matmul(folder), "--recipe", _write(folder, "r.yaml", text), "-o", str(folder / "out")]
 
 
+def _quantize(folder: Path, calib: np.ndarray, *extra: str) -> list[str]:
+    """quantize of the MatMul model with a calibration folder holding `calib` as input x."""
+    return [
+        "quantize",
+        _matmul(folder),
+        "--calib",
+        _calib_folder(folder, x=calib),
+        *extra,
+        "-o",
+        str(folder / "q.onnx"),
+    ]
+
+
+def _build(folder: Path, *extra: str) -> list[str]:
+    return ["build", _matmul(folder), "-o", str(folder / "m.engine"), *extra]
+
+
 def _optimize(folder: Path, *extra: str) -> list[str]:
     return ["optimize", _matmul(folder), "-o", str(folder / "o.onnx"), *extra]
 
@@ -163,7 +180,7 @@ CASES: dict[str, CommandCase] = {
     "calibration_image_81_megapixels": CommandCase("dos", _big_png, INVALID, "big.png"),
     "shapes_dim_2_40": CommandCase(
         "dos",
-        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "x:1x4/2x4/1099511627776x4"],
+        lambda f: _build(f, "--shapes", "x:1x4/2x4/1099511627776x4"),
         INVALID,
         "at most 2147483647",
     ),
@@ -207,7 +224,7 @@ CASES: dict[str, CommandCase] = {
     ),
     "shapes_name_unknown_input": CommandCase(
         "refuse",
-        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "nope:1x4/2x4/4x4"],
+        lambda f: _build(f, "--shapes", "nope:1x4/2x4/4x4"),
         INVALID,
         "'nope'",
     ),
@@ -222,22 +239,13 @@ CASES: dict[str, CommandCase] = {
     ),
     "quantize_shapes_unknown_input": CommandCase(
         "refuse",
-        lambda f: [
-            "quantize",
-            _matmul(f),
-            "--calib",
-            _calib_folder(f, x=np.ones((4, 4), np.float32)),
-            "--shapes",
-            "nope:1x4",
-            "-o",
-            str(f / "q.onnx"),
-        ],
+        lambda f: _quantize(f, np.ones((4, 4), np.float32), "--shapes", "nope:1x4"),
         INVALID,
         "'nope'",
     ),
     "shapes_min_above_opt": CommandCase(
         "refuse",
-        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "x:4x4/2x4/8x4"],
+        lambda f: _build(f, "--shapes", "x:4x4/2x4/8x4"),
         INVALID,
         "min <= opt <= max",
     ),
@@ -258,7 +266,7 @@ CASES: dict[str, CommandCase] = {
     ),
     "build_target_sm90_for_rtx": CommandCase(
         "refuse",
-        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--backend", "tensorrt-rtx", "--target-gpu", "sm90"],
+        lambda f: _build(f, "--backend", "tensorrt-rtx", "--target-gpu", "sm90"),
         ExitCode.UNSUPPORTED,
         "sm90",
     ),
@@ -308,16 +316,7 @@ CASES: dict[str, CommandCase] = {
     "recipe_not_utf8": CommandCase("internal", lambda f: _recipe(f, b"passes: [cl\xffeanup]\n"), INVALID, "UTF-8"),
     "cache_dir_is_a_file": CommandCase(
         "internal",
-        lambda f: [
-            "quantize",
-            _matmul(f),
-            "--calib",
-            _calib_folder(f, x=np.ones((4, 4), np.float32)),
-            "--cache-dir",
-            _write(f, "cache", "a file"),
-            "-o",
-            str(f / "q.onnx"),
-        ],
+        lambda f: _quantize(f, np.ones((4, 4), np.float32), "--cache-dir", _write(f, "cache", "a file")),
         INVALID,
         "--cache-dir",
     ),
@@ -365,27 +364,13 @@ CASES: dict[str, CommandCase] = {
     ),
     "calibration_with_nan": CommandCase(
         "refuse",
-        lambda f: [
-            "quantize",
-            _matmul(f),
-            "--calib",
-            _calib_folder(f, x=np.full((4, 4), np.nan, np.float32)),
-            "-o",
-            str(f / "q.onnx"),
-        ],
+        lambda f: _quantize(f, np.full((4, 4), np.nan, np.float32)),
         INVALID,
         "NaN",
     ),
     "calibration_of_another_shape": CommandCase(
         "refuse",
-        lambda f: [
-            "quantize",
-            _matmul(f),
-            "--calib",
-            _calib_folder(f, x=np.ones((4, 7), np.float32)),
-            "-o",
-            str(f / "q.onnx"),
-        ],
+        lambda f: _quantize(f, np.ones((4, 7), np.float32)),
         INVALID,
         "calib.npz",
     ),
@@ -401,7 +386,7 @@ CASES: dict[str, CommandCase] = {
     ),
     "markup_in_unknown_input_name": CommandCase(
         "markup",
-        lambda f: ["build", _matmul(f), "-o", str(f / "m.engine"), "--shapes", "[red]x[/red]:1x4"],
+        lambda f: _build(f, "--shapes", "[red]x[/red]:1x4"),
         INVALID,
         "[red]x[/red]",
     ),
