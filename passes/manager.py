@@ -187,8 +187,12 @@ def run_passes(
     specs: list[PassSpec],
     ctx: PassContext,
     on_stage: Callable[[PassRecord, onnx.ModelProto], None] | None = None,
+    on_record: Callable[[PassRecord], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
     """Run `specs` in order on `model`; return the final model and one record per pass.
+
+    `on_stage` gets each pass's record and the model after it (exported: a copy per pass);
+    `on_record` only the record (progress lines: free).
 
     `model` is never modified; the returned model shares no data with it. Raises
     InvalidInputError for a bad pass name or option before any pass runs.
@@ -213,6 +217,8 @@ def run_passes(
             counts = (len(current.graph.nodes), _initializer_count(current.graph))
         record = _record(spec, pass_, seconds, before, counts, result)
         records.append(record)
+        if on_record is not None:
+            on_record(record)
         if on_stage is not None:
             on_stage(record, current.model())
     return current.model(), records

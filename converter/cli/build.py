@@ -14,6 +14,7 @@ from converter.cli.options import (
     emit,
     out_option,
     output_options,
+    progress_log,
     shapes_option,
     target_gpu_option,
 )
@@ -49,5 +50,6 @@ def build(onnx_file, out, shapes, as_json, quiet, **options):
       trtforge build model.onnx -o model.engine --shapes image:1x3x224x224/4x3x224x224/16x3x224x224
       trtforge build model.onnx -o model.engine --backend tensorrt-rtx --target-gpu sm89 --target-gpu sm120
     """
-    engine = api.build(onnx_file, out, shapes=parse_profiles(shapes), **options)
+    log = progress_log(quiet or as_json)
+    engine = api.build(onnx_file, out, shapes=parse_profiles(shapes), log=log, **options)
     emit(engine.report, as_json, quiet, print_build)

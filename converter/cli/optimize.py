@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from converter import api
-from converter.cli.options import PATH, choice_option, emit, names, onnx_out_option, output_options, summary
+from converter.cli.options import (
+    PATH,
+    choice_option,
+    emit,
+    names,
+    onnx_out_option,
+    output_options,
+    progress_log,
+    summary,
+)
 from converter.pipelines.recipe import PRECISIONS
 
 
@@ -24,5 +33,6 @@ def optimize(onnx_file, out, passes, as_json, quiet, **options):
       trtforge optimize model.onnx -o model.opt.onnx
       trtforge optimize model.onnx -o model.fp16.onnx --precision fp16
     """
-    result = api.optimize(onnx_file, out, passes=names(passes), **options)
+    log = progress_log(quiet or as_json)
+    result = api.optimize(onnx_file, out, passes=names(passes), log=log, **options)
     emit(result.report, as_json, quiet, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def build(
     timing_cache: str | Path | None = None,
     precision: str = "fp32",
     verbose: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Build `onnx_path` into the engine `out` with the given profiles and targets.
 
@@ -50,6 +52,8 @@ def build(
     )
     engine_backend = get_backend(backend)
     engine_backend.check_config(config)
+    targets = ", ".join(config.target_gpus) or "default targets"
+    log(f"building {out} from {onnx_path} ({engine_backend.name}, {targets})")
     with Outputs(inputs=[onnx_path]) as outputs:  # the engine and its sidecar appear together
         engine = engine_backend.build(onnx_path, outputs.path(out), config, verbose=verbose)
     return BuildResult(Path(out), engine.sidecar)

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.model_io import load_model, opset_of, save_model, weights_nbytes
 from converter.core.outputs import Outputs
 from converter.pipelines import calibration_source
 from converter.pipelines.recipe import Recipe
@@ -57,19 +57,30 @@ def optimize(
     precision: str = "fp32",
     on_stage: OnStage | None = None,
     report_path: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> OptimizeResult:
-    """Run the passes (default: the fold group; fp16/bf16 append the precision pass) and write `out`."""
+    """Run the passes (default: the fold group; fp16/bf16 append the precision pass) and write `out`.
+
+    `log` hears what a terminal shows while it runs: the load, each pass as it ends, the save
+    (minutes each on a multi-GB model)."""
     recipe = Recipe(precision=precision)
     if passes is not None:
         recipe.passes = as_specs(passes)
     specs = recipe.effective_passes()
     check_passes(specs)
+    log(f"loading {onnx_path}")
     model = load_model(onnx_path)
     nodes_before = len(model.graph.node)
+    log(f"loaded {nodes_before} nodes, {weights_nbytes(model) / 1e6:,.1f} MB of weights")
+
+    def progress(record: PassRecord) -> None:
+        log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes ({record.seconds:.2f} s)")
+
     ctx = PassContext(opset=opset_of(model), calibration=calibration_source.for_optimize(specs, model))
-    result, records = run_passes(model, specs, ctx, on_stage)
+    result, records = run_passes(model, specs, ctx, on_stage, on_record=progress)
     del model  # the source's weights are not needed to save the result: one copy fewer at the peak
     with Outputs(inputs=[Path(onnx_path)]) as outputs:  # the ONNX and the report, together or neither
+        log(f"saving {out}")
         save_model(result, outputs.path(out))
         optimized = OptimizeResult(Path(out), records, nodes_before, len(result.graph.node))
         optimized.report = optimize_report(optimized)

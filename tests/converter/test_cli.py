@@ -65,6 +65,20 @@ def test_optimize_reports_passes(tmp_path, tiny_onnx):
     assert out.exists() and json.loads((tmp_path / "r.json").read_text())["passes"]
 
 
+def test_optimize_and_build_say_what_they_are_doing(tmp_path, tiny_onnx):
+    """Progress on stderr while the long stages run (load, each pass, save, build); none with -q."""
+    result = invoke("optimize", tiny_onnx, "-o", tmp_path / "o.onnx")
+    lines = [line for line in result.output.splitlines() if line.startswith(("loading", "loaded", "pass ", "saving"))]
+    assert lines[0].startswith("loading") and lines[-1].startswith("saving"), result.output
+    from passes.registry import GROUPS
+
+    assert sum(line.startswith("pass ") for line in lines) == len(GROUPS["fold"])  # one line per pass
+    quiet = invoke("optimize", tiny_onnx, "-o", tmp_path / "q.onnx", "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    built = invoke("build", tiny_onnx, "-o", tmp_path / "m.engine", "--target-gpu", "sm86")
+    assert built.exit_code == 0 and "building" in built.output
+
+
 def test_optimize_unknown_pass(tmp_path, tiny_onnx):
     result = invoke("optimize", tiny_onnx, "-o", tmp_path / "o.onnx", "--passes", "cleanup,warp-drive")
     assert result.exit_code == ExitCode.INVALID_INPUT and "unknown pass 'warp-drive'" in result.output
