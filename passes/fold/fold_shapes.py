@@ -122,6 +122,43 @@ class ShapeEvaluator:
             return None
         return self.value(node.inputs[0])
 
+    def _op_Reshape(self, node: gs.Node) -> ShapeValue | None:
+        """A 1-D shape reshaped to [-1] (what exporters write around Concat): the same value."""
+        data, target = self.value(node.inputs[0]), _const_ints(node.inputs[1])
+        if data is None or data.scalar or target is None or target.dims != [-1]:
+            return None
+        return ShapeValue(list(data.dims))
+
+    def _op_Equal(self, node: gs.Node) -> ShapeValue | None:
+        """Elementwise ==, as 0/1, where every pair is decided: two ints, or a dim (never
+        negative) against a negative constant (torch's expand: `Where(shape == -1, 1, shape)`)."""
+        a, b = (self.value(t) for t in node.inputs)
+        if a is None or b is None or a.scalar or b.scalar or len(b.dims) not in (1, len(a.dims)):
+            return None
+        decided = []
+        for x, y in zip(a.dims, b.dims * len(a.dims) if len(b.dims) == 1 else b.dims, strict=True):
+            if isinstance(x, int) and isinstance(y, int):
+                decided.append(int(x == y))
+            elif isinstance(y, int) and y < 0 or isinstance(x, int) and x < 0:
+                decided.append(0)  # a dim is >= 0: it never equals a negative number
+            else:
+                return None
+        return ShapeValue(decided)
+
+    def _op_Where(self, node: gs.Node) -> ShapeValue | None:
+        """Elementwise choice by a decided condition (1-D, equal lengths or length 1)."""
+        cond, a, b = (self.value(t) for t in node.inputs)
+        if cond is None or a is None or b is None or any(v.scalar for v in (cond, a, b)) or not cond.static:
+            return None
+        size = max(len(cond.dims), len(a.dims), len(b.dims))
+        if any(len(v.dims) not in (1, size) for v in (cond, a, b)):
+            return None
+
+        def at(v: ShapeValue, i: int) -> Dim:
+            return v.dims[0] if len(v.dims) == 1 else v.dims[i]
+
+        return ShapeValue([at(a, i) if at(cond, i) else at(b, i) for i in range(size)])
+
     def _op_Slice(self, node: gs.Node) -> ShapeValue | None:
         data = self.value(node.inputs[0])
         bounds = [_const_ints(t) for t in node.inputs[1:]]
@@ -151,6 +188,28 @@ def _reshape_target(data_dims: list[Dim] | None, target: ShapeValue) -> list[int
     if unknown and result.count(-1) > 1:
         return "target already has a -1 and another dynamic dim"
     return result
+
+
+def _expand_target(data_dims: list[Dim], target: ShapeValue) -> list[int] | None:
+    """A constant Expand target equivalent to `target`, or None.
+
+    Expand broadcasts: a target dim of 1 keeps the input's dim. So a symbolic target dim
+    equal to the input's dim at the same (right-aligned) position becomes 1; an int stays;
+    any other symbol (a dim the input does not have there) keeps the target dynamic.
+    """
+    if target.scalar:
+        return None
+    offset = len(target.dims) - len(data_dims)
+    folded = []
+    for j, dim in enumerate(target.dims):
+        i = j - offset
+        if isinstance(dim, int):
+            folded.append(dim)
+        elif 0 <= i < len(data_dims) and data_dims[i] == dim:
+            folded.append(1)
+        else:
+            return None
+    return folded
 
 
 def _reads_dims(graph: gs.Graph) -> bool:
@@ -217,12 +276,23 @@ class FoldShapes(Pass):
     def _expand(self, graph, node, evaluator, shapes, result) -> None:
         data_dims = shapes.get(node.inputs[0].name)
         target = evaluator.value(node.inputs[1])
-        if data_dims is None or target is None or len(target.dims) > len(data_dims):
+        if data_dims is None or target is None:
+            return
+        if len(target.dims) > len(data_dims):  # Expand may add leading dims: only a fold then
+            folded = _expand_target(data_dims, target)
+            if folded is not None and not isinstance(node.inputs[1], gs.Constant):
+                node.inputs[1] = gs.Constant(f"{node.name}_shape", np.array(folded, dtype=np.int64))
+                result.count("expand_targets_folded", node.name)
             return
         tail = data_dims[len(data_dims) - len(target.dims) :]
         noop = all(t == 1 or t == d for t, d in zip(target.dims, tail, strict=True))
         if noop and bypass(graph, node) is None:
             result.count("noop_expands_removed", node.name)
+            return
+        folded = _expand_target(data_dims, target)
+        if folded is not None and not isinstance(node.inputs[1], gs.Constant):
+            node.inputs[1] = gs.Constant(f"{node.name}_shape", np.array(folded, dtype=np.int64))
+            result.count("expand_targets_folded", node.name)
 
     def _slice(self, graph, node, evaluator, shapes, result) -> None:
         data_dims = shapes.get(node.inputs[0].name)

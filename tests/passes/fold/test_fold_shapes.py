@@ -94,3 +94,41 @@ def test_property_equal_outputs_and_idempotent(heads, dim, minus_one, allowzero,
     _check_equal(model, folded, heads, dim, [(batch, seq), (batch + 1, seq + 2)])
     _, again = run_passes(folded, [PassSpec("fold-shapes")], CTX)
     assert again[0].changed == {}
+
+
+def _torch_expand_graph():
+    """x[N, 1, S, 4] expanded to [N, 2, S, 4] the way torch exports `expand`: a shape built by
+    Shape/Gather/Concat, reshaped to [-1], then `Where(shape == -1, 1, shape)`."""
+    consts = {
+        "i0": np.array([0], np.int64),
+        "i2": np.array([2], np.int64),
+        "two": np.array([2], np.int64),
+        "four": np.array([4], np.int64),
+        "minus_one": np.array([-1], np.int64),
+        "ones": np.ones(4, np.int64),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i0"], ["n"], axis=0),
+        helper.make_node("Gather", ["shape", "i2"], ["s"], axis=0),
+        helper.make_node("Concat", ["n", "two", "s", "four"], ["target"], axis=0),
+        helper.make_node("Reshape", ["target", "minus_one"], ["flat"]),
+        helper.make_node("Equal", ["flat", "minus_one"], ["is_minus_one"]),
+        helper.make_node("Where", ["is_minus_one", "ones", "flat"], ["dims"]),
+        helper.make_node("Expand", ["x", "dims"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    return make_model(nodes, {"x": ["N", 1, "S", 4]}, {"y": ["N", 2, "S", 4]}, inits)
+
+
+def test_torch_expand_target_folds_to_a_constant():
+    model = _torch_expand_graph()
+    out, records = run_passes(model, [PassSpec("fold-shapes")], CTX)
+    assert records[0].changed.get("expand_targets_folded") == 1, records[0].changed
+    expand = next(n for n in out.graph.node if n.op_type == "Expand")
+    target = next(i for i in out.graph.initializer if i.name == expand.input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [1, 2, 1, 4]  # 1 = the input's own dim
+    assert [n.op_type for n in out.graph.node] == ["Expand"]  # the shape arithmetic is dead
+    for n, s in ((1, 3), (3, 7)):
+        x = np.random.default_rng(n).standard_normal((n, 1, s, 4)).astype(np.float32)
+        np.testing.assert_array_equal(first_output(out, {"x": x}), first_output(model, {"x": x}))
