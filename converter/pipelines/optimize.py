@@ -8,6 +8,7 @@ sample data (converter/pipelines/calibration_source.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,17 +62,18 @@ def optimize(
 ) -> OptimizeResult:
     """Run the passes (default: the fold group; fp16/bf16 append the precision pass) and write `out`.
 
-    `log` hears what a terminal shows while it runs: the load, each pass as it ends, the save
-    (minutes each on a multi-GB model)."""
+    `log` hears what a terminal shows while it runs: the load once done, each pass as it
+    ends, the save as it starts (minutes each on a multi-GB model)."""
     recipe = Recipe(precision=precision)
     if passes is not None:
         recipe.passes = as_specs(passes)
     specs = recipe.effective_passes()
     check_passes(specs)
-    log(f"loading {onnx_path}")
-    model = load_model(onnx_path)
+    started = time.perf_counter()
+    model = load_model(onnx_path)  # a broken file's error stays the only line printed
     nodes_before = len(model.graph.node)
-    log(f"loaded {nodes_before} nodes, {weights_nbytes(model) / 1e6:,.1f} MB of weights")
+    seconds = time.perf_counter() - started
+    log(f"loaded {onnx_path}: {nodes_before} nodes, {weights_nbytes(model) / 1e6:,.1f} MB of weights ({seconds:.2f} s)")
 
     def progress(record: PassRecord) -> None:
         log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes ({record.seconds:.2f} s)")
