@@ -209,10 +209,10 @@ class _Run:
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[dict[str, Any]]:
         """One timed stage of the report (wall time, so the stages add up to the run), announced first."""
-        self.log(message)
         start = time.perf_counter()
         entry = self.report["stages"].setdefault(name, {})
         try:
+            self.log(message)  # inside the try: a signal right after the announcement names this stage
             yield entry
         except (Interrupted, KeyboardInterrupt) as exc:  # the CLI says which stage was stopped
             exc.stage = getattr(exc, "stage", None) or name  # type: ignore[union-attr]
