@@ -78,12 +78,12 @@ def for_passes(
     return data
 
 
-def require_own_samples(passes: list[PassSpec], model: onnx.ModelProto | None, spec: ModelSpec | None) -> None:
+def require_own_samples(passes: list[PassSpec], metadata: dict[str, str], spec: ModelSpec | None) -> None:
     """Before any work: refuse passes that would change nothing without data when the model
-    has no real sample data of its own (the spec's, or a built-in demo its metadata names)."""
+    has no real sample data of its own (the spec's, or a built-in demo its ONNX `metadata` names)."""
     if spec is not None and spec.sample_source != "synthetic":
         return
-    if model is not None and metadata_value(model, SAMPLE_DATA):
+    if metadata.get(SAMPLE_DATA):
         return
     _refuse_without_data(requiring_calibration(passes))
 

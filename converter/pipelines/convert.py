@@ -120,8 +120,7 @@ def convert(
     loaded = time.perf_counter()
     ref = resolve_model(model or DEFAULT_DEMO, rec.shapes)
     _refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
-    header = load_model(ref.path, load_weights=False) if ref.path is not None else None
-    calibration_source.require_own_samples(rec.effective_passes(), header, ref.spec)
+    calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
     try:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converter.core.errors import InvalidInputError
-from converter.core.metadata import PROFILES, SOURCE, metadata_value
+from converter.core.metadata import PROFILES, SOURCE, metadata_value, read_metadata
 from converter.core.model_io import load_model
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile, profiles_from_json
@@ -157,6 +157,7 @@ class ModelRef:
     text: str  # the argument as given
     spec: ModelSpec | None = None
     path: Path | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # an ONNX file's, read when it was checked
 
     @property
     def is_torch(self) -> bool:
@@ -191,7 +192,7 @@ def resolve_model(
     unknown = sorted(set(shapes or {}) - set(inputs))
     if unknown:
         raise InvalidInputError(f"--shapes names unknown input(s) {unknown} (inputs: {inputs})")
-    return ModelRef(text, path=path)
+    return ModelRef(text, path=path, metadata=read_metadata(header))
 
 
 def feeds_for_source(

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.model_utils import symbolic_dims
 from passes.pattern_utils import Dim, compose_perms, constant_array, constant_of, dims_equal, producer, scalar_factor
+from passes.symbolic_shapes import symbolic_dims
 
 IDENTITY4 = [0, 1, 2, 3]
 

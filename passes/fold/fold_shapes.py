@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass, redirect
-from passes.model_utils import checked_symbolic_dims
+from passes.symbolic_shapes import checked_symbolic_dims
 
 Dim = int | str  # an int, or the name of a symbolic dim
 

@@ -11,7 +11,6 @@ argument list, the exit code and the words the one-line error must contain.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -19,10 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from converter.core.errors import ExitCode
+from tests.bad_inputs.case_files import (
+    calib_folder,
+    conv_model,
+    embedding_model,
+    engine_with_sidecar,
+    matmul_model,
+    npz_file,
+    python_module,
+    sidecar_json,
+    write_file,
+)
 
 INVALID, USAGE = ExitCode.INVALID_INPUT, ExitCode.USAGE
 
@@ -35,94 +43,17 @@ class CommandCase:
     message: str  # the one-line error contains this
 
 
-def _matmul(folder: Path, name: str = "m.onnx", rows: int = 4, dtype: int = TensorProto.FLOAT) -> str:
-    """x[b, rows] @ w[rows, 4] -> y: the smallest model every command accepts."""
-    w = numpy_helper.from_array(np.ones((rows, 4), helper.tensor_dtype_to_np_dtype(dtype)), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", dtype, ["b", rows])],
-        [helper.make_tensor_value_info("y", dtype, ["b", 4])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / name))
-    return str(folder / name)
-
-
-def _embedding(folder: Path) -> str:
-    """ids[b, s] -> Gather from a 16-row table: an LM's first layer."""
-    table = numpy_helper.from_array(np.ones((16, 4), np.float32), "table")
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["y"], name="embed")],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 4])],
-        [table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "lm.onnx"))
-    return str(folder / "lm.onnx")
-
-
-def _conv(folder: Path) -> str:
-    """image[b, 3, 16, 16] -> Conv: a model that calibrates on image folders."""
-    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 16, 16])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "conv.onnx"))
-    return str(folder / "conv.onnx")
-
-
-def _write(folder: Path, name: str, content: str | bytes) -> str:
-    path = folder / name
-    path.write_bytes(content.encode() if isinstance(content, str) else content)
-    return str(path)
-
-
-def _npz(folder: Path, name: str = "in.npz", **arrays: np.ndarray) -> str:
-    np.savez(folder / name, **arrays)
-    return str(folder / name)
-
-
-def _calib_folder(folder: Path, **arrays: np.ndarray) -> str:
-    (folder / "calib").mkdir()
-    return str(Path(_npz(folder / "calib", "calib.npz", **arrays)).parent)
-
-
-def _module(folder: Path, name: str, source: str) -> str:
-    """A Python module for a module:factory spec (the tests put `folder` on sys.path)."""
-    (folder / f"{name}.py").write_text(source)
-    return name
-
-
-def _engine_with_sidecar(folder: Path, sidecar: str | bytes) -> str:
-    """An engine file (bytes only: without a GPU nothing reads it) with the given sidecar beside it."""
-    engine = _write(folder, "m.engine", b"not really an engine")
-    _write(folder, "m.engine.json", sidecar)
-    return engine
-
-
 def _recipe(folder: Path, text: str | bytes) -> list[str]:
-    return ["convert", _matmul(folder), "--recipe", _write(folder, "r.yaml", text), "-o", str(folder / "out")]
+    return ["convert", matmul_model(folder), "--recipe", write_file(folder, "r.yaml", text), "-o", str(folder / "out")]
 
 
 def _quantize(folder: Path, calib: np.ndarray, *extra: str) -> list[str]:
     """quantize of the MatMul model with a calibration folder holding `calib` as input x."""
     return [
         "quantize",
-        _matmul(folder),
+        matmul_model(folder),
         "--calib",
-        _calib_folder(folder, x=calib),
+        calib_folder(folder, x=calib),
         *extra,
         "-o",
         str(folder / "q.onnx"),
@@ -130,11 +61,11 @@ def _quantize(folder: Path, calib: np.ndarray, *extra: str) -> list[str]:
 
 
 def _build(folder: Path, *extra: str) -> list[str]:
-    return ["build", _matmul(folder), "-o", str(folder / "m.engine"), *extra]
+    return ["build", matmul_model(folder), "-o", str(folder / "m.engine"), *extra]
 
 
 def _optimize(folder: Path, *extra: str) -> list[str]:
-    return ["optimize", _matmul(folder), "-o", str(folder / "o.onnx"), *extra]
+    return ["optimize", matmul_model(folder), "-o", str(folder / "o.onnx"), *extra]
 
 
 def _big_png(folder: Path) -> list[str]:
@@ -142,25 +73,7 @@ def _big_png(folder: Path) -> list[str]:
 
     (folder / "images").mkdir()
     Image.new("RGB", (9000, 9000)).save(folder / "images" / "big.png")  # 81 Mpx, over the 64 Mpx limit
-    return ["quantize", _conv(folder), "--calib", str(folder / "images"), "-o", str(folder / "q.onnx")]
-
-
-def _sidecar(**changes: object) -> str:
-    """A sidecar of the right shape for the 20-byte engine above, with `changes` applied."""
-    import hashlib
-
-    data = {
-        "format": "trtforge-engine-sidecar/1",
-        "backend": "tensorrt-rtx",
-        "backend_version": "1.0",
-        "precision": "fp32",
-        "profiles": {},
-        "engine_bytes": 20,
-        "engine_sha256": hashlib.sha256(b"not really an engine").hexdigest(),
-        "network": {"num_layers": 1, "layer_types": {}, "tensor_dtypes": {}},
-    }
-    data.update(changes)
-    return json.dumps({k: v for k, v in data.items() if v is not None})
+    return ["quantize", conv_model(folder), "--calib", str(folder / "images"), "-o", str(folder / "q.onnx")]
 
 
 CASES: dict[str, CommandCase] = {
@@ -185,7 +98,7 @@ CASES: dict[str, CommandCase] = {
         "at most 2147483647",
     ),
     "limit_option_unknown": CommandCase(
-        "refuse", lambda f: ["--limit", "memory=1G", "inspect", _matmul(f)], USAGE, "--limit 'memory=1G'"
+        "refuse", lambda f: ["--limit", "memory=1G", "inspect", matmul_model(f)], USAGE, "--limit 'memory=1G'"
     ),
     # -- accepted when it must be refused
     "passes_quantize_without_data": CommandCase(
@@ -201,7 +114,7 @@ CASES: dict[str, CommandCase] = {
         "refuse",
         lambda f: [
             "export",
-            _module(f, "exits", "import sys\ndef make():\n    sys.exit(0)\n") + ":make",
+            python_module(f, "exits", "import sys\ndef make():\n    sys.exit(0)\n") + ":make",
             "--shapes",
             "x:1x4",
             "-o",
@@ -212,13 +125,18 @@ CASES: dict[str, CommandCase] = {
     ),
     "module_exits_at_import": CommandCase(
         "refuse",
-        lambda f: ["export", _module(f, "exits_early", "raise SystemExit(3)\n") + ":make", "-o", str(f / "e.onnx")],
+        lambda f: [
+            "export",
+            python_module(f, "exits_early", "raise SystemExit(3)\n") + ":make",
+            "-o",
+            str(f / "e.onnx"),
+        ],
         INVALID,
         "sys.exit(3)",
     ),
     "module_with_syntax_error": CommandCase(
         "internal",
-        lambda f: ["export", _module(f, "broken_syntax", "def make(:\n") + ":make", "-o", str(f / "e.onnx")],
+        lambda f: ["export", python_module(f, "broken_syntax", "def make(:\n") + ":make", "-o", str(f / "e.onnx")],
         INVALID,
         "SyntaxError",
     ),
@@ -230,12 +148,12 @@ CASES: dict[str, CommandCase] = {
     ),
     "convert_shapes_unknown_input": CommandCase(
         "refuse",
-        lambda f: ["convert", _matmul(f), "-o", str(f / "out"), "--shapes", "nope:1x4/2x4/4x4"],
+        lambda f: ["convert", matmul_model(f), "-o", str(f / "out"), "--shapes", "nope:1x4/2x4/4x4"],
         INVALID,
         "'nope'",
     ),
     "verify_shapes_unknown_input": CommandCase(
-        "refuse", lambda f: ["verify", _matmul(f), _matmul(f), "--shapes", "nope:1x4"], INVALID, "'nope'"
+        "refuse", lambda f: ["verify", matmul_model(f), matmul_model(f), "--shapes", "nope:1x4"], INVALID, "'nope'"
     ),
     "quantize_shapes_unknown_input": CommandCase(
         "refuse",
@@ -250,7 +168,7 @@ CASES: dict[str, CommandCase] = {
         "min <= opt <= max",
     ),
     "tolerance_for_unknown_output": CommandCase(
-        "refuse", lambda f: ["verify", _matmul(f), _matmul(f), "--atol", "nope:0.1"], USAGE, "nope"
+        "refuse", lambda f: ["verify", matmul_model(f), matmul_model(f), "--atol", "nope:0.1"], USAGE, "nope"
     ),
     "recipe_tolerance_nan": CommandCase(
         "refuse", lambda f: _recipe(f, "tolerances: {atol: .nan}\n"), INVALID, "tolerances.atol"
@@ -262,7 +180,7 @@ CASES: dict[str, CommandCase] = {
         "refuse", lambda f: _optimize(f, "--passes", "fold-constant"), INVALID, "fold-constants"
     ),
     "output_is_the_input": CommandCase(
-        "refuse", lambda f: ["optimize", _matmul(f), "-o", str(f / "m.onnx")], INVALID, "which this command reads"
+        "refuse", lambda f: ["optimize", matmul_model(f), "-o", str(f / "m.onnx")], INVALID, "which this command reads"
     ),
     "build_target_sm90_for_rtx": CommandCase(
         "refuse",
@@ -272,30 +190,30 @@ CASES: dict[str, CommandCase] = {
     ),
     # -- once an internal error (exit 1) for the user's mistake
     "output_name_over_255_bytes": CommandCase(
-        "internal", lambda f: ["optimize", _matmul(f), "-o", str(f / ("a" * 300 + ".onnx"))], INVALID, "305 bytes"
+        "internal", lambda f: ["optimize", matmul_model(f), "-o", str(f / ("a" * 300 + ".onnx"))], INVALID, "305 bytes"
     ),
     "convert_out_name_over_255_bytes": CommandCase(
-        "internal", lambda f: ["convert", _matmul(f), "-o", str(f / ("d" * 300))], INVALID, "bytes"
+        "internal", lambda f: ["convert", matmul_model(f), "-o", str(f / ("d" * 300))], INVALID, "bytes"
     ),
     "output_under_proc": CommandCase(
-        "internal", lambda f: ["optimize", _matmul(f), "-o", "/proc/self/trtforge/o.onnx"], INVALID, "/proc/self"
+        "internal", lambda f: ["optimize", matmul_model(f), "-o", "/proc/self/trtforge/o.onnx"], INVALID, "/proc/self"
     ),
     "output_below_a_file": CommandCase(
-        "internal", lambda f: ["optimize", _matmul(f), "-o", str(f / "m.onnx" / "o.onnx")], INVALID, "cannot write"
+        "internal", lambda f: ["optimize", matmul_model(f), "-o", str(f / "m.onnx" / "o.onnx")], INVALID, "cannot write"
     ),
     "sidecar_without_backend": CommandCase(
-        "internal", lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(backend=None))], 0, "ignored"
+        "internal", lambda f: ["inspect", engine_with_sidecar(f, sidecar_json(backend=None))], 0, "ignored"
     ),
     "sidecar_foreign_format": CommandCase(
-        "internal", lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(format="polygraphy/9"))], 0, "ignored"
+        "internal", lambda f: ["inspect", engine_with_sidecar(f, sidecar_json(format="polygraphy/9"))], 0, "ignored"
     ),
     "sidecar_wrong_types": CommandCase(
         "internal",
-        lambda f: ["inspect", _engine_with_sidecar(f, _sidecar(network={"num_layers": "many"}))],
+        lambda f: ["inspect", engine_with_sidecar(f, sidecar_json(network={"num_layers": "many"}))],
         0,
         "ignored",
     ),
-    "sidecar_not_json": CommandCase("internal", lambda f: ["inspect", _engine_with_sidecar(f, b"\xff{")], 0, "ignored"),
+    "sidecar_not_json": CommandCase("internal", lambda f: ["inspect", engine_with_sidecar(f, b"\xff{")], 0, "ignored"),
     "engine_is_a_device": CommandCase(
         "dos",
         lambda f: (os.symlink("/dev/zero", f / "z.engine"), ["inspect", str(f / "z.engine")])[1],
@@ -316,34 +234,58 @@ CASES: dict[str, CommandCase] = {
     "recipe_not_utf8": CommandCase("internal", lambda f: _recipe(f, b"passes: [cl\xffeanup]\n"), INVALID, "UTF-8"),
     "cache_dir_is_a_file": CommandCase(
         "internal",
-        lambda f: _quantize(f, np.ones((4, 4), np.float32), "--cache-dir", _write(f, "cache", "a file")),
+        lambda f: _quantize(f, np.ones((4, 4), np.float32), "--cache-dir", write_file(f, "cache", "a file")),
         INVALID,
         "--cache-dir",
     ),
     "token_id_past_the_table": CommandCase(
         "internal",
-        lambda f: ["verify", _embedding(f), _embedding(f), "--load-inputs", _npz(f, ids=np.full((2, 3), 99))],
+        lambda f: [
+            "verify",
+            embedding_model(f),
+            embedding_model(f),
+            "--load-inputs",
+            npz_file(f, ids=np.full((2, 3), 99)),
+        ],
         INVALID,
         "holds id 99",
     ),
     "negative_token_id": CommandCase(
         "internal",
-        lambda f: ["verify", _embedding(f), _embedding(f), "--load-inputs", _npz(f, ids=np.full((2, 3), -1))],
+        lambda f: [
+            "verify",
+            embedding_model(f),
+            embedding_model(f),
+            "--load-inputs",
+            npz_file(f, ids=np.full((2, 3), -1)),
+        ],
         INVALID,
         "holds id -1",
     ),
     "candidate_with_another_input_shape": CommandCase(
-        "internal", lambda f: ["verify", _matmul(f), _matmul(f, "other.onnx", rows=5)], INVALID, "other.onnx"
+        "internal", lambda f: ["verify", matmul_model(f), matmul_model(f, "other.onnx", rows=5)], INVALID, "other.onnx"
     ),
     "load_inputs_of_another_dtype": CommandCase(
         "internal",
-        lambda f: ["verify", _matmul(f), _matmul(f), "--load-inputs", _npz(f, x=np.ones((2, 4), np.float64))],
+        lambda f: [
+            "verify",
+            matmul_model(f),
+            matmul_model(f),
+            "--load-inputs",
+            npz_file(f, x=np.ones((2, 4), np.float64)),
+        ],
         INVALID,
         "float64",
     ),
     "load_inputs_zero_rows": CommandCase(
         "internal",
-        lambda f: ["verify", _matmul(f), _matmul(f), "--load-inputs", _npz(f, x=np.ones((0, 4), np.float32))],
+        lambda f: [
+            "verify",
+            matmul_model(f),
+            matmul_model(f),
+            "--load-inputs",
+            npz_file(f, x=np.ones((0, 4), np.float32)),
+        ],
         INVALID,
         "no rows",
     ),
@@ -351,7 +293,7 @@ CASES: dict[str, CommandCase] = {
         "internal",
         lambda f: (
             np.save(open(f / "in.npz", "wb"), np.ones((2, 4), np.float32)),  # noqa: SIM115 (closed at exit)
-            ["verify", _matmul(f), _matmul(f), "--load-inputs", str(f / "in.npz")],
+            ["verify", matmul_model(f), matmul_model(f), "--load-inputs", str(f / "in.npz")],
         )[1],
         INVALID,
         "single .npy",
@@ -375,10 +317,10 @@ CASES: dict[str, CommandCase] = {
         "calib.npz",
     ),
     "inspect_a_text_file": CommandCase(
-        "refuse", lambda f: ["inspect", _write(f, "notes.txt", "hello")], INVALID, "expected an .onnx file"
+        "refuse", lambda f: ["inspect", write_file(f, "notes.txt", "hello")], INVALID, "expected an .onnx file"
     ),
     "convert_out_is_a_file": CommandCase(
-        "refuse", lambda f: ["convert", _matmul(f), "-o", _write(f, "taken", "x")], INVALID, "not a folder"
+        "refuse", lambda f: ["convert", matmul_model(f), "-o", write_file(f, "taken", "x")], INVALID, "not a folder"
     ),
     # -- markup from data is printed as text
     "markup_in_missing_model_path": CommandCase(
