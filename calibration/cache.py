@@ -28,6 +28,7 @@ import onnx
 from calibration.data import CalibrationData
 from calibration.observers import compute_amax
 from calibration.stats import BINS, TensorStats, collect_statistics
+from converter.core import external_data
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import atomic_path, sha256_model
 
@@ -175,7 +176,10 @@ def values_fingerprint(model: onnx.ModelProto) -> str:
         digest.update(node)
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         digest.update(f"{init.name}|{init.data_type}|{list(init.dims)}".encode())
-        digest.update(onnx.numpy_helper.to_array(init).tobytes())
+        if external_data.is_mapped(init):  # one weight's bytes in memory at a time
+            digest.update(external_data.read_bytes(init))
+        else:
+            digest.update(onnx.numpy_helper.to_array(init).tobytes())
     for graph_input in model.graph.input:
         digest.update(f"{graph_input.name}|{graph_input.type.tensor_type.elem_type}".encode())
     return digest.hexdigest()

@@ -44,6 +44,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from converter.core.model_io import opset_of
+from converter.core.ort_session import Bound, serialized
 
 # ops whose output never goes below 0 (Clip: its constant minimum, when >= 0)
 NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
@@ -163,8 +164,9 @@ def reduction_nodes(
 
 def serialize_with_reductions(
     model: onnx.ModelProto, names: list[str], channels: set[str]
-) -> tuple[bytes, list[Reduction]]:
-    """The model's bytes with the reduction nodes appended and their outputs as the graph outputs."""
+) -> tuple[tuple[bytes, Bound], list[Reduction]]:
+    """The model's bytes with the reduction nodes appended and their outputs as the graph outputs
+    (with the weights to bind by name: converter/core/ort_session.serialized)."""
     opset = opset_of(model) or 18
     nodes, plan = reduction_nodes(model, names, channels, opset)
     saved_outputs, count = list(model.graph.output), len(model.graph.node)
@@ -172,7 +174,7 @@ def serialize_with_reductions(
     del model.graph.output[:]
     model.graph.output.extend(onnx.ValueInfoProto(name=o) for r in plan for o in r.outputs)
     try:
-        return model.SerializeToString(), plan
+        return serialized(model), plan
     finally:
         del model.graph.node[count:]
         del model.graph.output[:]

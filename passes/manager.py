@@ -40,6 +40,7 @@ from passes.model_utils import (
     infer_graph_types,
     infer_types,
     large_constant_names,
+    restore_mapped,
     restore_weights,
 )
 from passes.registry import PassSpec, build_passes
@@ -210,6 +211,7 @@ def run_passes(
             raise
         except Exception as exc:
             raise PassFailedError(spec.name, exc) from exc
+        restore_mapped(current.graph)  # the weights the pass only read go back to their file
         seconds = time.perf_counter() - start
         if result.opset is not None:
             ctx.opset = result.opset

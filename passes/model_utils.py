@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numpy as np
 import onnx
@@ -15,7 +16,70 @@ from onnx_graphsurgeon.importers.onnx_importer import (
 )
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from converter.core import external_data
+
 SMALL_TENSOR_BYTES = 4096
+
+
+class MappedValues(LazyValues):
+    """The lazy values of a weight a lazily loaded model maps (converter/core/external_data.py).
+
+    Loading gives a read-only view into the data file's map instead of a copy, and gs keeps
+    it as the constant's values; `restore_mapped` turns such views back into MappedValues
+    after a pass, so an export writes the stub (streamed at save), not the bytes.
+    """
+
+    def load(self) -> np.ndarray:
+        view = external_data.array_of(self.tensor)
+        _VIEWS[id(view)] = (view, self)
+        return view
+
+
+_VIEWS: dict[int, tuple[np.ndarray, MappedValues]] = {}  # views handed out and not yet restored
+
+
+def restore_mapped(graph: gs.Graph) -> int:
+    """Give every constant of `graph` whose values are still a view MappedValues loaded its
+    MappedValues back, and release the pages read; the count restored. A view is read-only,
+    so a constant that holds one holds the file's bytes unchanged. Views that nothing else
+    holds any more are forgotten (those of other graphs stay restorable)."""
+    restored = 0
+    for tensor in graph.tensors().values():
+        entry = _VIEWS.get(id(getattr(tensor, "_values", None)))
+        if isinstance(tensor, gs.Constant) and entry is not None and entry[0] is tensor._values:
+            tensor._values = entry[1]
+            restored += 1
+    for key in [k for k, (view, _) in _VIEWS.items() if sys.getrefcount(view) <= 3]:
+        del _VIEWS[key]  # held only by this registry (and the loop's names)
+    external_data.release_pages()
+    return restored
+
+
+def release_values(const: gs.Constant) -> None:
+    """Done reading this weight: if it is mapped, its view goes and its pages leave the resident
+    set now (a pass that streams through every weight stays at one weight's memory)."""
+    entry = _VIEWS.pop(id(const._values), None)
+    if entry is not None and entry[0] is const._values:
+        const._values = entry[1]
+    if isinstance(const._values, MappedValues):
+        external_data.release_pages(const._values.tensor)
+
+
+def bind_mapped(graph: gs.Graph) -> gs.Graph:
+    """Make the constants gs imported from a lazily loaded model's mapped stubs read in place
+    (MappedValues) and export as the stubs they are; `graph` itself, for chaining."""
+    for tensor in graph.tensors().values():
+        values = getattr(tensor, "_values", None)
+        plain = isinstance(values, LazyValues) and not isinstance(values, (MappedValues, SparseValues))
+        if plain and external_data.is_mapped(values.tensor):
+            tensor._values = MappedValues(values.tensor)
+            tensor.data_location = None
+    return graph
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """gs.import_onnx, with a lazily loaded model's weights read in place (`bind_mapped`)."""
+    return bind_mapped(gs.import_onnx(model))
 
 
 def is_large(init: onnx.TensorProto) -> bool:
@@ -117,6 +181,7 @@ def export_graph(
     typed graph inputs instead. The TensorProtos that lazy constants read from (often
     the caller's model) are never modified.
     """
+    restore_mapped(graph)  # weights a pass only read are written as their stubs, not as bytes
     model = onnx.ModelProto()
     if like is not None:
         model.ir_version, model.producer_name = like.ir_version, like.producer_name
@@ -223,6 +288,9 @@ def import_with_types(model: onnx.ModelProto) -> gs.Graph:
     large = {init.name: init for init in model.graph.initializer if is_large(init)}
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Constant) and name in large:
+            if external_data.is_mapped(large[name]):  # read in place; exported as the stub it is
+                tensor.values = MappedValues(large[name])
+                continue
             tensor.values = LazyValues(large[name])
             if large[name].HasField("data_location"):
                 tensor.data_location = int(large[name].data_location)

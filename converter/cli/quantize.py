@@ -55,8 +55,8 @@ def print_quantize(report: dict) -> None:
             f"{mixed['quantized_layers']} quantized; met={mixed['met']} ({mixed['evaluations']} evaluations, "
             f"{mixed['seconds']} s)"
         )
-    size = report["onnx_bytes"]
-    console.print(f"ONNX {size['before'] / 1e6:.1f} MB -> {size['after'] / 1e6:.1f} MB")
+    size = report["weight_bytes"]
+    console.print(f"weights {size['before'] / 1e6:.1f} MB -> {size['after'] / 1e6:.1f} MB")
 
 
 @click.command()

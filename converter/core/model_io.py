@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from converter.core import external_data
 from converter.core.errors import InvalidInputError, ModelLoadError
 from converter.core.model_checks import check_untrusted, tensor_nbytes
 from converter.core.onnx_write import write_model
@@ -45,14 +46,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class _Digest:
+    """A write-only sink that hashes what is written to it."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def sha256_model(model: onnx.ModelProto) -> str:
-    """Hash of the serialized graph and its weights, independent of file layout."""
-    digest = hashlib.sha256()
-    digest.update(model.graph.SerializeToString(deterministic=True))
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            digest.update(onnx.numpy_helper.to_array(init).tobytes())
-    return digest.hexdigest()
+    """Hash of the model as one self-contained file: its graph and its weights, whether they
+    are loaded or mapped (the same bytes either way), independent of where a file keeps them.
+    Streamed, one weight at a time."""
+    sink = _Digest()
+    write_model(model, sink)  # type: ignore[arg-type]
+    return sink.digest.hexdigest()
 
 
 def file_mode() -> int:
@@ -111,12 +125,16 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     return sorted(files)
 
 
-def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, load_weights: bool = True, lazy: bool = True) -> onnx.ModelProto:
     """Read an ONNX file, with its external data, or raise ModelLoadError naming the file.
 
     Checks: the file exists, parses as ONNX, the graph has outputs, and everything
     converter/core/model_checks.py checks before any runtime or parser reads the file
     (external data inside the model's folder, sizes, versions, graph structure).
+    External data stays where it is (`lazy`, the default): the stubs point at their
+    files' absolute paths and are read in place (converter/core/external_data.py), so a
+    multi-GB model costs no weight memory until a pass reads a weight. `lazy=False`
+    reads every weight into the ModelProto, as onnx.load does.
     """
     path = Path(path)
     if not path.exists():
@@ -132,7 +150,9 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
     if not model.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
     check_untrusted(model, path)
-    if load_weights and external_data_files(model):
+    if lazy and load_weights:
+        external_data.resolve_locations(model, path.parent)
+    elif load_weights and external_data_files(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except (ValueError, OSError, RuntimeError) as exc:
@@ -140,21 +160,6 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
                 f"{path}: external data is unreadable or truncated ({str(exc).splitlines()[0]})"
             ) from exc
     return model
-
-
-def check_model(model: onnx.ModelProto, name: str = "model") -> None:
-    """Run the ONNX checker; models over 2 GB are checked without their weights."""
-    try:
-        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(model)
-        else:
-            stripped = onnx.ModelProto()
-            stripped.CopyFrom(model)
-            for init in stripped.graph.initializer:
-                init.ClearField("raw_data")
-            onnx.checker.check_model(stripped)
-    except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"{name}: invalid ONNX graph ({str(exc).splitlines()[0]})") from exc
 
 
 def weights_nbytes(model: onnx.ModelProto) -> int:

@@ -19,8 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
+
+from converter.core import external_data
 
 THREADS_ENV = "TRTFORGE_THREADS"  # caps onnxruntime's intra-op threads (shared machines, parallel test workers)
 
@@ -88,6 +91,18 @@ def session_options(
     return options
 
 
+Bound = tuple[list[str], list[np.ndarray]]  # initializers handed to onnxruntime by name
+
+
+def serialized(model: onnx.ModelProto) -> tuple[bytes, Bound]:
+    """`model`'s bytes for onnxruntime, and the weights to bind by name: a lazily loaded model's
+    mapped weights (converter/core/external_data.py) are shared with onnxruntime, not copied."""
+    if not any(external_data.is_mapped(init) for init in model.graph.initializer):
+        return model.SerializeToString(), ([], [])
+    copy, names, arrays = external_data.ort_external_initializers(model)
+    return copy.SerializeToString(), (names, arrays)
+
+
 def cpu_session(
     model: onnx.ModelProto | str | Path | bytes,
     *,
@@ -95,15 +110,25 @@ def cpu_session(
     threads: int = 0,
     arena: bool = True,
     spinning: bool = True,
+    bound: Bound = ([], []),
 ) -> ort.InferenceSession:
     """A CPU session with `session_options`; a path is loaded by onnxruntime itself (external data
-    stays on disk); serialized bytes carry no structure to apply the rule to, so they need `optimize`."""
+    stays on disk); serialized bytes carry no structure to apply the rule to, so they need `optimize`,
+    and come with the weights `serialized` set apart (`bound`)."""
     knobs = {"optimize": optimize, "threads": threads, "arena": arena, "spinning": spinning}
     if isinstance(model, onnx.ModelProto):
-        source, structure = model.SerializeToString(), model
+        (source, bound), structure = serialized(model), model
     elif isinstance(model, bytes):
         source, structure = model, None
     else:
         source = str(model)
         structure = onnx.load(source, load_external_data=False) if optimize is None else None  # types, no weights
-    return ort.InferenceSession(source, session_options(structure, **knobs), providers=["CPUExecutionProvider"])
+    options = session_options(structure, **knobs)
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in bound[1]]
+    if values:
+        options.add_external_initializers(bound[0], values)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session.trtforge_bound = (values, bound)  # onnxruntime reads them for the session's lifetime
+    if values:  # what onnxruntime read to set up (it converts fp16 weights to fp32 on a CPU) leaves RSS
+        external_data.release_pages()
+    return session

@@ -256,14 +256,15 @@ def export_model(
                     _export_dynamo(module, args, spec, raw, opset, dynamic)
         except Exception as exc:  # exporters raise many types; the user needs one line
             raise ExportError(f"{spec.name}: {exporter} export failed: {exporter_message(exc)}") from exc
-        model = load_model(raw)
-    _rename_outputs(model, _output_names(spec, output_names, len(model.graph.output)))
-    model.producer_name, model.producer_version = "trtforge", __version__
-    entries = {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task}
-    if profiles:
-        entries[PROFILES] = profiles_to_json(profiles)
-    write_metadata(model, entries)
-    save_model(model, out_path, external_data_threshold)
+        del module, args  # the exporter's file holds the weights now: torch's copy goes first
+        model = load_model(raw)  # its weights stay in the scratch file and stream into the output
+        _rename_outputs(model, _output_names(spec, output_names, len(model.graph.output)))
+        model.producer_name, model.producer_version = "trtforge", __version__
+        entries = {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task}
+        if profiles:
+            entries[PROFILES] = profiles_to_json(profiles)
+        write_metadata(model, entries)
+        save_model(model, out_path, external_data_threshold)
     seconds = time.perf_counter() - start
     return ExportResult(
         path=out_path,

@@ -27,8 +27,9 @@ from calibration.cache import write_trt_table
 from calibration.data import CalibrationData, from_feeds
 from calibration.sensitivity import Evaluator, Metric, run_outputs, sample_cosines, top1_agreement
 from converter.core.errors import InvalidInputError
+from converter.core.external_data import to_array
 from converter.core.metadata import TASK, metadata_value
-from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.model_io import load_model, opset_of, save_model, weights_nbytes
 from converter.core.outputs import Outputs
 from converter.pipelines import calibration_source
 from converter.pipelines.export import export_model
@@ -208,7 +209,8 @@ def _quantize(
         calibration={"source": data.source, "samples": data.count} if data is not None else None,
         passes=[r.to_dict() for r in records],
         qdq=count_qdq(quantized),
-        onnx_bytes={"before": source.ByteSize(), "after": quantized.ByteSize()},
+        # weights from dims and types: a lazily loaded model's ByteSize() leaves its mapped weights out
+        weight_bytes={"before": weights_nbytes(source), "after": weights_nbytes(quantized)},
     )
     mixed = _mixed_report(records, options)
     if mixed:
@@ -297,7 +299,7 @@ def qdq_ranges(model: onnx.ModelProto) -> dict[str, float]:
     ranges = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[1] in inits:
-            scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+            scale = to_array(inits[node.input[1]])
             if scale.size == 1:
                 ranges[node.input[0]] = float(scale.ravel()[0]) * 127.0
     return ranges

@@ -42,7 +42,7 @@ from passes.attention.match import FLOAT, Match, match
 from passes.base import Pass, PassContext, PassResult
 from passes.fold.upgrade_opset import UpgradeOpset
 from passes.graph_utils import FreshNames
-from passes.model_utils import graph_to_model, infer_types
+from passes.model_utils import graph_to_model, import_graph, infer_types
 
 ATTENTION_OPSET = 23
 
@@ -149,7 +149,7 @@ class FuseAttention(Pass):
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         """Upgrade the opset first when there is something to fuse and the model is older than 23."""
         before = opset = opset_of(model) or ctx.opset
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         if before < ATTENTION_OPSET and self.upgrade_opset:
             probe = PassResult()
             if not self.find(graph, before, ShapeFacts(graph), probe):
@@ -160,7 +160,7 @@ class FuseAttention(Pass):
                 probe.reject("<model>", f"attention found but the opset upgrade failed: {exc}")
                 return model, probe
             model = infer_types(model)
-            graph = gs.import_onnx(model)
+            graph = import_graph(model)
             opset = ATTENTION_OPSET
         result = self.fuse(graph, opset)
         if opset != before:

@@ -33,13 +33,16 @@ class Evaluator:
         val: list[Feeds],
         metric: str = "auto",
         progress: Callable[[str], None] | None = None,
+        session: GatedSession | None = None,
     ):
-        """`progress` hears, every few seconds of a long search, how many removal sets were measured."""
+        """`progress` hears, every few seconds of a long search, how many removal sets were measured.
+        `session`: a gated session of `model` to run on (one session holds a copy of the weights in
+        onnxruntime: fp32 copies of fp16 ones on a CPU, so a second one would double that)."""
         self.progress, self.started = progress, time.perf_counter()
         self._last_progress = self.started
         self.bg, self.lm = bg, language_model_io(model)
         self.metric = metric if metric != "auto" else ("ppl" if self.lm else "cosine")
-        self.session = GatedSession(model, bg)
+        self.session = session or GatedSession(model, bg)
         self.data = {"calib": calib, "val": val}
         self.refs = {"calib": [self.session.run(f) for f in calib]}
         self.refs["val"] = self.refs["calib"] if val is calib else [self.session.run(f) for f in val]

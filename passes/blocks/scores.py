@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from converter.core.metadata import TASK, metadata_value
+from converter.core.ort_session import cpu_session
 from passes.blocks.discovery import BlockGraph
 from passes.blocks.rewiring import GATE_PREFIX, gated_model, live, plan, substitutions
 
@@ -127,9 +127,7 @@ class GatedSession:
             expose = [t for u in self.units for t in (u.input, u.output)]
             expose += [t for n in self.matmuls for t in (n.input[0], n.output[0])]
         gated = gated_model(model, self.units, expose)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(gated.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(gated, optimize=True)  # shares a lazily loaded model's mapped weights
         self.input_types = {
             i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs() if not i.name.startswith(GATE_PREFIX)
         }

@@ -109,8 +109,8 @@ def score_units(
     progress: Callable[[str], None] | None = None,
 ) -> Scored:
     """Score every block and sub-layer on `calib` (Block Influence, the direct measure) and price it."""
-    ev = Evaluator(model, bg, calib, val, metric, progress)
-    probe = GatedSession(model, bg, probe=True)
+    probe = GatedSession(model, bg, probe=True)  # runs the plain outputs as fast when asked only those
+    ev = Evaluator(model, bg, calib, val, metric, progress, session=probe)
     return Scored(ev, unit_scores(ev, probe, calib), Costs.of(model, bg, probe.matmul_flops(calib[0])))
 
 

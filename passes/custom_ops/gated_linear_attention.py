@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
-from passes.model_utils import graph_to_model
+from passes.model_utils import graph_to_model, import_graph
 from passes.pattern_utils import constant_array, only_consumer, producer, scalar_value
 from plugins_cuda.gated_linear_attention import onnx as gla_onnx
 from plugins_cuda.onnx_common import MIN_OPSET, attach_functions
@@ -122,7 +122,7 @@ class GatedLinearAttention(Pass):
         result = PassResult()
         if not any(n.op_type == "CumSum" for n in model.graph.node):
             return model, result  # nothing to match: no import/export round trip
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         for cumsum in [n for n in graph.nodes if n.op == "CumSum"]:
             found = self._match(cumsum, ctx)
             if isinstance(found, str):

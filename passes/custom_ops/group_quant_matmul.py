@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from converter.core.external_data import to_array
 from converter.core.model_io import opset_of
 from passes.base import Pass, PassContext, PassResult
 from plugins_cuda import DOMAIN
@@ -229,15 +230,15 @@ class GroupQuantMatMul(Pass):
             return "DequantizeLinear is not block-wise (no block_size): per-channel/tensor weights stay"
         if group not in SUPPORTED_GROUPS:
             return f"block_size {group} not in {SUPPORTED_GROUPS}"
-        q = numpy_helper.to_array(q_init).astype(np.int32)
+        q = to_array(q_init).astype(np.int32)
         if q.ndim != 2:
             return f"weight rank {q.ndim} != 2"
         axis = int(_attr(dq, "axis", 1)) % 2
         k_axis = 1 if m.transpose is not None else 0  # K is MatMul's reduction axis
         if axis != k_axis:
             return f"blocks run along axis {axis}, not the reduction axis {k_axis}"
-        s = numpy_helper.to_array(s_init)
-        z = numpy_helper.to_array(z_init).astype(np.int32) if z_init is not None else np.zeros(s.shape, np.int32)
+        s = to_array(s_init)
+        z = to_array(z_init).astype(np.int32) if z_init is not None else np.zeros(s.shape, np.int32)
         if m.transpose is None:  # [K, N] -> [N, K]
             q, s, z = q.T, s.T, z.T
         n, k = q.shape

@@ -286,7 +286,8 @@ def _pre_scale(graph: gs.Graph, names: FreshNames, mul: gs.Node) -> Outcome | No
     if reason := _shared(unit.weights):
         return False, reason
     remove([mul, *unit.nodes])
-    scaled = vec.astype(unit.w.dtype)[:, None] * unit.w
+    scaled = unit.w  # the working copy linear_at made: scaled in place (an lm_head is 65M floats)
+    scaled *= vec.astype(unit.w.dtype)[:, None]
     emit(graph, names, replace(unit, x=split[0], w=scaled, nodes=[*unit.nodes, mul]))
     return True, "pre_scale"
 

@@ -9,6 +9,8 @@ per-tensor scale (TensorRT quantizes activations per tensor, symmetric).
 - fp8 W8A8 (E4M3): weights per output channel, scale = amax / 448.
 - int4 W4A16: blocks of `block_size` along the input axis K of a [K, N] weight,
   symmetric, scale = block amax / 7, DequantizeLinear(block_size=B) (opset 21).
+  A float16 weight (an fp16 LLM) gets float16 scales, so the DequantizeLinear gives
+  float16 as the weight did; values are rounded against the scale as stored.
 - int2 W2A16 (decoupleQ-style): per group of K, w ~ s * (c + q) with q in {0..3} and
   an integer offset c, so the four levels sit anywhere on the group's own grid. The
   integer part q comes from Hessian-aware rounding (GPTQ error feedback with the
@@ -30,6 +32,7 @@ INT8_MAX, FP8_MAX, INT4_MAX = 127.0, 448.0, 7.0
 TINY = 1e-12
 FP16_MIN = 2.0**-24
 LAZY_BLOCK = 128
+COLUMNS = 1024  # block_int4 quantizes this many output columns at a time (bounded working memory)
 
 
 def constant(name: str, values: np.ndarray) -> gs.Constant:
@@ -47,29 +50,35 @@ def _scale_from_amax(amax: np.ndarray, qmax: float) -> np.ndarray:
     return scale.astype(np.float32)
 
 
-def per_channel_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 values, float32 scale per channel along `axis`)."""
+def per_channel_int8(w: np.ndarray, axis: int, scale_dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, scale per channel along `axis` in `scale_dtype`, values rounded against it)."""
     other = tuple(i for i in range(w.ndim) if i != axis)
-    scale = _scale_from_amax(np.abs(w).max(axis=other), INT8_MAX)
-    shaped = np.expand_dims(scale, other)
+    scale = _scale_from_amax(np.abs(w).max(axis=other), INT8_MAX).astype(scale_dtype)
+    shaped = np.expand_dims(scale.astype(np.float32), other)
     return np.clip(np.rint(w / shaped), -INT8_MAX, INT8_MAX).astype(np.int8), scale
 
 
-def per_channel_fp8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float8e4m3fn values, float32 scale per channel along `axis`)."""
+def per_channel_fp8(w: np.ndarray, axis: int, scale_dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(float8e4m3fn values, scale per channel along `axis` in `scale_dtype`)."""
     other = tuple(i for i in range(w.ndim) if i != axis)
-    scale = _scale_from_amax(np.abs(w).max(axis=other), FP8_MAX)
-    scaled = np.clip(w / np.expand_dims(scale, other), -FP8_MAX, FP8_MAX)
+    scale = _scale_from_amax(np.abs(w).max(axis=other), FP8_MAX).astype(scale_dtype)
+    scaled = np.clip(w / np.expand_dims(scale.astype(np.float32), other), -FP8_MAX, FP8_MAX)
     return scaled.astype(ml_dtypes.float8_e4m3fn), scale
 
 
-def block_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int4 over blocks of `block` rows of a [K, N] weight: (int4 [K, N], scale [K/B, N])."""
+def block_int4(w: np.ndarray, block: int, scale_dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int4 over blocks of `block` rows of a [K, N] weight: (int4 [K, N], scale [K/B, N]
+    in `scale_dtype`; the values are rounded against that stored scale)."""
     k, n = w.shape
-    blocks = w.reshape(k // block, block, n)
-    scale = _scale_from_amax(np.abs(blocks).max(axis=1), INT4_MAX)
-    q = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).reshape(k, n)
-    return q.astype(ml_dtypes.int4), scale
+    q = np.empty((k, n), ml_dtypes.int4)
+    scale = np.empty((k // block, n), scale_dtype)
+    for start in range(0, n, COLUMNS):  # a slice of columns at a time: an lm_head is 65M weights
+        cols = slice(start, min(start + COLUMNS, n))
+        blocks = np.asarray(w[:, cols], np.float32).reshape(k // block, block, -1)
+        scale[:, cols] = _scale_from_amax(np.abs(blocks).max(axis=1), INT4_MAX)
+        levels = np.rint(blocks / scale[:, cols].astype(np.float32)[:, None, :])
+        q[:, cols] = np.clip(levels, -8, 7).reshape(k, -1)
+    return q, scale
 
 
 def dequantize_block(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
@@ -163,12 +172,14 @@ def _output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray | None) 
 
 
 def activation_qdq(tensor: gs.Tensor, scale: float, fmt: str, prefix: str) -> tuple[list[gs.Node], gs.Variable]:
-    """QuantizeLinear -> DequantizeLinear on an activation; returns the nodes and the DQ output."""
+    """QuantizeLinear -> DequantizeLinear on an activation; returns the nodes and the DQ output.
+    The scale has the activation's type (float16 in an fp16 graph: QuantizeLinear-19)."""
+    dtype = np.float16 if tensor.dtype == np.float16 else np.float32
     zero = np.zeros((), ml_dtypes.float8_e4m3fn if fmt == "fp8" else np.int8)
-    s = constant(f"{prefix}_scale", np.array(scale, np.float32))
+    s = constant(f"{prefix}_scale", np.array(max(scale, FP16_MIN), dtype))
     z = constant(f"{prefix}_zero", zero)
     q_out = gs.Variable(f"{prefix}_q", dtype=zero.dtype, shape=tensor.shape)
-    dq_out = gs.Variable(f"{prefix}_dq", dtype=np.float32, shape=tensor.shape)
+    dq_out = gs.Variable(f"{prefix}_dq", dtype=dtype, shape=tensor.shape)
     q = gs.Node("QuantizeLinear", f"{prefix}_QuantizeLinear", inputs=[tensor, s, z], outputs=[q_out])
     dq = gs.Node("DequantizeLinear", f"{prefix}_DequantizeLinear", inputs=[q_out, s, z], outputs=[dq_out])
     return [q, dq], dq_out
@@ -182,6 +193,6 @@ def weight_dq(
     attrs = {"axis": axis} if scale.ndim else {}
     if block:
         attrs["block_size"] = block
-    out = gs.Variable(f"{name}_dq", dtype=np.float32, shape=list(values.shape))
+    out = gs.Variable(f"{name}_dq", dtype=scale.dtype, shape=list(values.shape))  # DQ gives the scale's type
     inputs = [constant(f"{name}_quantized", values), constant(f"{name}_scale", scale), constant(f"{name}_zero", zero)]
     return gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", attrs, inputs=inputs, outputs=[out]), out

@@ -35,7 +35,7 @@ from calibration.sensitivity import Evaluator, choose_high_precision
 from converter.core.model_io import opset_of
 from passes.base import Pass, PassContext, PassResult
 from passes.fold.upgrade_opset import UpgradeOpset
-from passes.model_utils import graph_to_model
+from passes.model_utils import graph_to_model, import_graph, release_values
 from passes.pattern_utils import constant_array
 from passes.quant.formats import (
     activation_qdq,
@@ -52,6 +52,7 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 WEIGHT_ONLY = ("int4-wo", "int2-wo")
 BLOCK_OPSET = 21
 FP8_OPSET = 19
+FP16_QDQ_OPSET = 19  # QuantizeLinear of float16 activations, with float16 scales
 
 
 def _safe(name: str) -> str:
@@ -154,11 +155,13 @@ class Quantize(Pass):
     def _quantize(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
         needed = BLOCK_OPSET if self.weight_only else (FP8_OPSET if self.mode == "fp8" else 0)
+        if not self.weight_only and _float16(model):
+            needed = max(needed, FP16_QDQ_OPSET)
         if opset_of(model) < needed:
             model, upgrade = UpgradeOpset(target=needed).run_model(model, ctx)
             result.opset = upgrade.opset
             result.count("opset_upgraded")
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         plan = place(
             graph,
             self.weight_only,
@@ -259,29 +262,43 @@ class Quantize(Pass):
             const = site.node.inputs[site.index]
             key = (const.name, site.axis)
             if key not in done:
-                w = np.asarray(constant_array(const), np.float32)
-                node, done[key] = self._quantize_weight(const.name, w, site, hessians)
+                stored = constant_array(const)
+                w = stored if self.mode == "int4-wo" else np.asarray(stored, np.float32)  # int4: converts by slices
+                node, done[key] = self._quantize_weight(const.name, w, site, hessians, stored.dtype)
+                del stored, w  # one weight in working precision at a time
+                release_values(const)
                 graph.nodes.append(node)
             site.node.inputs[site.index] = done[key]
             result.count("weight_dq", site.node.name)
 
-    def _quantize_weight(self, name: str, w: np.ndarray, site, hessians) -> tuple[gs.Node, gs.Variable]:
+    def _quantize_weight(
+        self, name: str, w: np.ndarray, site, hessians, dtype: np.dtype | type = np.float32
+    ) -> tuple[gs.Node, gs.Variable]:
+        """The weight's DequantizeLinear; its scales in `dtype`, the weight's own (fp16 stays fp16)."""
         prefix = _safe(name)
         if self.mode == "int8":
-            q, scale = per_channel_int8(w, site.axis)
+            q, scale = per_channel_int8(w, site.axis, dtype)
             return weight_dq(prefix, q, scale, site.axis)
         if self.mode == "fp8":
-            q, scale = per_channel_fp8(w, site.axis)
+            q, scale = per_channel_fp8(w, site.axis, dtype)
             return weight_dq(prefix, q, scale, site.axis)
         k_first = w if site.axis == 0 else w.T  # blocks run along K
         if self.mode == "int4-wo":
-            q, scale = block_int4(k_first, self.block_size)
+            q, scale = block_int4(k_first, self.block_size, dtype)
         else:
             hessian = hessians.get(site.node.inputs[0].name) if site.axis == 0 else None
             q, scale = decoupled_int2(k_first, self.block_size, hessian)
+            scale = scale.astype(dtype)
         if site.axis == 1:
             q, scale = q.T.copy(), scale.T.copy()
         return weight_dq(prefix, q, scale, site.axis, self.block_size)
+
+
+def _float16(model: onnx.ModelProto) -> bool:
+    """The graph computes in float16 (an fp16 LLM): activation scales are then float16."""
+    graph, half = model.graph, onnx.TensorProto.FLOAT16
+    infos = (*graph.input, *graph.output, *graph.value_info)
+    return any(i.type.tensor_type.elem_type == half for i in infos) or any(i.data_type == half for i in graph.initializer)
 
 
 def _weighted_names(model: onnx.ModelProto) -> list[str]:

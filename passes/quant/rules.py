@@ -21,7 +21,7 @@ low precision and which fusions survive:
    for max pooling; average pooling re-quantizes its mean).
 5. Leave alone: weights too small to gain (K or N < 16), weights that are not 2-D for
    the block-wise weight-only formats, K not a multiple of the block, inputs that are
-   not float32, tensors with non-finite values in calibration (attention masks), and
+   not float32 or float16 (an fp16 graph gets fp16 scales: opset 19), tensors with non-finite values in calibration (attention masks), and
    nodes already reading a DequantizeLinear (idempotence). Op types and node-name
    patterns given by the user stay in high precision.
 
@@ -83,8 +83,8 @@ def excluded(
     return None
 
 
-def _is_float32_activation(tensor: gs.Tensor) -> bool:
-    return not isinstance(tensor, gs.Constant) and tensor.dtype in (np.float32, np.dtype("float32"))
+def _is_float_activation(tensor: gs.Tensor) -> bool:
+    return not isinstance(tensor, gs.Constant) and tensor.dtype in (np.float32, np.float16)
 
 
 def _weight_axis(node: gs.Node, weight: np.ndarray, weight_only: bool) -> tuple[int | None, str]:
@@ -104,8 +104,8 @@ def _weight_axis(node: gs.Node, weight: np.ndarray, weight_only: bool) -> tuple[
 
 
 def _check_weight(node: gs.Node, weight: np.ndarray, axis: int, weight_only: bool, block: int) -> str | None:
-    if weight.dtype != np.float32:
-        return f"weight dtype {weight.dtype} (float32 only)"
+    if weight.dtype not in (np.float32, np.float16):
+        return f"weight dtype {weight.dtype} (float32 or float16 only)"
     if node.op in ("MatMul", "Gemm") and min(weight.shape) < MIN_DIM:
         return f"weight {list(weight.shape)} too small to gain (K or N < {MIN_DIM})"
     if weight_only and weight.shape[axis] % block:
@@ -158,8 +158,8 @@ def _place_weighted(node: gs.Node, plan: Placement, weight_only: bool, quantize_
         if not quantize_bmm:
             plan.rejected.append((node.name, "activation x activation MatMul (quantize_bmm off)"))
             return
-        if not all(_is_float32_activation(t) for t in node.inputs[:2]):
-            plan.rejected.append((node.name, "inputs are not float32 activations"))
+        if not all(_is_float_activation(t) for t in node.inputs[:2]):
+            plan.rejected.append((node.name, "inputs are not float32/float16 activations"))
             return
         plan.add_activation(node, 0)
         plan.add_activation(node, 1)
@@ -167,8 +167,8 @@ def _place_weighted(node: gs.Node, plan: Placement, weight_only: bool, quantize_
         return
     axis, why = _weight_axis(node, weight, weight_only)
     why = why or _check_weight(node, weight, axis, weight_only, block)
-    if not why and not weight_only and not _is_float32_activation(node.inputs[0]):
-        why = "input is not a float32 activation"
+    if not why and not weight_only and not _is_float_activation(node.inputs[0]):
+        why = "input is not a float32/float16 activation"
     if why:
         plan.rejected.append((node.name, why))
         return
@@ -183,7 +183,7 @@ def _place_residuals(graph: gs.Graph, plan: Placement, exclude_ops: list[str], e
     for node in graph.nodes:
         if node.op != "Add" or len(node.inputs) != 2 or excluded(node, exclude_ops, exclude_names):
             continue
-        if not all(_is_float32_activation(t) for t in node.inputs):
+        if not all(_is_float_activation(t) for t in node.inputs):
             continue
         sources = [producer(t) for t in node.inputs]
         convs = [
@@ -202,7 +202,7 @@ def _place_pooling(graph: gs.Graph, plan: Placement, exclude_ops: list[str], exc
     for node in graph.nodes:
         if node.op not in POOLS or excluded(node, exclude_ops, exclude_names):
             continue
-        if not _is_float32_activation(node.inputs[0]):
+        if not _is_float_activation(node.inputs[0]):
             continue
         tensor = node.outputs[0]
         while len(tensor.outputs) == 1 and tensor.outputs[0].op in SHAPE_ONLY:

@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 from calibration.cache import calibrate, remember
 from calibration.stats import TensorStats
 from passes.base import Pass, PassContext, PassResult
-from passes.model_utils import graph_to_model
+from passes.model_utils import graph_to_model, import_graph
 from passes.pattern_utils import constant_array, constant_of, producer
 from passes.quant.rules import MIN_DIM, excluded, place
 
@@ -85,7 +85,7 @@ class SmoothQuant(Pass):
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         groups = _groups(graph, list(self.exclude_names), result)
         if not groups:
             result.notes.append("no MatMul with a constant weight to smooth")
