@@ -298,7 +298,9 @@ def _float16(model: onnx.ModelProto) -> bool:
     """The graph computes in float16 (an fp16 LLM): activation scales are then float16."""
     graph, half = model.graph, onnx.TensorProto.FLOAT16
     infos = (*graph.input, *graph.output, *graph.value_info)
-    return any(i.type.tensor_type.elem_type == half for i in infos) or any(i.data_type == half for i in graph.initializer)
+    return any(i.type.tensor_type.elem_type == half for i in infos) or any(
+        i.data_type == half for i in graph.initializer
+    )
 
 
 def _weighted_names(model: onnx.ModelProto) -> list[str]:

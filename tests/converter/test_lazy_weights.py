@@ -199,7 +199,9 @@ def test_activation_qdq_of_an_fp16_graph_has_fp16_scales(tmp_path, mode):
     assert records[0].changed.get("activation_qdq", 0) >= 2 and records[0].changed.get("weight_dq") == 2
     assert opset_of(result) >= 19  # QuantizeLinear of float16 input
     inits = _initializers(result)
-    scales = {inits[n.input[1]].data_type for n in result.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    scales = {
+        inits[n.input[1]].data_type for n in result.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    }
     assert scales == {onnx.TensorProto.FLOAT16}
     reference = cpu_session(path).run(None, feeds[0])[0].astype(np.float32)
     got = cpu_session(result).run(None, feeds[0])[0].astype(np.float32)
