@@ -165,12 +165,17 @@ def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int]]]
 
 
 def from_array_folder(folder: str | Path, model: onnx.ModelProto, batch_size: int = 8) -> CalibrationData:
-    """A folder of .npz files (any model) or .npy files (single-input models)."""
+    """A folder of .npz files (any model) or .npy files (single-input models), or one such file
+    (its arrays' first axis is the samples: the form `--load-inputs` and ModelOpt take)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    single = folder.is_file() and folder.suffix.lower() in (".npz", ".npy")
+    if not folder.is_dir() and not single:
         raise InvalidInputError(f"{folder}: no such calibration folder")
     specs = input_specs(model)
-    npz, npy = _files(folder, (".npz",)), _files(folder, (".npy",))
+    if single:
+        npz, npy = ([folder], []) if folder.suffix.lower() == ".npz" else ([], [folder])
+    else:
+        npz, npy = _files(folder, (".npz",)), _files(folder, (".npy",))
     if npz:
 
         def parts() -> Iterator[tuple[str, Feeds]]:

@@ -166,7 +166,9 @@ def load_calibration(
     if path.is_file():
         if path.suffix.lower() in TEXT_SUFFIXES:
             return from_texts(_text_lines([path]), model, tokenizer_dir, batch_size, max_length, str(path))
-        raise InvalidInputError(f"{path}: give a folder (.npz/.npy/images/.txt) or a .txt file")
+        if path.suffix.lower() in (".npz", ".npy"):
+            return from_array_folder(path, model, batch_size)
+        raise InvalidInputError(f"{path}: give a folder (.npz/.npy/images/.txt) or one .npz, .npy or .txt file")
     if _files(path, (".npz", ".npy")):
         return from_array_folder(path, model, batch_size)
     if _files(path, IMAGE_SUFFIXES):

@@ -43,8 +43,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converter.core.external_data import OrtWeights
 from converter.core.model_io import opset_of
-from converter.core.ort_session import Bound, serialized
+from converter.core.ort_session import serialized
 
 # ops whose output never goes below 0 (Clip: its constant minimum, when >= 0)
 NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
@@ -164,9 +165,9 @@ def reduction_nodes(
 
 def serialize_with_reductions(
     model: onnx.ModelProto, names: list[str], channels: set[str]
-) -> tuple[tuple[bytes, Bound], list[Reduction]]:
+) -> tuple[tuple[bytes, OrtWeights], list[Reduction]]:
     """The model's bytes with the reduction nodes appended and their outputs as the graph outputs
-    (with the weights to bind by name: converter/core/ort_session.serialized)."""
+    (with where a lazily loaded model's weights are: converter/core/ort_session.serialized)."""
     opset = opset_of(model) or 18
     nodes, plan = reduction_nodes(model, names, channels, opset)
     saved_outputs, count = list(model.graph.output), len(model.graph.node)

@@ -32,7 +32,8 @@ import onnxruntime as ort
 from calibration.data import CalibrationData, Feeds
 from calibration.reduce import float_ranks, fold_reduced, serialize_with_reductions
 from converter.core.errors import InvalidInputError
-from converter.core.ort_session import Bound, cpu_session, serialized
+from converter.core.external_data import OrtWeights
+from converter.core.ort_session import cpu_session, serialized
 
 BINS = 2048
 # Rows per run of the in-graph reductions: they read each activation again right after
@@ -175,20 +176,20 @@ def _session(model: onnx.ModelProto, outputs: list[str], threads: int) -> ort.In
     del model.graph.output[:]
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
     try:
-        blob, bound = serialized(model)
+        blob, weights = serialized(model)
     finally:
         del model.graph.output[:]
         model.graph.output.extend(saved)
-    return _session_from(blob, bound, threads)
+    return _session_from(blob, weights, threads)
 
 
-def _session_from(blob: bytes, bound: Bound, threads: int, arena: bool = False) -> ort.InferenceSession:
+def _session_from(blob: bytes, weights: OrtWeights, threads: int, arena: bool = False) -> ort.InferenceSession:
     """`arena=False` returns activation memory between runs (their outputs are kept while numpy folds them);
     a session whose outputs are a few numbers keeps the arena: fresh pages for every activation cost 30 %.
     No spinning: numpy runs between runs. Optimized: the model calibrated is the float one, not a
     low-precision Q/DQ graph onnxruntime miscomputes (converter/core/ort_session.py)."""
     try:
-        return cpu_session(blob, optimize=True, threads=threads, arena=arena, spinning=False, bound=bound)
+        return cpu_session(blob, optimize=True, threads=threads, arena=arena, spinning=False, weights=weights)
     except Exception as exc:  # ORT's own exception types
         raise InvalidInputError(
             f"onnxruntime cannot load the model for calibration ({str(exc).splitlines()[0]})"
@@ -260,9 +261,9 @@ def collect_statistics(
     from_graph = [n for n in from_graph if n not in ranks]
     reduced = None
     if ranks:
-        (blob, bound), plan = serialize_with_reductions(model, list(ranks), channels)
+        (blob, weights), plan = serialize_with_reductions(model, list(ranks), channels)
         reduced_outputs = [o for r in plan for o in r.outputs]
-        reduced = _session_from(blob, bound, threads, arena=True)
+        reduced = _session_from(blob, weights, threads, arena=True)
         del blob
     input_names = [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}]
     budget, fixed = budget_mb * (1 << 20), _fixed_batch_inputs(model)

@@ -21,7 +21,10 @@ from converter.cli.options import (
 from converter.core.profiles import parse_profiles
 from converter.pipelines.recipe import PRECISIONS
 
-PRECISION_HELP = "Recorded in the sidecar; the graph's types decide (run `optimize --precision` first)."
+PRECISION_HELP = (
+    "Recorded in the sidecar (default: the float type of the graph's weights); the graph's types decide "
+    "(run `optimize --precision` first)."
+)
 
 
 def print_build(d: dict) -> None:
@@ -38,7 +41,7 @@ def print_build(d: dict) -> None:
 @backend_option()
 @target_gpu_option
 @click.option("--timing-cache", type=PATH, help="Timing cache file (full TensorRT).")
-@choice_option("--precision", PRECISIONS, "fp32", PRECISION_HELP, show_default=False)
+@choice_option("--precision", PRECISIONS, None, PRECISION_HELP)
 @click.option("--verbose", is_flag=True, help="Print the builder's log.")
 @shapes_option
 @output_options

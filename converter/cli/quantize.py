@@ -26,7 +26,7 @@ from passes.quant.quantize import MODES
 
 MODE_HELP = "int8/fp8: W8A8 with calibrated activations; int4-wo/int2-wo: weight-only, block-wise."
 CALIB_HELP = (
-    "Calibration data: folder of .npz/.npy, images, or .txt (one sentence a line). "
+    "Calibration data: a folder of .npz/.npy, images or .txt (one sentence a line), or one .npz/.npy/.txt file. "
     "Default: the model's own real sample data (demos)."
 )
 METHOD_HELP = "Activation range observer; auto scores each on a calibration subset."

@@ -14,13 +14,13 @@ that the byte range fits). Then:
   after every pass, when no view is in use any more);
 - `copy_to` streams a tensor's bytes into another file (kernel `copy_file_range`, or
   1 MiB reads): saving never holds a weight in memory;
-- `ort_external_initializers` gives onnxruntime the views as external initializers,
-  so a session shares the weights with the mapping instead of reading them again.
+- `ort_form` gives onnxruntime a copy whose stubs name their files relative to the data
+  folder, which onnxruntime is told to read from: it reads the weights by path, as for a
+  model file, and holds no second copy of them on our side.
 
 Absolute locations never leave the process: onnx and onnxruntime both refuse them
 (they would also point a copied file at the source's folder). `save_model` writes the
-bytes into the output's own data file, `cpu_session` binds them by name, and the
-checker sees a weight-free copy. Data is little-endian on disk, as ONNX says; views
+bytes into the output's own data file and `cpu_session` names the folder. Data is little-endian on disk, as ONNX says; views
 are taken as such (every machine trtforge targets is little-endian).
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -200,27 +201,50 @@ def release_pages(tensor: onnx.TensorProto | None = None) -> None:
             mapped.madvise(mmap.MADV_DONTNEED, start, min(length, len(mapped) - start))
 
 
-def ort_external_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
-    """What onnxruntime needs to run a lazily loaded model without reading its weights again:
-    a copy whose stubs name a placeholder file (onnxruntime refuses absolute locations, and
-    never opens it: the stubs are replaced before it reads any), the stubs' names, and the
-    arrays to bind to them (`SessionOptions.add_external_initializers`)."""
+@dataclass
+class OrtWeights:
+    """Where onnxruntime finds a lazily loaded model's mapped weights: `folder`, from which it
+    reads the data files by path as it would for a model file (session option
+    `session.model_external_initializers_file_folder_path`), and arrays bound by name for
+    stubs outside that folder (`SessionOptions.add_external_initializers`; onnxruntime copies
+    those, so they are the exception)."""
+
+    folder: str | None = None
+    names: list[str] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+
+
+def ort_form(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OrtWeights]:
+    """A copy of a lazily loaded model for onnxruntime, and where its weights are: stubs in the
+    folder holding most mapped bytes name their files relative to it (onnxruntime refuses
+    absolute locations); other stubs name a placeholder, replaced by the bound arrays before
+    onnxruntime reads any; a type numpy cannot hand over (bfloat16, 4-bit) is inlined."""
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # cheap: a lazily loaded model holds no weights
-    names, arrays = [], []
-    for tensor in copy.graph.initializer:
-        if is_mapped(tensor) and tensor.data_type not in _DIRECT:  # no numpy form onnxruntime takes: inline
+    copy.CopyFrom(model)  # cheap: a lazily loaded model holds no large weights
+    mapped = [t for t in copy.graph.initializer if is_mapped(t)]
+    by_folder: dict[str, int] = {}
+    for tensor in mapped:
+        path, _, length = byte_range(tensor)
+        by_folder[os.path.dirname(path)] = by_folder.get(os.path.dirname(path), 0) + length
+    weights = OrtWeights(folder=max(by_folder, key=by_folder.get) if by_folder else None)
+    for tensor in mapped:
+        path = byte_range(tensor)[0]
+        location = None
+        if os.path.dirname(path) == weights.folder:
+            location = os.path.basename(path)
+        elif tensor.data_type in _DIRECT:
+            weights.names.append(tensor.name)
+            weights.arrays.append(np.ascontiguousarray(array_of(tensor)))
+            location = "bound-by-name.bin"
+        else:
             data = read_bytes(tensor)
             tensor.ClearField("external_data")
             tensor.ClearField("data_location")
             tensor.raw_data = data
-        elif is_mapped(tensor):
-            names.append(tensor.name)
-            arrays.append(np.ascontiguousarray(array_of(tensor)))
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = "bound-by-name.bin"
-    return copy, names, arrays
+        for entry in tensor.external_data:
+            if entry.key == "location" and location is not None:
+                entry.value = location
+    return copy, weights
 
 
 def to_array(tensor: onnx.TensorProto) -> np.ndarray:

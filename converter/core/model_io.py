@@ -209,6 +209,20 @@ def save_model(
     return final
 
 
+_FLOAT_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+
+
+def weights_precision(model: onnx.ModelProto) -> str:
+    """The float type most of the model's float weight bytes are in ("fp32", "fp16", "bf16"):
+    what a strongly typed build computes in (int4/int8 weights behind fp16 scales count as the scales)."""
+    totals: dict[str, int] = {}
+    for init in model.graph.initializer:
+        if init.data_type in _FLOAT_NAMES:
+            name = _FLOAT_NAMES[init.data_type]
+            totals[name] = totals.get(name, 0) + (tensor_nbytes(init) or 0)
+    return max(totals, key=totals.get) if totals else "fp32"
+
+
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     """Return `path` as a Path or raise InvalidInputError when it does not exist."""
     path = Path(path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -91,16 +90,13 @@ def session_options(
     return options
 
 
-Bound = tuple[list[str], list[np.ndarray]]  # initializers handed to onnxruntime by name
-
-
-def serialized(model: onnx.ModelProto) -> tuple[bytes, Bound]:
-    """`model`'s bytes for onnxruntime, and the weights to bind by name: a lazily loaded model's
-    mapped weights (converter/core/external_data.py) are shared with onnxruntime, not copied."""
+def serialized(model: onnx.ModelProto) -> tuple[bytes, external_data.OrtWeights]:
+    """`model`'s bytes for onnxruntime, and where the weights of a lazily loaded model are
+    (converter/core/external_data.py): onnxruntime reads them from their file by path."""
     if not any(external_data.is_mapped(init) for init in model.graph.initializer):
-        return model.SerializeToString(), ([], [])
-    copy, names, arrays = external_data.ort_external_initializers(model)
-    return copy.SerializeToString(), (names, arrays)
+        return model.SerializeToString(), external_data.OrtWeights()
+    copy, weights = external_data.ort_form(model)
+    return copy.SerializeToString(), weights
 
 
 def cpu_session(
@@ -110,25 +106,28 @@ def cpu_session(
     threads: int = 0,
     arena: bool = True,
     spinning: bool = True,
-    bound: Bound = ([], []),
+    weights: external_data.OrtWeights | None = None,
 ) -> ort.InferenceSession:
     """A CPU session with `session_options`; a path is loaded by onnxruntime itself (external data
     stays on disk); serialized bytes carry no structure to apply the rule to, so they need `optimize`,
-    and come with the weights `serialized` set apart (`bound`)."""
+    and come with where `serialized` found their weights (`weights`)."""
     knobs = {"optimize": optimize, "threads": threads, "arena": arena, "spinning": spinning}
     if isinstance(model, onnx.ModelProto):
-        (source, bound), structure = serialized(model), model
+        (source, weights), structure = serialized(model), model
     elif isinstance(model, bytes):
         source, structure = model, None
     else:
         source = str(model)
         structure = onnx.load(source, load_external_data=False) if optimize is None else None  # types, no weights
     options = session_options(structure, **knobs)
-    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in bound[1]]
+    weights = weights or external_data.OrtWeights()
+    if weights.folder:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", weights.folder)
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in weights.arrays]
     if values:
-        options.add_external_initializers(bound[0], values)
+        options.add_external_initializers(weights.names, values)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    session.trtforge_bound = (values, bound)  # onnxruntime reads them for the session's lifetime
-    if values:  # what onnxruntime read to set up (it converts fp16 weights to fp32 on a CPU) leaves RSS
-        external_data.release_pages()
+    session.trtforge_bound = (values, weights)  # onnxruntime may read them for the session's lifetime
+    if values:
+        external_data.release_pages()  # what onnxruntime copied to set up leaves the resident set
     return session

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.core.model_io import load_model
+from converter.core.model_io import load_model, weights_precision
 from converter.core.outputs import Outputs
 from converter.pipelines.model_ref import default_profiles
 
@@ -33,7 +33,7 @@ def build(
     shapes: dict[str, ShapeProfile] | None = None,
     target_gpus: list[str] | None = None,
     timing_cache: str | Path | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     verbose: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
@@ -41,6 +41,7 @@ def build(
 
     Inputs without a profile in `shapes` take the one `export` recorded in the file's
     metadata (or its demo's), so an exported model builds without repeating --shapes.
+    `precision` is recorded in the sidecar; by default, the float type of the graph's weights.
     """
     onnx_path = Path(onnx_path)
     graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
@@ -48,7 +49,7 @@ def build(
         profiles={**default_profiles(graph), **(shapes or {})},
         target_gpus=list(target_gpus or []),
         timing_cache=str(timing_cache) if timing_cache else None,
-        precision=precision,
+        precision=precision or weights_precision(graph),
     )
     engine_backend = get_backend(backend)
     engine_backend.check_config(config)

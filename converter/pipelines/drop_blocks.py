@@ -119,6 +119,7 @@ def _validation(report: dict[str, Any], selection: Selection, scored: Scored, ou
     report["selection"] = {"method": selection.method, "stopped": selection.stopped, "steps": selection.steps}
     report["saved"] = selection.saved
     report["validation"] = {"before": selection.before, "after": selection.after}
+    scored.ev.close()  # one model's weights in onnxruntime at a time
     report["validation"]["written_onnx"] = scored.ev.measure(OnnxRunner(out, "pruned").run, "val")
 
 
@@ -228,6 +229,7 @@ def drop_blocks(
             if selection is not None:
                 _validation(report, selection, scored, written)
             report["nodes"] = {"before": len(source.graph.node), "after": len(pruned.graph.node)}
+            del scored, selection  # their onnxruntime session (fp32 copies of fp16 weights) goes before the parses
             log("TensorRT-RTX parse/build before and after")
             profiles = _profiles(source, spec, shapes or {}, (data[0] or [{}])[0], trust_model_code)
             report["tensorrt"] = _tensorrt(source_path, written, profiles, list(target_gpus or []), build)

@@ -241,7 +241,7 @@ def quantize(
         data = opts.data(opts.calib, source, ref)
         if data is None and opts.mode not in WEIGHT_ONLY:
             raise InvalidInputError(
-                f"{source_path}: {opts.mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt)"
+                f"{source_path}: {opts.mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt) or --calib FILE.npz"
             )
         alpha, method, evaluator = _choose(source, data, opts, report, log)
         quantized = _quantize(source, data, opts, (alpha, method), report, log)

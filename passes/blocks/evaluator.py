@@ -49,6 +49,11 @@ class Evaluator:
         self.cache: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
         self.runs = 0
 
+    def close(self) -> None:
+        """Drop the gated session (onnxruntime's copy of the weights: fp32 ones of an fp16 model on
+        a CPU) before another model runs; the references and every metric measured stay."""
+        self.session = None
+
     def metrics(self, removed: list[str], split: str = "calib") -> dict[str, float]:
         split = "calib" if self.data["val"] is self.data["calib"] else split
         key = (split, tuple(sorted(canonical(self.bg, removed))))

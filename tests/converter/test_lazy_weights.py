@@ -149,8 +149,9 @@ def test_types_numpy_cannot_view_are_read_by_onnx_and_inlined_for_onnxruntime(tm
     stub = lazy.graph.initializer[0]
     assert external_data.is_mapped(stub)
     np.testing.assert_array_equal(external_data.to_array(stub).astype(np.float32), values.astype(np.float32))
-    copy, names, _ = external_data.ort_external_initializers(lazy)
-    assert names == [] and copy.graph.initializer[0].HasField("raw_data")
+    copy, weights = external_data.ort_form(lazy)  # in the data folder: read by onnxruntime by path
+    assert weights.folder == str(tmp_path.resolve()) and weights.names == []
+    assert copy.graph.initializer[0].external_data[0].value == "bf16.onnx.data"
     y = cpu_session(lazy).run(None, {"x": np.zeros((N, N), np.float32)})[0]
     np.testing.assert_array_equal(y, values.astype(np.float32))
 
@@ -207,3 +208,35 @@ def test_activation_qdq_of_an_fp16_graph_has_fp16_scales(tmp_path, mode):
     got = cpu_session(result).run(None, feeds[0])[0].astype(np.float32)
     cosine = float((reference * got).sum() / np.linalg.norm(reference) / np.linalg.norm(got))
     assert cosine > 0.98, cosine
+
+
+def test_one_npz_file_is_calibration_data(tmp_path):
+    """`--calib FILE.npz`: the samples on the arrays' first axis, as `--load-inputs` takes them."""
+    from calibration.readers import load_calibration
+
+    model = _model()
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.random.default_rng(4).standard_normal((6, 3, N)).astype(np.float32))
+    data = load_calibration(path, model, batch_size=4)
+    assert data.count == 6 and sum(len(f["x"]) for f in data) == 6
+
+
+def test_weights_from_another_folder_are_bound_by_name(external, tmp_path):
+    """A model whose mapped weights lie in two folders (pieced together through the API): onnxruntime
+    reads the main folder by path and gets the others as arrays."""
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(external.with_name("model.onnx.data"), other / "weights.bin")
+    model = load_model(external)
+    moved = _initializers(model)["w_kept"]
+    for entry in moved.external_data:
+        if entry.key == "location":
+            entry.value = str((other / "weights.bin").resolve())
+    copy, weights = external_data.ort_form(model)
+    assert weights.folder == str(external.parent.resolve()) and weights.names == ["w_kept"]
+    x = np.random.default_rng(5).standard_normal((1, 2, N)).astype(np.float32)
+    np.testing.assert_array_equal(
+        cpu_session(model).run(None, {"x": x})[0], cpu_session(external).run(None, {"x": x})[0]
+    )

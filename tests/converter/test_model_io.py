@@ -60,3 +60,17 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_weights_precision_is_the_float_type_most_weight_bytes_are_in():
+    from onnx import numpy_helper
+
+    from converter.core.model_io import weights_precision
+
+    model = redundant_graph()
+    assert weights_precision(model) == "fp32"
+    big = numpy_helper.from_array(np.zeros((64, 64), np.float16), "half")
+    model.graph.initializer.append(big)  # more bytes in fp16 than in fp32: an fp16 graph's
+    assert weights_precision(model) == "fp16"
+    empty = onnx.ModelProto()
+    assert weights_precision(empty) == "fp32"
