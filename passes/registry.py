@@ -85,6 +85,10 @@ GROUPS: dict[str, list[str]] = {
         "fold-constants",
         "dedupe",
     ],
+    # The fusions that need opset 23 (Attention with GQA, RMSNormalization): asked for, not in
+    # "fold", whose opset-20 output every TensorRT 10.x parses (Jetson's included); these need
+    # TensorRT >= 10.15 or TensorRT-RTX. fuse-attention moves the model to 23 when it finds attention.
+    "fuse-opset23": ["fuse-attention", "fuse-norms"],
 }
 
 

@@ -186,12 +186,18 @@ def _optimizers(layers: int, folder: Path, source: Path, rows: list[dict[str, An
     """trtforge optimize and each peer on the exported graph `source`."""
     if rows[0]["error"]:
         return [{"model": f"llama-{layers}l", "layers": layers, "weight_bytes": None, **row} for row in rows]
-    runs = {"trtforge optimize": cli("optimize", str(source), "-o", str(folder / "trtforge.onnx"))}
+    runs = {
+        "trtforge optimize": cli("optimize", str(source), "-o", str(folder / "trtforge.onnx")),
+        # the opset-23 fusions (Attention with GQA, RMSNormalization), for TensorRT >= 10.15 / TensorRT-RTX
+        "trtforge optimize fold,fuse-opset23": cli(
+            "optimize", str(source), "--passes", "fold,fuse-opset23", "-o", str(folder / "trtforge23.onnx")
+        ),
+    }
     for name, program in PEERS.items():
         runs[name] = [sys.executable, "-c", program, str(source), str(folder / f"{name.split()[0]}.onnx")]
     for name, argv in runs.items():
         result = measured(argv, folder)
-        out = Path(argv[-1] if name != "trtforge optimize" else folder / "trtforge.onnx")
+        out = Path(argv[argv.index("-o") + 1] if "-o" in argv else argv[-1])
         row = {"tool": name, **result, "nodes": None, "max_abs_diff": None}
         if not result["error"] and out.exists():
             row["nodes"] = len(header(out).graph.node)

@@ -3,7 +3,10 @@
 What is recognised (over the last axis, keepdims=1, any exporter's spelling):
 - LayerNorm: d = x - mean(x); y = d / sqrt(mean(d*d or d^2) + eps) [* gamma] [+ beta]
 - RMSNorm:   y = x * 1/sqrt(mean(x^2) + eps) or x / sqrt(mean(x^2) + eps) [* gamma]
-  (also with Reciprocal(Sqrt(.)), as HF's LlamaRMSNorm exports rsqrt).
+  (also with Reciprocal(Sqrt(.)), as HF's LlamaRMSNorm exports rsqrt). In an fp16 model
+  HF normalises in float32 between two Casts, `Cast(norm(Cast(x, float32)), float16) *
+  gamma`: that is RMSNormalization(x, gamma) with stash_type float32 (the op casts its
+  normalised value back to x's type before the scale, the same steps).
 gamma/beta must be constants of the last dim's size (or absent: ones/zeros are
 supplied when that size is static). Below the op's opset the candidate is reported
 as rejected, not rewritten.
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
@@ -115,6 +119,19 @@ def _dtype(tensor: gs.Tensor) -> np.dtype | None:
         return None
 
 
+def _through_float32(x: gs.Tensor, out: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor]:
+    """(fp16 source, its cast-back) when x = Cast(source, float32) and `out` is read only by a Cast
+    back to source's type (the norm runs in float32 between them: the op's stash_type); else (x, out)."""
+    up = producer(x, "Cast")
+    back = only_consumer(out)
+    if up is None or back is None or back.op != "Cast" or up.attrs.get("to") != onnx.TensorProto.FLOAT:
+        return x, out
+    source = up.inputs[0]
+    if _dtype(source) != np.float16 or back.attrs.get("to") != onnx.TensorProto.FLOAT16:
+        return x, out
+    return source, back.outputs[0]
+
+
 def _replace(graph: gs.Graph, op: str, name: str, inputs, out: gs.Tensor, eps: float) -> None:
     for node in list(out.inputs):
         node.outputs.clear()
@@ -172,7 +189,8 @@ class FuseNorms(Pass):
         if ctx.opset < 23:
             result.reject(node.name, f"RMSNorm found but opset {ctx.opset} < 23 has no RMSNormalization")
             return True
-        affine = _affine(graph, node.outputs[0], _last_dim(x), with_beta=False, dtype=_dtype(x))
+        x, normalised = _through_float32(x, node.outputs[0])
+        affine = _affine(graph, normalised, _last_dim(x), with_beta=False, dtype=_dtype(x))
         if affine is None:
             result.reject(node.name, "RMSNorm found but its size or dtype is unknown")
             return True

@@ -97,3 +97,40 @@ def test_layernorm_over_wrong_axis_is_left_alone(tmp_path):
     model = _export(FirstAxisNorm(), 6, 17, tmp_path / "axis.onnx")
     fused, records = _fuse(model, 17)
     assert "LayerNormalization" not in [n.op_type for n in fused.graph.node]
+
+
+class HalfRMSNorm(torch.nn.Module):
+    """HF's LlamaRMSNorm on fp16 activations: normalised in float32, cast back, then scaled."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, size).half())
+
+    def forward(self, x):
+        h = torch.tanh(x)
+        f = h.to(torch.float32)
+        f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return torch.tanh(self.weight * f.to(torch.float16))
+
+
+def test_fp16_rmsnorm_between_casts_becomes_one_op_on_the_fp16_tensor(tmp_path):
+    path = tmp_path / "half.onnx"
+    torch.onnx.export(
+        HalfRMSNorm(16).eval(),
+        (torch.randn(2, 3, 16).half(),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b", 1: "s"}},
+    )
+    model = onnx.load(str(path))
+    upgraded, _ = run_passes(model, [PassSpec("upgrade-opset", {"target": 23})], PassContext(opset=17))
+    fused, records = _fuse(upgraded, 23)
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops == ["Tanh", "RMSNormalization", "Tanh"], ops  # both Casts and the scale Mul folded in
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float16)
+    got, want = first_output(fused, {"x": x}), first_output(model, {"x": x})
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3)
