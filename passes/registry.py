@@ -19,6 +19,7 @@ from typing import Any, Union
 
 from converter.core.errors import InvalidInputError
 from passes.attention.fuse_attention import FuseAttention
+from passes.attention.fuse_rotary import FuseRotary
 from passes.base import Pass
 from passes.blocks.drop_blocks import DropBlocks
 from passes.custom_ops.gated_linear_attention import GatedLinearAttention
@@ -57,6 +58,7 @@ REGISTERED: list[tuple[type[Pass], str]] = [
     (GroupQuantMatMul, "block-quantized 4/2-bit DequantizeLinear->MatMul -> trtforge::GroupQuantMatMul, packed (exact)"),
     (GatedLinearAttention, "parallel-form gated linear attention (cumsum-log-gate decay) -> trtforge::GatedLinearAttention (exact)"),
     (FuseAttention, "scaled-dot-product attention (masks, causal, GQA) -> Attention (opset 23, upgrades; exact)"),
+    (FuseRotary, "rotary position embedding (x*cos + rotate_half(x)*sin) -> RotaryEmbedding (opset 23; exact)"),
     (DropBlocks, "remove redundant transformer blocks/sub-layers scored on calibration data (lossy)"),
     (SmoothQuant, "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"),
     (Quantize, "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"),
@@ -85,10 +87,10 @@ GROUPS: dict[str, list[str]] = {
         "fold-constants",
         "dedupe",
     ],
-    # The fusions that need opset 23 (Attention with GQA, RMSNormalization): asked for, not in
+    # The fusions that need opset 23 (Attention with GQA, RMSNormalization, RotaryEmbedding): asked for, not in
     # "fold", whose opset-20 output every TensorRT 10.x parses (Jetson's included); these need
     # TensorRT >= 10.15 or TensorRT-RTX. fuse-attention moves the model to 23 when it finds attention.
-    "fuse-opset23": ["fuse-attention", "fuse-norms"],
+    "fuse-opset23": ["fuse-attention", "fuse-norms", "fuse-rotary"],
 }
 
 
