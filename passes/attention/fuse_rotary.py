@@ -114,6 +114,9 @@ def _match(add: gs.Node) -> tuple[gs.Tensor, Cache, Cache] | str | None:
                 cos, sin = _cache(cos4, "Cos"), _cache(sin4, "Sin")
                 if cos is None or sin is None or cos.freqs is not sin.freqs:
                     return f"rotate_half found at {add.name}, but cos/sin are not Cos/Sin of repeated frequencies"
+                freqs = cos.freqs.shape
+                if freqs is None or len(freqs) != 3 or freqs[2] not in (half, None) or isinstance(freqs[2], str):
+                    return f"rotate_half found at {add.name}, but the frequencies are not [batch, seq, {half}]"
                 if (cos.scale, cos.cast_to) != (sin.scale, sin.cast_to):
                     return f"rotate_half found at {add.name}, but cos and sin are scaled or cast differently"
                 return x, cos, sin
