@@ -152,3 +152,11 @@ def dims_equal(a: Dim | None, b: Dim | None) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
     return isinstance(a, str) and a == b and not a.startswith("?")
+
+
+def numpy_dtype(tensor: gs.Tensor) -> np.dtype | None:
+    """The tensor's numpy dtype; None when unknown or not a numpy type (e.g. bfloat16 in gs)."""
+    try:
+        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
+    except TypeError:
+        return None

@@ -25,6 +25,7 @@ from passes.pattern_utils import (
     constant_of,
     is_last_axis,
     is_scalar,
+    numpy_dtype,
     only_consumer,
     other_input,
     producer,
@@ -111,14 +112,6 @@ def _last_dim(tensor: gs.Tensor) -> int | None:
     return None
 
 
-def _dtype(tensor: gs.Tensor) -> np.dtype | None:
-    """The tensor's numpy dtype; None when unknown or not a numpy type (e.g. bfloat16 in gs)."""
-    try:
-        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
-    except TypeError:
-        return None
-
-
 def _through_float32(x: gs.Tensor, out: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor]:
     """(fp16 source, its cast-back) when x = Cast(source, float32) and `out` is read only by a Cast
     back to source's type (the norm runs in float32 between them: the op's stash_type); else (x, out)."""
@@ -127,7 +120,7 @@ def _through_float32(x: gs.Tensor, out: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor
     if up is None or back is None or back.op != "Cast" or up.attrs.get("to") != onnx.TensorProto.FLOAT:
         return x, out
     source = up.inputs[0]
-    if _dtype(source) != np.float16 or back.attrs.get("to") != onnx.TensorProto.FLOAT16:
+    if numpy_dtype(source) != np.float16 or back.attrs.get("to") != onnx.TensorProto.FLOAT16:
         return x, out
     return source, back.outputs[0]
 
@@ -167,7 +160,7 @@ class FuseNorms(Pass):
         if ctx.opset < 17:
             result.reject(div.name, f"LayerNorm found but opset {ctx.opset} < 17")
             return True
-        affine = _affine(graph, div.outputs[0], _last_dim(x), with_beta=True, dtype=_dtype(x))
+        affine = _affine(graph, div.outputs[0], _last_dim(x), with_beta=True, dtype=numpy_dtype(x))
         if affine is None:
             result.reject(div.name, "LayerNorm found but its size or dtype is unknown (no gamma, dynamic last dim)")
             return True
@@ -190,7 +183,7 @@ class FuseNorms(Pass):
             result.reject(node.name, f"RMSNorm found but opset {ctx.opset} < 23 has no RMSNormalization")
             return True
         x, normalised = _through_float32(x, node.outputs[0])
-        affine = _affine(graph, normalised, _last_dim(x), with_beta=False, dtype=_dtype(x))
+        affine = _affine(graph, normalised, _last_dim(x), with_beta=False, dtype=numpy_dtype(x))
         if affine is None:
             result.reject(node.name, "RMSNorm found but its size or dtype is unknown")
             return True

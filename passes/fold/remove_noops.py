@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass, is_graph_io
+from passes.pattern_utils import numpy_dtype
 
 
 def _constant(tensor: gs.Tensor) -> np.ndarray | None:
@@ -103,23 +104,16 @@ def _cast_type(node: gs.Node) -> np.dtype | None:
         return None
 
 
-def _dtype(tensor: gs.Tensor) -> np.dtype | None:
-    try:
-        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
-    except TypeError:  # a type numpy does not know (bfloat16 in gs)
-        return None
-
-
 def _identity_cast(node: gs.Node) -> bool:
     """Cast(x) to x's own type, or Cast(Cast(x, wide), x's type) with `wide` holding x's values
     (then rewired to read x: the inner Cast stays for any other reader, else cleanup drops it)."""
     if node.op != "Cast" or len(node.inputs) != 1:
         return False
     to, source = _cast_type(node), node.inputs[0]
-    if to is not None and _dtype(source) == to:
+    if to is not None and numpy_dtype(source) == to:
         return True
     inner = source.inputs[0] if len(source.inputs) == 1 and source.inputs[0].op == "Cast" else None
-    if inner is None or to is None or _dtype(inner.inputs[0]) != to:
+    if inner is None or to is None or numpy_dtype(inner.inputs[0]) != to:
         return False
     wide = _cast_type(inner)
     if wide is None or wide not in [np.dtype(t) for t in _WIDER.get(to, ())]:
