@@ -102,18 +102,12 @@ STAGE_LINES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("sig", "code", "stage"),
-    [(signal.SIGTERM, ExitCode.TERMINATED, stage) for stage in STAGE_LINES]
-    + [(signal.SIGINT, ExitCode.INTERRUPTED, "optimize")],
-)
-def test_interrupted_convert_leaves_nothing(tmp_path, sig, code, stage):
-    out = tmp_path / "D"
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir()
+def _interrupted_convert(folder: Path, sig: int, stage: str) -> tuple[subprocess.Popen, str]:
+    """Run `convert` in `folder`, send `sig` as soon as `stage` announces itself; (process, stderr)."""
+    env = {**os.environ, "TMPDIR": str(folder / "tmp")}
+    (folder / "tmp").mkdir(parents=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "converter.cli", "convert", "efficientnet-lite0", "--out", str(out)],
+        [sys.executable, "-m", "converter.cli", "convert", "efficientnet-lite0", "--out", str(folder / "D")],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -129,9 +123,26 @@ def test_interrupted_convert_leaves_nothing(tmp_path, sig, code, stage):
             process.send_signal(sig)
             break
     _, err = process.communicate(timeout=120)
-    err = "".join(seen) + err
+    return process, "".join(seen) + err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code", "stage"),
+    [(signal.SIGTERM, ExitCode.TERMINATED, stage) for stage in STAGE_LINES]
+    + [(signal.SIGINT, ExitCode.INTERRUPTED, "optimize")],
+)
+def test_interrupted_convert_leaves_nothing(tmp_path, sig, code, stage):
+    # A stage of a second or less can end before a loaded machine delivers the signal: then
+    # the conversion succeeds, and it is tried again (the third time, the test gives up).
+    for attempt in range(3):
+        tmp_path = tmp_path.parent / f"{tmp_path.name}-{attempt}" if attempt else tmp_path
+        process, err = _interrupted_convert(tmp_path, sig, stage)
+        if process.returncode != 0:
+            break
+    out = tmp_path / "D"
     if process.returncode == 0:
-        pytest.skip(f"the conversion finished before the signal ({stage})")
+        pytest.skip(f"the conversion finished before the signal ({stage}), three times")
     assert process.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
     assert f"in its {stage} stage" in err, err

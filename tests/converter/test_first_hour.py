@@ -171,6 +171,26 @@ def test_verify_after_precision_uses_fp16_tolerances(tiny_onnx):
     assert result.passed
 
 
+def test_a_pass_that_changes_nothing_reuses_the_last_check(tiny_onnx, monkeypatch):
+    """Each check runs the graph in onnxruntime (10 s a pass on a 1.1B model): a pass that changed
+    nothing hands the manager's same graph on, and its check is the previous one, renamed."""
+    from converter.verification.reference import Reference
+
+    calls = []
+    original = Reference.compare_onnx
+
+    def counting(self, model, label, tol):
+        calls.append(label)
+        return original(self, model, label, tol)
+
+    monkeypatch.setattr(Reference, "compare_onnx", counting)
+    result = api.verify(str(tiny_onnx), [], passes=["fold", "fold-pad", "fold-batchnorm"])
+    stages = [c for c in result.comparisons if c.candidate.startswith("after ")]
+    assert [c.candidate for c in stages[-2:]] == ["after fold-pad", "after fold-batchnorm"]  # still reported
+    assert "after fold-pad" not in calls and "after fold-batchnorm" not in calls  # not run again
+    assert stages[-1].outputs == stages[-3].outputs and result.passed
+
+
 def test_synthetic_inputs_are_flagged_in_the_terminal_summary(tmp_path):
     graph = make_model(
         [onnx.helper.make_node("Relu", ["x"], ["y"])],
