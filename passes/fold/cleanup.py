@@ -2,7 +2,11 @@
 
 - Identity, and Dropout in inference form (no training_mode input set to true, and
   its optional mask output unused);
-- Cast to the dtype its input already has;
+- Cast to the dtype its input already has, and the second Cast of a round trip
+  Cast(Cast(x, wide), x's type) through a type that holds every value of x's (float16
+  -> float32 -> float16: HF's fp16 attention writes `softmax(...).to(float32).to(float16)`,
+  which keeps Softmax and its MatMul with V apart); its readers read x, and the first
+  Cast stays only for readers of its own;
 - dead nodes (counted here); unused initializers are dropped by every pass's
   export, and the manager's record shows the initializer count before and after.
 Graph input/output names never change.
@@ -18,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass
+from passes.pattern_utils import numpy_dtype, producer
 
 
 def _dropout_is_inference(node: gs.Node) -> str | None:
@@ -33,15 +38,40 @@ def _dropout_is_inference(node: gs.Node) -> str | None:
     return None
 
 
-def _cast_is_noop(node: gs.Node) -> bool:
-    src = node.inputs[0]
-    if src.dtype is None:
-        return False
-    target = node.attrs.get("to")
+# x's type -> types that hold each of its values exactly (a Cast there and back is x itself)
+_WIDER = {
+    np.dtype(t): tuple(np.dtype(w) for w in wider)
+    for t, wider in (
+        (np.float16, (np.float32, np.float64)),
+        (np.float32, (np.float64,)),
+        (np.int8, (np.int16, np.int32, np.int64)),
+        (np.uint8, (np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)),
+        (np.int16, (np.int32, np.int64)),
+        (np.uint16, (np.int32, np.uint32, np.int64, np.uint64)),
+        (np.int32, (np.int64,)),
+        (np.uint32, (np.int64, np.uint64)),
+    )
+}
+
+
+def _cast_type(node: gs.Node) -> np.dtype | None:
     try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(target))) == np.dtype(src.dtype)
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
     except (TypeError, ValueError, KeyError):
-        return False
+        return None
+
+
+def _noop_cast_source(node: gs.Node) -> gs.Tensor | None:
+    """The tensor a Cast reproduces exactly (module docstring), or None."""
+    target, src = _cast_type(node), node.inputs[0]
+    if target is None:
+        return None
+    if numpy_dtype(src) == target:
+        return src
+    inner = producer(src, "Cast")
+    if inner is None or numpy_dtype(inner.inputs[0]) != target or _cast_type(inner) not in _WIDER.get(target, ()):
+        return None
+    return inner.inputs[0]
 
 
 @dataclass
@@ -63,7 +93,8 @@ class Cleanup(Pass):
                     result.reject(node.name, f"Dropout kept: {reason}")
                     continue
                 kind = "dropout_removed"
-            elif node.op == "Cast" and _cast_is_noop(node):
+            elif node.op == "Cast" and (source := _noop_cast_source(node)) is not None:
+                node.inputs[0] = source  # the Cast's own input, or the round trip's start
                 kind = "noop_cast_removed"
             else:
                 continue

@@ -11,11 +11,7 @@ tensor that keeps fusions apart. Removed here, with proof from the graph alone:
 - Reshape of a Reshape (the inner one read by nothing else) -> one Reshape of the
   source, when the outer target has no 0 (a 0 would copy the inner result's dims);
 - Mul by a constant 1, Div by a constant 1, when the constant cannot broadcast the
-  input to a larger rank and has its dtype: bit-for-bit the input (NaN included);
-- Cast to the type the input already has, and a round trip Cast(Cast(x, wide), x's
-  type) through a type that holds every value of x's (float16 -> float32 -> float16:
-  HF's fp16 attention writes `softmax(...).to(float32).to(float16)`), which keeps
-  Softmax and its MatMul with V apart.
+  input to a larger rank and has its dtype: bit-for-bit the input (NaN included).
 
 Graph input/output names never change (passes.graph_utils.bypass).
 """
@@ -25,12 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import bypass, is_graph_io
-from passes.pattern_utils import numpy_dtype
 
 
 def _constant(tensor: gs.Tensor) -> np.ndarray | None:
@@ -84,44 +78,6 @@ def _unit_operand(node: gs.Node) -> int | None:
     return None
 
 
-# x's type -> types that hold each of its values exactly (a Cast there and back is x itself)
-_WIDER = {
-    np.dtype(np.float16): (np.float32, np.float64),
-    np.dtype(np.float32): (np.float64,),
-    np.dtype(np.int8): (np.int16, np.int32, np.int64),
-    np.dtype(np.uint8): (np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64),
-    np.dtype(np.int16): (np.int32, np.int64),
-    np.dtype(np.uint16): (np.int32, np.uint32, np.int64, np.uint64),
-    np.dtype(np.int32): (np.int64,),
-    np.dtype(np.uint32): (np.int64, np.uint64),
-}
-
-
-def _cast_type(node: gs.Node) -> np.dtype | None:
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _identity_cast(node: gs.Node) -> bool:
-    """Cast(x) to x's own type, or Cast(Cast(x, wide), x's type) with `wide` holding x's values
-    (then rewired to read x: the inner Cast stays for any other reader, else cleanup drops it)."""
-    if node.op != "Cast" or len(node.inputs) != 1:
-        return False
-    to, source = _cast_type(node), node.inputs[0]
-    if to is not None and numpy_dtype(source) == to:
-        return True
-    inner = source.inputs[0] if len(source.inputs) == 1 and source.inputs[0].op == "Cast" else None
-    if inner is None or to is None or numpy_dtype(inner.inputs[0]) != to:
-        return False
-    wide = _cast_type(inner)
-    if wide is None or wide not in [np.dtype(t) for t in _WIDER.get(to, ())]:
-        return False
-    node.inputs[0] = inner.inputs[0]
-    return True
-
-
 def _merge_reshape_chain(node: gs.Node, graph: gs.Graph) -> bool:
     """Reshape(Reshape(x, a), b) -> Reshape(x, b) when `b` has no 0 and the inner result is private."""
     target = _reshape_target(node)
@@ -137,7 +93,7 @@ def _merge_reshape_chain(node: gs.Node, graph: gs.Graph) -> bool:
 
 @dataclass
 class RemoveNoops(Pass):
-    """Remove identity Reshapes and Casts, Reshape chains and multiplications/divisions by one."""
+    """Remove identity Reshapes, Reshape chains and multiplications/divisions by one."""
 
     name = "remove-noops"
     level = "graph"
@@ -152,8 +108,6 @@ class RemoveNoops(Pass):
                 result.count("reshape_chains_merged", node.name)
             if node.op == "Reshape" and _is_identity_reshape(node):
                 kind = "identity_reshapes_removed"
-            elif _identity_cast(node):
-                kind = "identity_casts_removed"
             else:
                 unit = _unit_operand(node)
                 if unit is None:

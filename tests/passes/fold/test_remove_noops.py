@@ -112,38 +112,3 @@ def test_int64_shape_arithmetic_is_handled_too():
     )
     out, records = run_passes(model, [PassSpec("remove-noops")], CTX)
     assert records[0].changed == {"multiplications_by_one_removed": 1}
-
-
-@pytest.mark.parametrize(
-    ("dtype", "via", "removed"),
-    [
-        (np.float16, TensorProto.FLOAT, True),  # HF fp16 attention: softmax(...).to(float32).to(float16)
-        (np.float32, TensorProto.DOUBLE, True),
-        (np.float32, TensorProto.FLOAT16, False),  # through a narrower type: values change
-        (np.float32, TensorProto.INT32, False),  # truncates
-        (np.float16, TensorProto.FLOAT16, True),  # Cast to its own type (then the outer Cast too)
-    ],
-)
-def test_a_cast_round_trip_through_a_wider_type_goes(dtype, via, removed):
-    back = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"], name="relu"),
-        helper.make_node("Cast", ["r"], ["wide"], to=via, name="up"),
-        helper.make_node("Cast", ["wide"], ["y"], to=back, name="down"),
-    ]
-    ops, changed = _run(nodes, {}, ["b", 8], ["b", 8], (3, 8), dtype)
-    assert ("Cast" not in ops) == removed, ops
-    if removed:
-        assert changed.get("identity_casts_removed", 0) >= 1
-
-
-def test_the_inner_cast_stays_for_its_other_readers():
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"], name="relu"),
-        helper.make_node("Cast", ["r"], ["wide"], to=TensorProto.FLOAT, name="up"),
-        helper.make_node("Cast", ["wide"], ["back"], to=TensorProto.FLOAT16, name="down"),
-        helper.make_node("Cast", ["wide"], ["again"], to=TensorProto.FLOAT16, name="down2"),
-        helper.make_node("Add", ["back", "again"], ["y"], name="add"),
-    ]
-    ops, _ = _run(nodes, {}, ["b", 8], ["b", 8], (3, 8), np.float16)
-    assert ops == ["Relu", "Add"]
