@@ -176,7 +176,7 @@ def activation_qdq(tensor: gs.Tensor, scale: float, fmt: str, prefix: str) -> tu
     The scale has the activation's type (float16 in an fp16 graph: QuantizeLinear-19)."""
     dtype = np.float16 if tensor.dtype == np.float16 else np.float32
     zero = np.zeros((), ml_dtypes.float8_e4m3fn if fmt == "fp8" else np.int8)
-    s = constant(f"{prefix}_scale", np.array(max(scale, FP16_MIN), dtype))
+    s = constant(f"{prefix}_scale", np.array(max(scale, FP16_MIN) if dtype is np.float16 else scale, dtype))
     z = constant(f"{prefix}_zero", zero)
     q_out = gs.Variable(f"{prefix}_q", dtype=zero.dtype, shape=tensor.shape)
     dq_out = gs.Variable(f"{prefix}_dq", dtype=dtype, shape=tensor.shape)
