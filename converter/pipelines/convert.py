@@ -40,7 +40,7 @@ from converter.pipelines.report import artifact, new_report, write_report
 from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs, run_reference
 from converter.verification.compare import EngineRunner
 from converter.verification.localize import localize as localize_layers
-from converter.verification.reference import Reference, pass_accuracy, verdict
+from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
 
@@ -278,20 +278,16 @@ class _Run:
         """2. the passes, with accuracy after each one (lossy passes switch to the recipe's tolerance)."""
         rec, reference = self.rec, self.reference
         lowered = False
-        last: list = [None, None, None]  # (stage model, tolerance, accuracy) of the last check
+        checks = StageChecks(reference)
 
         def measure(record: PassRecord, stage_model: onnx.ModelProto) -> None:
             nonlocal lowered
             lowered = lowered or not record.exact
-            tol = rec.tolerance() if lowered else rec.tolerance("fp32")
-            if stage_model is last[0] and tol == last[1]:  # the pass changed nothing: the same graph
-                record.accuracy = dict(last[2])  # (on a 1.1B graph each check is a 10 s onnxruntime session)
-            else:
-                try:
-                    record.accuracy = pass_accuracy(reference.compare_onnx(stage_model, record.name, tol))
-                except InvalidInputError as exc:
-                    record.accuracy = {"skipped": str(exc)}
-                last[:] = [stage_model, tol, record.accuracy]
+            try:
+                tol = rec.tolerance() if lowered else rec.tolerance("fp32")
+                record.accuracy = pass_accuracy(checks.check(stage_model, record.name, tol))
+            except InvalidInputError as exc:
+                record.accuracy = {"skipped": str(exc)}
             self.log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
 
         specs = rec.effective_passes()

@@ -11,7 +11,6 @@ ran), `passed` needs something to have run and every comparison that ran to pass
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from converter.pipelines.sample_inputs import (
 )
 from converter.verification.compare import Comparison
 from converter.verification.localize import localize as localize_layers
-from converter.verification.reference import Reference, is_engine, pass_accuracy, verdict
+from converter.verification.reference import Reference, StageChecks, is_engine, pass_accuracy, verdict
 from converter.verification.tolerances import Tolerances
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
@@ -103,19 +102,15 @@ def _after_each_pass(
     """
     model = load_model(ref.path)
     lowered: list[str] = []
-    last: list = [None, None, None]  # (stage model, tolerance, comparison) of the last check
+    checks = StageChecks(reference)
 
     def after_pass(record: PassRecord, stage: onnx.ModelProto) -> None:
         if record.precision:
             lowered.append(record.precision)
         stage_tol = tol or Tolerances.for_precision(lowered[-1] if lowered else "fp32")
-        if stage is last[0] and stage_tol == last[1]:  # the pass changed nothing: the graph checked last
-            comparison = dataclasses.replace(last[2], candidate=f"after {record.name}")
-        else:
-            comparison = reference.compare_onnx(stage, f"after {record.name}", stage_tol)
+        comparison = checks.check(stage, f"after {record.name}", stage_tol)
         record.accuracy = pass_accuracy(comparison)
         comparisons.append(comparison)
-        last[:] = [stage, stage_tol, comparison]
 
     ctx = PassContext(opset=opset_of(model), calibration=calibration_source.for_optimize(passes, model))
     return run_passes(model, passes, ctx, after_pass)[1]

@@ -9,6 +9,7 @@ cannot run here (an engine without a GPU) is recorded as skipped, with the reaso
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,23 @@ class Reference:
         """An ONNX or engine file against the reference (skipped, with the reason, where it cannot run)."""
         runner, why = candidate_runner(path, backend_name)
         return self.skipped(path.name, tol, why) if runner is None else self.compare(runner, tol)
+
+
+class StageChecks:
+    """The graph after each pass against the reference. A pass that changed nothing hands on the
+    same graph object (passes/manager.py), and gets the check before it again, renamed: on a
+    1.1B graph each check is a ~10 s onnxruntime session."""
+
+    def __init__(self, reference: Reference):
+        self.reference = reference
+        self._last: tuple[onnx.ModelProto, Tolerances, Comparison] | None = None
+
+    def check(self, model: onnx.ModelProto, label: str, tol: Tolerances) -> Comparison:
+        if self._last is not None and self._last[0] is model and self._last[1] == tol:
+            return dataclasses.replace(self._last[2], candidate=label)
+        comparison = self.reference.compare_onnx(model, label, tol)
+        self._last = (model, tol, comparison)
+        return comparison
 
 
 def pass_accuracy(comparison: Comparison) -> dict[str, Any]:
