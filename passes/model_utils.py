@@ -288,13 +288,10 @@ def import_with_types(model: onnx.ModelProto) -> gs.Graph:
     large = {init.name: init for init in model.graph.initializer if is_large(init)}
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Constant) and name in large:
-            if external_data.is_mapped(large[name]):  # read in place; exported as the stub it is
-                tensor.values = MappedValues(large[name])
-                continue
             tensor.values = LazyValues(large[name])
             if large[name].HasField("data_location"):
                 tensor.data_location = int(large[name].data_location)
-    return graph
+    return bind_mapped(graph)  # a lazily loaded model's weights: read in place, exported as stubs
 
 
 def large_constant_names(graph: gs.Graph) -> set[str]:

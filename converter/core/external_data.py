@@ -70,15 +70,14 @@ def is_mapped(tensor: onnx.TensorProto) -> bool:
     return os.path.isabs(_fields(tensor).get("location", ""))
 
 
-def resolve_locations(model: onnx.ModelProto, folder: Path, load_below: int = LOAD_BELOW) -> int:
-    """Point every external stub of `model` at the absolute path of its data file; the count.
+def resolve_locations(model: onnx.ModelProto, folder: Path, load_below: int = LOAD_BELOW) -> None:
+    """Point every external stub of `model` at the absolute path of its data file.
 
     Tensors under `load_below` bytes are read in instead, as onnx's loader would: shape
     arithmetic (reshape targets, position tables) reads their values, and passes and shape
     inference treat small constants as values, not weights. Only for a model whose external
     data `check_external_data` accepted: the locations lie inside `folder` and the byte
     ranges inside the files."""
-    count = 0
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -90,9 +89,6 @@ def resolve_locations(model: onnx.ModelProto, folder: Path, load_below: int = LO
             tensor.ClearField("external_data")
             tensor.raw_data = data
             tensor.data_location = onnx.TensorProto.DEFAULT  # what onnx's loader leaves
-        else:
-            count += 1
-    return count
 
 
 def byte_range(tensor: onnx.TensorProto) -> tuple[str, int, int]:
@@ -221,14 +217,12 @@ def ort_form(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OrtWeights]:
     onnxruntime reads any; a type numpy cannot hand over (bfloat16, 4-bit) is inlined."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # cheap: a lazily loaded model holds no large weights
-    mapped = [t for t in copy.graph.initializer if is_mapped(t)]
+    mapped = [(t, byte_range(t)) for t in copy.graph.initializer if is_mapped(t)]
     by_folder: dict[str, int] = {}
-    for tensor in mapped:
-        path, _, length = byte_range(tensor)
+    for _, (path, _, length) in mapped:
         by_folder[os.path.dirname(path)] = by_folder.get(os.path.dirname(path), 0) + length
     weights = OrtWeights(folder=max(by_folder, key=by_folder.get) if by_folder else None)
-    for tensor in mapped:
-        path = byte_range(tensor)[0]
+    for tensor, (path, _, _) in mapped:
         location = None
         if os.path.dirname(path) == weights.folder:
             location = os.path.basename(path)

@@ -102,7 +102,7 @@ def write_model(
     plan = _plan(model.graph, data is not None, location, inline_below)
     sizes = [_serialized_size(stub if stub is not None else tensor) for tensor, stub, *_ in plan]
     graph_size = len(graph_head) + sum(len(_field_header(GRAPH_INITIALIZER, n)) + n for n in sizes)
-    out.write(without_field(model, "graph").SerializeToString(deterministic=True))
+    out.write(_without(model, "graph").SerializeToString(deterministic=True))
     out.write(_field_header(MODEL_GRAPH, graph_size))
     out.write(graph_head)
     written = 0
@@ -147,7 +147,7 @@ def _write_inline(tensor: onnx.TensorProto, out: BinaryIO) -> None:
     out.write(tail)
 
 
-def without_field(message, field: str):
+def _without(message, field: str):
     """A copy of `message` without `field` (the graph of a model, the initializers of a graph):
     the large part is left out of the copy instead of copied and cleared."""
     copy = type(message)()
@@ -166,4 +166,4 @@ def without_field(message, field: str):
 
 def _graph_without_initializers(graph: onnx.GraphProto) -> bytes:
     """The graph's serialized fields, initializers left out (they follow one by one)."""
-    return without_field(graph, "initializer").SerializeToString(deterministic=True)
+    return _without(graph, "initializer").SerializeToString(deterministic=True)
