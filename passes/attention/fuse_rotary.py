@@ -57,7 +57,7 @@ def _slice(node: gs.Node | None, x: gs.Tensor, half: int, upper: bool) -> bool:
     if int(axes.ravel()[0]) not in (-1, 3):
         return False
     start, end = int(starts.ravel()[0]), int(ends.ravel()[0])
-    return (start, end >= 2 * half) == (half, True) if upper else (start, end) == (0, half)
+    return start == half and end >= 2 * half if upper else start == 0 and end == half
 
 
 def _rotate_half_of(tensor: gs.Tensor, x: gs.Tensor, half: int) -> bool:
@@ -115,7 +115,7 @@ def _match(add: gs.Node) -> tuple[gs.Tensor, Cache, Cache] | str | None:
                 if cos is None or sin is None or cos.freqs is not sin.freqs:
                     return f"rotate_half found at {add.name}, but cos/sin are not Cos/Sin of repeated frequencies"
                 freqs = cos.freqs.shape
-                if freqs is None or len(freqs) != 3 or freqs[2] not in (half, None) or isinstance(freqs[2], str):
+                if freqs is None or len(freqs) != 3 or (freqs[2] is not None and freqs[2] != half):
                     return f"rotate_half found at {add.name}, but the frequencies are not [batch, seq, {half}]"
                 if (cos.scale, cos.cast_to) != (sin.scale, sin.cast_to):
                     return f"rotate_half found at {add.name}, but cos and sin are scaled or cast differently"
