@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 from passes.attention.kv import ShapeFacts
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import FreshNames
-from passes.pattern_utils import constant_array, producer, scalar_value
+from passes.pattern_utils import constant_array, producer, scalar_factor
 
 ROTARY_OPSET = 23
 INT64_MAX = np.iinfo(np.int64).max
@@ -82,10 +82,10 @@ def _cache(tensor: gs.Tensor, op: str) -> Cache | None:
     if (cast := producer(inner, "Cast")) is not None:
         inner, cast_to = cast.inputs[0], int(cast.attrs["to"])
     if (mul := producer(inner, "Mul")) is not None:
-        factors = [scalar_value(t) for t in mul.inputs]
-        if factors[1] is None:
+        found = scalar_factor(mul)
+        if found is None:
             return None
-        inner, scale = mul.inputs[0], factors[1]
+        inner, scale = found
     trig = producer(inner, op)
     concat = producer(trig.inputs[0], "Concat") if trig is not None else None
     if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not concat.inputs[1]:
