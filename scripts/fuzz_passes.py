@@ -4,7 +4,7 @@ and the `fold` group, onnxruntime outputs before and after.
 Why: an exact pass promises equal outputs on every graph, and the hand-written pass tests
 and the hypothesis property tests (tests/passes/test_pass_properties.py) only see the
 graphs someone thought of. This tool generates thousands of valid graphs shaped like real
-exports (scripts/fuzz_graphs.py), runs every pass declaring `exact = True` (those that need
+exports (scripts/fuzz_graphs/), runs every pass declaring `exact = True` (those that need
 no calibration data) and the `fold` group on each through `passes.manager.run_passes`, and
 compares all graph outputs on two random inputs. Each failure is one of
 
