@@ -23,7 +23,8 @@ from converter.core.errors import UnsupportedError
 from passes import registry
 from passes.base import Pass, PassContext, PassResult
 from scripts.fuzz_graphs import FAMILIES, OPSETS, generate
-from scripts.fuzz_passes import CRASH, FAILURE_CLASSES, MISMATCH, default_passes, fuzz, judge_model, main
+from scripts.fuzz_judge import CRASH, FAILURE_CLASSES, MISMATCH
+from scripts.fuzz_passes import default_passes, fuzz, judge_model, main
 
 CASES = sorted((Path(__file__).parent / "fuzz_cases").glob("*.onnx"))
 SEED = 2024
