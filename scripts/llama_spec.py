@@ -66,6 +66,11 @@ def tiny() -> torch.nn.Module:
     return build(TINY, 2)
 
 
+def tiny_fp16() -> torch.nn.Module:
+    """`tiny` in fp16: the fp16 LLM's graph (Casts around the norms and the softmax) at test size."""
+    return build(TINY, 2, torch.float16)
+
+
 def layers(num_layers: int) -> torch.nn.Module:
     """The TinyLlama-1.1B shape with `num_layers` layers, fp16 (about 0.1 GB per layer)."""
     return build(TINYLLAMA, num_layers, torch.float16)

@@ -99,6 +99,30 @@ def serialized(model: onnx.ModelProto) -> tuple[bytes, external_data.OrtWeights]
     return copy.SerializeToString(), weights
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def return_freed_memory_promptly(threshold: int = 1 << 20) -> None:
+    """Have glibc serve allocations of `threshold` bytes or more from their own mappings, handed back
+    to the system when freed.
+
+    By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), so
+    after a session has folded its weights the next ones land in the heap and stay in the resident
+    set after they are freed: a caller that creates and drops sessions one after another (block-by-
+    block scoring of an LLM) then grows by a session's weights each time. Fixing the threshold stops
+    that; a no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    except OSError:
+        pass
+
+
 def cpu_session(
     model: onnx.ModelProto | str | Path | bytes,
     *,

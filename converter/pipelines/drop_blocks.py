@@ -36,7 +36,7 @@ from converter.verification.compare import OnnxRunner
 from passes.blocks.config import DropConfig
 from passes.blocks.discovery import BlockGraph, find_blocks
 from passes.blocks.rewiring import canonical, remove_units
-from passes.blocks.scores import language_model_io
+from passes.blocks.scores import GatedSession, language_model_io
 from passes.blocks.selection import Scored, Selection, explicit, score_units, select
 
 Data = tuple[list[Feeds] | None, list[Feeds] | None, str]
@@ -120,7 +120,15 @@ def _validation(report: dict[str, Any], selection: Selection, scored: Scored, ou
     report["saved"] = selection.saved
     report["validation"] = {"before": selection.before, "after": selection.after}
     scored.ev.close()  # one model's weights in onnxruntime at a time
-    report["validation"]["written_onnx"] = scored.ev.measure(OnnxRunner(out, "pruned").run, "val")
+    report["validation"]["written_onnx"] = scored.ev.measure(_runner(out), "val")
+
+
+def _runner(path: Path) -> Callable[[Feeds], dict]:
+    """The written ONNX, run as the scoring ran: block by block when it still has blocks (onnxruntime
+    then holds a few blocks' weights, not the model's: passes/blocks/segmented.py), else whole."""
+    written = load_model(path)
+    bg = find_blocks(written)
+    return GatedSession(written, bg).run if bg.found else OnnxRunner(path, "pruned").run
 
 
 def _profiles(

@@ -3,13 +3,15 @@
 The search (search.py) and the selection modes (selection.py) ask this one object:
 each removal set is run once per split through the gated session (scores.py), and
 its metrics are kept, so a beam, a refinement and a budget check that meet the same
-set again pay nothing.
+set again pay nothing. Callers that know a whole frontier of sets ask for it first
+(`prefetch`): the sets then run together, block by block, each block's onnxruntime
+session created once for all of them (passes/blocks/segmented.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -44,24 +46,48 @@ class Evaluator:
         self.metric = metric if metric != "auto" else ("ppl" if self.lm else "cosine")
         self.session = session or GatedSession(model, bg)
         self.data = {"calib": calib, "val": val}
-        self.refs = {"calib": [self.session.run(f) for f in calib]}
-        self.refs["val"] = self.refs["calib"] if val is calib else [self.session.run(f) for f in val]
+        self.refs = {"calib": self._reference(calib)}
+        self.refs["val"] = self.refs["calib"] if val is calib else self._reference(val)
         self.cache: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
         self.runs = 0
 
+    def _reference(self, batches: list[Feeds]) -> list[dict[str, np.ndarray]]:
+        refs: list[dict[str, np.ndarray]] = [{} for _ in batches]
+        for b, _, out in self.session.run_many(batches, [()]):
+            refs[b] = out
+        return refs
+
     def close(self) -> None:
-        """Drop the gated session (onnxruntime's copy of the weights: fp32 ones of an fp16 model on
+        """Drop the gated session (onnxruntime's copies of the weights: fp32 ones of an fp16 model on
         a CPU) before another model runs; the references and every metric measured stay."""
+        if self.session is not None:
+            self.session.close()
         self.session = None
 
-    def metrics(self, removed: list[str], split: str = "calib") -> dict[str, float]:
+    def _key(self, removed: Iterable[str], split: str) -> tuple[str, tuple[str, ...]]:
         split = "calib" if self.data["val"] is self.data["calib"] else split
-        key = (split, tuple(sorted(canonical(self.bg, removed))))
+        return split, tuple(sorted(canonical(self.bg, removed)))
+
+    def metrics(self, removed: Iterable[str], split: str = "calib") -> dict[str, float]:
+        key = self._key(removed, split)
         if key not in self.cache:
-            self.cache[key] = self.measure(lambda feeds: self.session.run(feeds, removed), split)
-            self.runs += 1
-            self._report_progress()
+            self.prefetch([key[1]], split)
         return self.cache[key]
+
+    def prefetch(self, sets: Iterable[Iterable[str]], split: str = "calib") -> None:
+        """Measure every set of `sets` not measured yet, all in one pass over the model's blocks."""
+        keys = list(dict.fromkeys(k for k in (self._key(s, split) for s in sets) if k not in self.cache))
+        if not keys:
+            return
+        split = keys[0][0]
+        acc = [OutputMetrics(self.lm) for _ in keys]
+        batches, refs = self.data[split], self.refs[split]
+        for b, i, out in self.session.run_many(batches, [k[1] for k in keys]):
+            acc[i].add(out, refs[b], batches[b])
+        for key, metrics in zip(keys, acc, strict=True):
+            self.cache[key] = metrics.result()
+        self.runs += len(keys)
+        self._report_progress()
 
     def _report_progress(self) -> None:
         now = time.perf_counter()

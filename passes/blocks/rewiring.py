@@ -62,14 +62,14 @@ def substitutions(units: list[Unit]) -> dict[str, str]:
     return subst
 
 
-def _node_inputs(node: onnx.NodeProto) -> list[str]:
+def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Inputs including those a subgraph (If/Loop/Scan body) reads from the outer scope."""
     names = [t for t in node.input if t]
     for attr in node.attribute:
         graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
         for graph in graphs:
             for inner in graph.node:
-                names += _node_inputs(inner)
+                names += node_inputs(inner)
     return names
 
 
@@ -88,7 +88,7 @@ def live(graph: onnx.GraphProto, subst: dict[str, str] | None = None) -> tuple[s
         i = producer.get(t)
         if i is not None and i not in nodes:
             nodes.add(i)
-            stack += [subst.get(x, x) for x in _node_inputs(graph.node[i])]
+            stack += [subst.get(x, x) for x in node_inputs(graph.node[i])]
     return nodes, tensors
 
 

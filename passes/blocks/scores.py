@@ -9,8 +9,8 @@
   cosine to the original outputs, and for language models perplexity (next-token
   cross-entropy on the fed tokens) and KL(original || pruned) per token.
 
-Every number comes from one onnxruntime session over the gated graph
-(passes/blocks/rewiring.gated_model): a removal set is a choice of boolean gate inputs,
+Every number comes from the gated graph (passes/blocks/rewiring.gated_model), run block
+by block (passes/blocks/segmented.py): a removal set is a choice of boolean gate inputs,
 computed exactly as the rewired graph computes it. Only running sums are kept, never
 every activation of every sample; the original outputs are kept (final outputs only)
 for the cosine and KL references.
@@ -19,20 +19,19 @@ for the cosine and KL references.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from converter.core.metadata import TASK, metadata_value
-from converter.core.ort_session import cpu_session
 from passes.blocks.discovery import BlockGraph
 from passes.blocks.rewiring import GATE_PREFIX, gated_model, live, plan, substitutions
+from passes.blocks.segmented import SegmentedSession
 
 Feeds = dict[str, np.ndarray]
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 @dataclass
@@ -114,10 +113,12 @@ class OutputMetrics:
 
 
 class GatedSession:
-    """One onnxruntime session that runs the model with any set of units removed."""
+    """Runs the model with any set of units removed, block by block (passes/blocks/segmented.py:
+    onnxruntime holds a few blocks' weights at a time, not the model's)."""
 
-    def __init__(self, model: onnx.ModelProto, bg: BlockGraph, probe: bool = False):
-        """`probe` also exposes the stream tensors and MatMul operands (for BI and FLOPs; slower runs)."""
+    def __init__(self, model: onnx.ModelProto, bg: BlockGraph, probe: bool = False, budget_bytes: int | None = None):
+        """`probe` also exposes the stream tensors and MatMul operands (for BI and FLOPs); `budget_bytes`
+        bounds the weights kept sessions hold (SegmentedSession)."""
         self.bg = bg
         self.units = bg.units("all")
         self.outputs = [o.name for o in model.graph.output]
@@ -127,17 +128,25 @@ class GatedSession:
             expose = [t for u in self.units for t in (u.input, u.output)]
             expose += [t for n in self.matmuls for t in (n.input[0], n.output[0])]
         gated = gated_model(model, self.units, expose)
-        self.session = cpu_session(gated, optimize=True)  # shares a lazily loaded model's mapped weights
-        self.input_types = {
-            i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs() if not i.name.startswith(GATE_PREFIX)
-        }
+        gates = [GATE_PREFIX + u.name for u in self.units]
+        self.segments = SegmentedSession(gated, [b.output for b in bg.blocks], gates, budget_bytes)
+
+    def close(self) -> None:
+        """Drop onnxruntime's sessions (their copies of the weights)."""
+        self.segments.close()
+
+    def gates(self, removed: Iterable[str]) -> dict[str, bool]:
+        off = {u.name for u in plan(self.bg, removed)}
+        return {GATE_PREFIX + u.name: u.name not in off for u in self.units}
 
     def run(self, feeds: Feeds, removed: Iterable[str] = (), outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        off = {u.name for u in plan(self.bg, removed)}
-        inputs = {n: np.asarray(feeds[n]).astype(t, copy=False) for n, t in self.input_types.items()}
-        inputs.update({GATE_PREFIX + u.name: np.array(u.name not in off) for u in self.units})
-        names = outputs or self.outputs
-        return dict(zip(names, self.session.run(names, inputs), strict=True))
+        return self.segments.run(feeds, self.gates(removed), outputs or self.outputs)
+
+    def run_many(
+        self, batches: list[Feeds], removal_sets: list[Iterable[str]]
+    ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """(batch index, set index, outputs) of every batch with every removal set, in one wavefront."""
+        return self.segments.run_many(batches, [self.gates(r) for r in removal_sets], self.outputs)
 
     def block_influence(self, batches: Iterable[Feeds]) -> dict[str, float]:
         """BI per unit (blocks and sub-layers) with nothing removed, streamed over `batches`."""

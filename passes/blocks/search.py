@@ -87,6 +87,10 @@ class Scorer:
         blocks = {self.units[n].block for n in path if self.units[n].kind == "block"}
         return tuple(n for n in path if self.units[n].kind == "block" or self.units[n].block not in blocks)
 
+    def prefetch(self, paths: Iterable[Iterable[str]]) -> None:
+        """Measure the sets of `paths` together (one pass over the blocks for all of them)."""
+        self.ev.prefetch(canonical(self.ev.bg, self.effective(p)) for p in paths)
+
     def trial(self, path: Iterable[str]) -> Trial:
         path = self.effective(path)
         names = tuple(canonical(self.ev.bg, path))
@@ -105,12 +109,14 @@ class Scorer:
         ]
 
 
+def _grown(parent: Trial, units: list[Unit]) -> list[tuple[str, ...]]:
+    return [(*parent.path, u.name) for u in units if u.name not in parent.path]
+
+
 def _children(scorer: Scorer, parent: Trial, units: list[Unit]) -> Iterator[Trial]:
     """`parent` plus one more unit, skipping units that remove nothing more (a sub-layer of a removed block)."""
-    for u in units:
-        if u.name in parent.path:
-            continue
-        child = scorer.trial((*parent.path, u.name))
+    for path in _grown(parent, units):
+        child = scorer.trial(path)
         if child.names != parent.names:
             yield child
 
@@ -121,6 +127,7 @@ def beam_search(scorer: Scorer, units: list[Unit], width: int = 1) -> list[Trial
     if frontier[0].done:
         return frontier
     while frontier:
+        scorer.prefetch(path for parent in frontier for path in _grown(parent, units))
         children: dict[tuple[str, ...], Trial] = {}
         for parent in frontier:
             for child in _children(scorer, parent, units):
@@ -149,6 +156,7 @@ def refine(scorer: Scorer, units: list[Unit], start: Trial) -> tuple[Trial, list
     best, moves = start, []
     for _ in range(MAX_REFINE_ROUNDS):
         improved = best
+        scorer.prefetch(_exchanges(best, units))
         for path in _exchanges(best, units):
             trial = scorer.trial(path)
             if trial.done and trial.damage < improved.damage:
@@ -203,6 +211,7 @@ def budget_search(ev: Evaluator, costs: Costs, units: list[Unit], config: DropCo
     while not chosen.done:
         level = Scorer(ev, costs, _next_level(config, scorer, chosen, quantum))
         found = {t.names: t for t in candidates(level, units)[0]}
+        level.prefetch(_grown(level.trial(chosen.path), units))
         for grown in _children(level, level.trial(chosen.path), units):  # the greedy step's options too
             found.setdefault(grown.names, grown)
         ranked = sorted((t for t in found.values() if t.done), key=lambda t: t.damage)

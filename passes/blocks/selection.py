@@ -80,6 +80,7 @@ def iterative(ev: Evaluator, costs: Costs, units: list[Unit], config: DropConfig
 def unit_scores(ev: Evaluator, probe: GatedSession, calib: list[Feeds]) -> dict[str, dict[str, float]]:
     """Per unit: Block Influence and the direct measure (outputs with only that unit removed)."""
     bi = probe.block_influence(calib)
+    ev.prefetch([u.name] for u in ev.bg.units("all"))
     scores = {}
     for u in ev.bg.units("all"):
         metrics = ev.metrics([u.name])
