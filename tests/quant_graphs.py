@@ -114,3 +114,36 @@ def readers_of_dq(model: onnx.ModelProto) -> list[tuple[str, int]]:
         for i, name in enumerate(n.input)
         if name in dq_outputs
     )
+
+
+def norm_mlp(seed: int = 0, width: int = 64) -> onnx.ModelProto:
+    """x[N,8,width] -> Mul(gamma, an RMSNorm's scale with uneven channels) -> MatMul(Wq), MatMul(Wk)
+    (one input, two layers) -> Add -> Relu -> MatMul(Wo): AWQ's two cases, a foldable producer and not."""
+    rng = np.random.default_rng(seed)
+    gamma = np.exp(rng.standard_normal(width)).astype(np.float32)  # some channels far larger than others
+    weights = {n: (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32) for n in ("Wq", "Wk", "Wo")}
+    inits = [numpy_helper.from_array(gamma, "gamma")] + [numpy_helper.from_array(w, n) for n, w in weights.items()]
+    nodes = [
+        helper.make_node("Mul", ["x", "gamma"], ["normed"], name="norm_scale"),
+        helper.make_node("MatMul", ["normed", "Wq"], ["q"], name="mm_q"),
+        helper.make_node("MatMul", ["normed", "Wk"], ["k"], name="mm_k"),
+        helper.make_node("Add", ["q", "k"], ["qk"], name="add"),
+        helper.make_node("Relu", ["qk"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "Wo"], ["y"], name="mm_o"),
+    ]
+    return shaped_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, width])],
+        inits,
+    )
+
+
+def correlated_feeds(model: onnx.ModelProto, batches: int = 8, rows: int = 8, seed: int = 3) -> list[dict]:
+    """Inputs whose channels are correlated (x = z A, one A for every seed: one distribution), as a
+    transformer's hidden states are."""
+    rng = np.random.default_rng(seed)
+    vi = model.graph.input[0]
+    dims = [d.dim_value for d in vi.type.tensor_type.shape.dim][1:]
+    mix = np.random.default_rng(0).standard_normal((dims[-1], dims[-1])) / np.sqrt(dims[-1]) + np.eye(dims[-1])
+    return [{vi.name: (rng.standard_normal((rows, *dims)) @ mix).astype(np.float32)} for _ in range(batches)]

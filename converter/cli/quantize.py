@@ -24,6 +24,10 @@ from converter.core.profiles import parse_profiles
 from converter.pipelines.quantize import HIGH_PRECISIONS, METHODS
 from passes.quant.quantize import MODES
 
+ALGORITHM_HELP = (
+    "int4-wo rounding: rtn (round to nearest, no data), awq (activation-aware scales and clipping), "
+    "gptq (Hessian error feedback), auto (the best of the three on the calibration subset)."
+)
 MODE_HELP = "int8/fp8: W8A8 with calibrated activations; int4-wo/int2-wo: weight-only, block-wise."
 CALIB_HELP = (
     "Calibration data: a folder of .npz/.npy, images or .txt (one sentence a line), or one .npz/.npy/.txt file. "
@@ -80,6 +84,8 @@ def print_quantize(report: dict) -> None:
     help="Node name pattern kept in high precision.",
 )
 @choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
+@choice_option("--algorithm", ["rtn", "awq", "gptq", "auto"], "rtn", ALGORITHM_HELP)
+@click.option("--act-order", is_flag=True, help="gptq: round input rows in order of decreasing Hessian diagonal.")
 @batch_size_option("Calibration batch size.")
 @click.option(
     "--search-samples",
@@ -108,6 +114,7 @@ def quantize(model, out, block_size, shapes, as_json, quiet, **options):
       trtforge quantize minilm.onnx -o q.onnx --calib sentences.txt --tokenizer tok/ --budget 0.005
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
+      trtforge quantize decoder-lm -o lm.w4.onnx --mode int4-wo --algorithm gptq
       trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
     result = api.quantize(

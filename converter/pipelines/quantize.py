@@ -37,7 +37,7 @@ from converter.pipelines.model_ref import ModelRef, resolve_model
 from converter.pipelines.report import new_report, write_report
 from passes.base import PassContext
 from passes.manager import run_passes
-from passes.quant.quantize import MODES, WEIGHT_ONLY
+from passes.quant.quantize import ALGORITHMS, MODES, WEIGHT_ONLY
 from passes.registry import PassSpec
 
 METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
@@ -64,6 +64,8 @@ class QuantizeOptions:
     exclude_ops: list[str] = field(default_factory=list)
     exclude_names: list[str] = field(default_factory=list)
     block_size: int | None = None  # weight-only modes
+    algorithm: str = "rtn"  # int4-wo rounding: rtn | awq | gptq, or auto (the best on the calibration subset)
+    act_order: bool = False  # gptq: rows in order of decreasing Hessian diagonal
     batch_size: int = 16
     max_length: int = 128  # token limit for text calibration
     tokenizer: str | Path | None = None  # default: the demo's
@@ -80,6 +82,10 @@ class QuantizeOptions:
             raise InvalidInputError(f"--mode '{self.mode}' not in {MODES}")
         if self.method not in METHODS:
             raise InvalidInputError(f"--calib-method '{self.method}' not in {METHODS}")
+        if self.algorithm not in (*ALGORITHMS, "auto"):
+            raise InvalidInputError(f"--algorithm '{self.algorithm}' not in {', '.join((*ALGORITHMS, 'auto'))}")
+        if self.algorithm not in ("rtn", "auto") and self.mode != "int4-wo":
+            raise InvalidInputError(f"--algorithm {self.algorithm} is for --mode int4-wo")
         if self.precision not in HIGH_PRECISIONS:
             raise InvalidInputError(f"--precision '{self.precision}' not in {', '.join(HIGH_PRECISIONS)}")
         if self.cache_dir and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
@@ -94,6 +100,8 @@ class QuantizeOptions:
         }
         if self.block_size:
             options["block_size"] = self.block_size
+        if self.mode == "int4-wo" and self.algorithm != "auto":
+            options.update(algorithm=self.algorithm, act_order=self.act_order)
         return options
 
     def data(self, which: Data, model: onnx.ModelProto, ref: ModelRef) -> CalibrationData | None:
@@ -182,6 +190,33 @@ def _choose(
     return alpha, method, evaluator
 
 
+def _choose_algorithm(
+    source: onnx.ModelProto, data: CalibrationData | None, opts: QuantizeOptions, report: dict[str, Any], log: Log
+) -> tuple[QuantizeOptions, Evaluator | None]:
+    """`--algorithm auto`: every int4 rounding algorithm scored on the calibration subset, the best kept
+    (round-to-nearest without data); any other choice as given."""
+    if opts.algorithm != "auto":
+        return opts, None
+    if data is None or opts.mode != "int4-wo":
+        return dataclasses.replace(opts, algorithm="rtn"), None
+    start = time.perf_counter()
+    evaluator = Evaluator(source, _subset(data, opts.search_samples), opts.metric)
+    subset = from_feeds(evaluator.feeds, f"{data.source} (subset)")
+    table = []
+    for algorithm in ALGORITHMS:
+        trial = dataclasses.replace(opts, algorithm=algorithm, cache_dir=None)
+        candidate, _ = run_passes(
+            source,
+            _passes(opts.mode, None, "minmax", trial.pass_options()),
+            PassContext(opset_of(source), calibration=subset),
+        )
+        table.append({"algorithm": algorithm, **evaluator.score(candidate).to_dict()})
+        log(f"int4 {algorithm}: mean cosine {table[-1]['mean_cosine']:.5f}")
+    best = min(table, key=lambda row: row["drop"])
+    report["search"] = {"table": table, "seconds": round(time.perf_counter() - start, 2), "chose": best["algorithm"]}
+    return dataclasses.replace(opts, algorithm=best["algorithm"]), evaluator
+
+
 def _quantize(
     source: onnx.ModelProto,
     data: CalibrationData | None,
@@ -207,6 +242,8 @@ def _quantize(
         smoothquant_alpha=alpha,
         seconds=round(time.perf_counter() - start, 2),
         calibration={"source": data.source, "samples": data.count} if data is not None else None,
+        algorithm=opts.algorithm if opts.mode == "int4-wo" else None,
+        weight_only_layers=next((r.details["weight_only"] for r in records if "weight_only" in r.details), None),
         passes=[r.to_dict() for r in records],
         qdq=count_qdq(quantized),
         # weights from dims and types: a lazily loaded model's ByteSize() leaves its mapped weights out
@@ -243,7 +280,13 @@ def quantize(
             raise InvalidInputError(
                 f"{source_path}: {opts.mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt) or --calib FILE.npz"
             )
-        alpha, method, evaluator = _choose(source, data, opts, report, log)
+        if opts.algorithm in ("awq", "gptq") and data is None:
+            raise InvalidInputError(
+                f"{source_path}: --algorithm {opts.algorithm} needs calibration data (the layer inputs' Hessians): give --calib"
+            )
+        opts, evaluator = _choose_algorithm(source, data, opts, report, log)
+        alpha, method, search_evaluator = _choose(source, data, opts, report, log)
+        evaluator = search_evaluator or evaluator
         quantized = _quantize(source, data, opts, (alpha, method), report, log)
         val = opts.data(opts.validation, source, ref) if opts.validation else None
         subset = evaluator.feeds if evaluator else (_subset(data, opts.search_samples) if data is not None else None)

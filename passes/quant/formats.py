@@ -40,7 +40,7 @@ def constant(name: str, values: np.ndarray) -> gs.Constant:
     return gs.Constant(name, LazyValues(numpy_helper.from_array(np.asarray(values), name)))
 
 
-def _scale_from_amax(amax: np.ndarray, qmax: float) -> np.ndarray:
+def scale_from_amax(amax: np.ndarray, qmax: float) -> np.ndarray:
     """amax / qmax, positive and representable in fp16 (a later precision pass converts scales).
 
     An all-zero channel (BN-folded dead filters) gets scale 1 (its values are 0 whatever
@@ -53,7 +53,7 @@ def _scale_from_amax(amax: np.ndarray, qmax: float) -> np.ndarray:
 def per_channel_int8(w: np.ndarray, axis: int, scale_dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """(int8 values, scale per channel along `axis` in `scale_dtype`, values rounded against it)."""
     other = tuple(i for i in range(w.ndim) if i != axis)
-    scale = _scale_from_amax(np.abs(w).max(axis=other), INT8_MAX).astype(scale_dtype)
+    scale = scale_from_amax(np.abs(w).max(axis=other), INT8_MAX).astype(scale_dtype)
     shaped = np.expand_dims(scale.astype(np.float32), other)
     return np.clip(np.rint(w / shaped), -INT8_MAX, INT8_MAX).astype(np.int8), scale
 
@@ -61,7 +61,7 @@ def per_channel_int8(w: np.ndarray, axis: int, scale_dtype: type = np.float32) -
 def per_channel_fp8(w: np.ndarray, axis: int, scale_dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """(float8e4m3fn values, scale per channel along `axis` in `scale_dtype`)."""
     other = tuple(i for i in range(w.ndim) if i != axis)
-    scale = _scale_from_amax(np.abs(w).max(axis=other), FP8_MAX).astype(scale_dtype)
+    scale = scale_from_amax(np.abs(w).max(axis=other), FP8_MAX).astype(scale_dtype)
     scaled = np.clip(w / np.expand_dims(scale.astype(np.float32), other), -FP8_MAX, FP8_MAX)
     return scaled.astype(ml_dtypes.float8_e4m3fn), scale
 
@@ -75,7 +75,7 @@ def block_int4(w: np.ndarray, block: int, scale_dtype: type = np.float32) -> tup
     for start in range(0, n, COLUMNS):  # a slice of columns at a time: an lm_head is 65M weights
         cols = slice(start, min(start + COLUMNS, n))
         blocks = np.asarray(w[:, cols], np.float32).reshape(k // block, block, -1)
-        scale[:, cols] = _scale_from_amax(np.abs(blocks).max(axis=1), INT4_MAX)
+        scale[:, cols] = scale_from_amax(np.abs(blocks).max(axis=1), INT4_MAX)
         levels = np.rint(blocks / scale[:, cols].astype(np.float32)[:, None, :])
         q[:, cols] = np.clip(levels, -8, 7).reshape(k, -1)
     return q, scale
@@ -85,7 +85,7 @@ def dequantize_block(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray
     return q.astype(np.float32) * np.repeat(scale, block, axis=0)
 
 
-def _damped_inverse_chol(hessian: np.ndarray) -> np.ndarray:
+def damped_inverse_chol(hessian: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor of the damped inverse Hessian (GPTQ's error-feedback weights)."""
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) <= 0
@@ -98,7 +98,7 @@ def _damped_inverse_chol(hessian: np.ndarray) -> np.ndarray:
 def gptq_round(w: np.ndarray, u: np.ndarray | None, quantize_row) -> np.ndarray:
     """Round the rows (input dims) of a [K, N] weight in order, feeding each row's error forward.
 
-    `quantize_row(k, row)` returns the dequantized row k; `u` is _damped_inverse_chol(H).
+    `quantize_row(k, row)` returns the dequantized row k; `u` is damped_inverse_chol(H).
     Without it this is plain round-to-nearest.
     """
     w = w.astype(np.float64).copy()
@@ -148,7 +148,7 @@ def decoupled_int2(
     weight = np.diag(hessian).astype(np.float64) if hessian is not None else np.ones(k)
     weight = np.maximum(weight, TINY)
     best, best_err = None, np.inf
-    u = _damped_inverse_chol(hessian) if hessian is not None else None
+    u = damped_inverse_chol(hessian) if hessian is not None else None
     for _ in range(iters):
         s_rows, c_rows = np.repeat(s, group, axis=0), np.repeat(c, group, axis=0)
 
@@ -158,7 +158,7 @@ def decoupled_int2(
 
         w_hat = gptq_round(w, u, row)
         levels = np.rint(w_hat / s_rows)
-        err = _output_error(w, levels * s_rows, hessian)
+        err = output_error(w, levels * s_rows, hessian)
         if err < best_err:
             best, best_err = (levels.astype(np.int8), s.copy()), err
         s, c = _fit_group_scale(w, np.clip(levels - c_rows, 0, 3), weight, group)
@@ -166,7 +166,7 @@ def decoupled_int2(
     return np.clip(q, -8, 7).astype(ml_dtypes.int4), s
 
 
-def _output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray | None) -> float:
+def output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray | None) -> float:
     d = (w - w_hat).astype(np.float64)
     return float(np.sum(d * (hessian @ d))) if hessian is not None else float((d * d).sum())
 

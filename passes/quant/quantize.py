@@ -7,7 +7,9 @@ block_size). Placement follows TensorRT's rules (passes/quant/rules.py), the num
 formats are in passes/quant/formats.py, activation ranges come from calibration/
 (streamed statistics, one observer per `method`, cached by model and data).
 
-Options: mode (int8 | fp8 | int4-wo | int2-wo), method (minmax | percentile |
+Options: mode (int8 | fp8 | int4-wo | int2-wo), algorithm for int4-wo (rtn | awq |
+gptq: round-to-nearest, or calibrated: passes/quant/awq.py, passes/quant/gptq.py;
+act_order for gptq), method (minmax | percentile |
 entropy | mse), percentile, exclude_ops, exclude_names (fnmatch patterns),
 include_names, block_size (int4 default 128, int2 default 64), quantize_bmm,
 residual, pooling, cache_dir. Lossy (`exact = False`): the verifier measures what
@@ -39,15 +41,17 @@ from passes.model_utils import graph_to_model, import_graph, release_values
 from passes.pattern_utils import constant_array
 from passes.quant.formats import (
     activation_qdq,
-    block_int4,
     decoupled_int2,
+    dequantize_block,
     per_channel_fp8,
     per_channel_int8,
     weight_dq,
 )
 from passes.quant.rules import Placement, place
+from passes.quant.weight_rounding import Rounding, input_scales
 
 MODES = ("int8", "fp8", "int4-wo", "int2-wo")
+ALGORITHMS = ("rtn", "awq", "gptq")  # int4-wo weight rounding: round-to-nearest, or calibrated
 METHODS = ("minmax", "percentile", "entropy", "mse")
 WEIGHT_ONLY = ("int4-wo", "int2-wo")
 BLOCK_OPSET = 21
@@ -82,12 +86,18 @@ class Quantize(Pass):
     include_names: list[str] | None = None
     max_cosine_drop: float | None = None
     sensitivity_samples: int = 64
+    algorithm: str = "rtn"
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode '{self.mode}' not in {MODES}")
         if self.method not in METHODS:
             raise ValueError(f"method '{self.method}' not in {', '.join(METHODS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm '{self.algorithm}' not in {', '.join(ALGORITHMS)}")
+        if self.algorithm != "rtn" and self.mode != "int4-wo":
+            raise ValueError(f"algorithm '{self.algorithm}' is for mode int4-wo (int2-wo always rounds with GPTQ)")
         self.block_size = self.block_size or (128 if self.mode == "int4-wo" else 64)
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} not in 16, 32, 64, 128, 256")
@@ -107,8 +117,9 @@ class Quantize(Pass):
         return self.mode in WEIGHT_ONLY
 
     def requires_calibration(self) -> bool:
-        """W8A8 needs activation ranges; weight-only formats quantize weights without data."""
-        return not self.weight_only
+        """W8A8 needs activation ranges, AWQ and GPTQ the layer inputs' Hessians; round-to-nearest
+        weight-only formats quantize weights without data."""
+        return not self.weight_only or self.algorithm != "rtn"
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         if self.max_cosine_drop is None:
@@ -189,12 +200,12 @@ class Quantize(Pass):
 
     # ------------------------------------------------------------------ calibration
     def _calibrate(self, model, plan: Placement, ctx: PassContext, result: PassResult):
-        """Activation ranges (W8A8) or layer-input Gram matrices (int2); None when no data."""
+        """Activation ranges (W8A8) or layer-input Gram matrices (int2, AWQ, GPTQ); None when no data."""
         data = ctx.calibration
         if self.weight_only:
-            if self.mode != "int2-wo" or data is None:
+            if (self.mode != "int2-wo" and self.algorithm == "rtn") or data is None:
                 return None, {}
-            inputs = {site.node.inputs[0].name for site in plan.weights if site.node.op == "MatMul"}
+            inputs = {site.node.inputs[0].name for site in plan.weights if site.node.op in ("MatMul", "Gemm")}
             cal = calibrate(
                 model,
                 sorted(inputs),
@@ -258,13 +269,18 @@ class Quantize(Pass):
         self, graph: gs.Graph, plan: Placement, hessians: dict[str, np.ndarray], result: PassResult
     ) -> None:
         done: dict[tuple[str, int], gs.Variable] = {}
+        grams = {id(site): hessians.get(site.node.inputs[0].name) for site in plan.weights}  # before AWQ rewires
+        smooth = input_scales(graph, plan, hessians, self.block_size, result) if self.algorithm == "awq" else {}
         for site in plan.weights:
             const = site.node.inputs[site.index]
             key = (const.name, site.axis)
             if key not in done:
                 stored = constant_array(const)
                 w = stored if self.mode == "int4-wo" else np.asarray(stored, np.float32)  # int4: converts by slices
-                node, done[key] = self._quantize_weight(const.name, w, site, hessians, stored.dtype)
+                rounding = Rounding(grams[id(site)], smooth.get(const.name))
+                node, done[key] = self._quantize_weight(const.name, w, site, rounding, stored.dtype)
+                if self.weight_only:
+                    result.details.setdefault("weight_only", {})[site.node.name] = rounding.report
                 del stored, w  # one weight in working precision at a time
                 release_values(const)
                 graph.nodes.append(node)
@@ -272,7 +288,7 @@ class Quantize(Pass):
             result.count("weight_dq", site.node.name)
 
     def _quantize_weight(
-        self, name: str, w: np.ndarray, site, hessians, dtype: np.dtype | type = np.float32
+        self, name: str, w: np.ndarray, site, rounding: Rounding, dtype: np.dtype | type = np.float32
     ) -> tuple[gs.Node, gs.Variable]:
         """The weight's DequantizeLinear; its scales in `dtype`, the weight's own (fp16 stays fp16)."""
         prefix = _safe(name)
@@ -284,11 +300,13 @@ class Quantize(Pass):
             return weight_dq(prefix, q, scale, site.axis)
         k_first = w if site.axis == 0 else w.T  # blocks run along K
         if self.mode == "int4-wo":
-            q, scale = block_int4(k_first, self.block_size, dtype)
+            q, scale = rounding.int4(k_first, self.block_size, self.algorithm, self.act_order, dtype)
         else:
-            hessian = hessians.get(site.node.inputs[0].name) if site.axis == 0 else None
-            q, scale = decoupled_int2(k_first, self.block_size, hessian)
+            q, scale = decoupled_int2(k_first, self.block_size, rounding.gram if site.axis == 0 else None)
             scale = scale.astype(dtype)
+            rounding.measure(
+                k_first, dequantize_block(q, scale, self.block_size), "gptq (decoupleQ)", 2, self.block_size
+            )
         if site.axis == 1:
             q, scale = q.T.copy(), scale.T.copy()
         return weight_dq(prefix, q, scale, site.axis, self.block_size)
