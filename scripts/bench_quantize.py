@@ -14,7 +14,7 @@ methods. TensorRT Model Optimizer (`--modelopt`) needs its own venv
 (`nvidia-modelopt[onnx]` pins onnx and onnxruntime-gpu); the script creates it under
 ~/.cache/trtforge/modelopt-venv and records the failure when it cannot.
 
-    python scripts/bench_quantize.py --out bench_quantize.json [--quick] [--modelopt]
+    python scripts/bench_quantize.py --out bench_quantize.json [--quick] [--modelopt] [--weight-only]
 
 Output: {"results": [{"model", "tool", "metric", "value", "min_cosine", "top1_agreement",
 "calib_seconds", "calib_peak_rss_mb", "qdq_pairs", ...}], "engines": [...], "environment": {...}}.
@@ -33,12 +33,12 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_modelopt import MODELOPT_VENV, modelopt_python, run_modelopt  # noqa: E402  (beside this script)
 from bench_quantize_data import effnet_data, minilm_data  # noqa: E402  (beside this script)
 
 from calibration.data import from_array_folder  # noqa: E402
@@ -46,6 +46,11 @@ from calibration.data import from_array_folder  # noqa: E402
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
 def worker(args) -> None:
+    if args.worker in ("trtforge-wo", "ort-nbits"):
+        from bench_quantize_wo import quantize_worker  # beside this script
+
+        print(json.dumps(quantize_worker(args)))
+        return
     model = onnx.load(args.model)
     if args.worker == "trtforge":  # the chosen setting's passes alone: statistics, ranges, Q/DQ, save
         from converter.core.model_io import save_model
@@ -131,62 +136,6 @@ def run_worker(tool: str, model: Path, calib: Path, out: Path, method: str, **ex
     if proc.returncode != 0:
         return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-MODELOPT_RUNNER = """
-import json, runpy, sys, time
-start = time.perf_counter()
-sys.argv = ARGV
-try:
-    runpy.run_module("modelopt.onnx.quantization", run_name="__main__")
-except SystemExit:
-    pass
-hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
-print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": hwm}))
-"""
-
-
-def run_modelopt(model: Path, calib: Path, out: Path) -> dict:
-    """TensorRT Model Optimizer ONNX int8 PTQ on CPU in its own venv (created on first use)."""
-    venv = Path.home() / ".cache" / "trtforge" / "modelopt-venv"  # outside the repository
-    python = venv / "bin" / "python"
-    try:
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "nvidia-modelopt[onnx]"],
-                check=True,
-                capture_output=True,
-                timeout=1200,
-            )
-        arrays = {}
-        for batch in from_array_folder(calib, onnx.load(str(model), load_external_data=False), batch_size=32):
-            for k, v in batch.items():
-                arrays.setdefault(k, []).append(v)
-        npz = out.with_suffix(".calib.npz")
-        np.savez(npz, **{k: np.concatenate(v) for k, v in arrays.items()})
-        argv = [
-            "modelopt",
-            "--onnx_path",
-            str(model),
-            "--quantize_mode",
-            "int8",
-            "--calibration_data",
-            str(npz),
-            "--calibration_eps",
-            "cpu",
-            "--high_precision_dtype",
-            "fp32",
-            "--output_path",
-            str(out),
-        ]
-        code = MODELOPT_RUNNER.replace("ARGV", repr(argv))
-        proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0 or not out.exists():
-            return {"failed": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, OSError) as exc:
-        return {"failed": f"modelopt venv: {type(exc).__name__}: {str(exc)[:200]}"}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -361,8 +310,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 calibration / 64 validation samples, int8 only")
     parser.add_argument("--modelopt", action="store_true", help="also TensorRT Model Optimizer (creates a venv)")
     parser.add_argument("--tools", default="trtforge,ort", help="comma-separated: trtforge, ort, modelopt")
-    parser.add_argument("--models", default="minilm,efficientnet-lite0")
-    for flag in ("--worker", "--model", "--calib", "--quantized", "--method", "--mode", "--alpha", "--block"):
+    parser.add_argument("--models", help="default: minilm,efficientnet-lite0 (with --weight-only: minilm,decoder-lm)")
+    parser.add_argument(
+        "--weight-only", action="store_true", help="4/2-bit weight-only rows (scripts/bench_quantize_wo.py)"
+    )
+    for flag in (
+        "--worker",
+        "--model",
+        "--calib",
+        "--quantized",
+        "--method",
+        "--mode",
+        "--alpha",
+        "--block",
+    ):  # a worker
         parser.add_argument(flag, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -370,10 +331,23 @@ def main() -> None:
         args.block = int(args.block) if args.block not in (None, "None") else None
         return worker(args)
     results, engines = [], []
+    models = args.models or ("minilm,decoder-lm" if args.weight_only else "minilm,efficientnet-lite0")
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        for name in args.models.split(","):
+        for name in models.split(","):
             tools = set(args.tools.split(",")) | ({"modelopt"} if args.modelopt else set())
-            rows, built = bench_model(name, Path(tmp), args.quick, tools, lambda m: print(m, file=sys.stderr))
+            log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+            if args.weight_only:
+                from bench_quantize_wo import bench_weight_only  # beside this script
+
+                python = MODELOPT_VENV / "bin" / "python"
+                if "modelopt" in tools:
+                    try:
+                        python = modelopt_python()
+                    except (subprocess.SubprocessError, OSError) as exc:
+                        log(f"no Model Optimizer venv: {exc}")
+                rows, built = bench_weight_only(name, Path(tmp), tools, args.quick, log, python)
+            else:
+                rows, built = bench_model(name, Path(tmp), args.quick, tools, log)
             results += rows
             engines += built
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
