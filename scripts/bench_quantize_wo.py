@@ -2,7 +2,7 @@
 
 On MiniLM (mean embedding cosine on validation sentences it was not calibrated on) and the
 trained decoder-lm demo (perplexity on held-out text, and its increase over fp32):
-- trtforge int4-wo with `--algorithm rtn | awq | gptq` at blocks 32 and 128, and int2-wo
+- trtforge int4-wo with `--algorithm rtn | awq | gptq | awq-gptq` at blocks 32 and 128, and int2-wo
   (decoupleQ with GPTQ rounding) at block 32;
 - onnxruntime's MatMulNBitsQuantizer, 4 bits, blocks 32 and 128: its default (blockwise
   round-to-nearest, asymmetric with zero points: its best RTN) and GPTQ (its bundled
@@ -25,14 +25,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-TRTFORGE = [(a, b) for b in (32, 128) for a in ("rtn", "awq", "gptq")]
+TRTFORGE = [(a, b) for b in (32, 128) for a in ("rtn", "awq", "gptq", "awq-gptq")]
 ORT = [(a, b) for b in (32, 128) for a in ("default", "gptq")]
 MODELOPT = ("awq_clip", "rtn_dq")
 
 
 def write_data(name: str, folder: Path, calib_n: int, val_n: int) -> None:
-    """Disjoint calibration and validation .npz folders of the model's real data."""
+    """Disjoint calibration and validation .npz folders of the model's real data (MiniLM: the same
+    docstring sentences as the int8 rows)."""
+    from bench_quantize_data import minilm_data  # beside this script
+
     from converter.demos.splits import demo_splits
+
+    if name == "minilm":
+        minilm_data(calib_n, val_n, folder)
+        return
 
     calib, val, _ = demo_splits(name, calib_n, val_n, batch_size=32)
     for split, feeds in (("calib", calib), ("val", val)):
@@ -62,12 +69,13 @@ def quantize_worker(args) -> dict:
         from onnxruntime.quantization import CalibrationDataReader
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-        class Reader(CalibrationDataReader):
+        class Reader(CalibrationDataReader):  # a list, not a generator: its GPTQ deep-copies the reader
             def __init__(self):
-                self.items = iter(from_array_folder(args.calib, model, batch_size=32))
+                self.batches, self.index = list(from_array_folder(args.calib, model, batch_size=32)), 0
 
             def get_next(self):
-                return next(self.items, None)
+                self.index += 1
+                return self.batches[self.index - 1] if self.index <= len(self.batches) else None
 
         if args.method == "gptq":
             config = nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(), block_size=args.block)
@@ -189,7 +197,7 @@ def bench_weight_only(name: str, work: Path, tools: set[str], quick: bool, log, 
         log(json.dumps(row))
 
     made = {}
-    for algorithm, block in (TRTFORGE[3::2] if quick else TRTFORGE) if "trtforge" in tools else []:
+    for algorithm, block in (TRTFORGE[4::2] if quick else TRTFORGE) if "trtforge" in tools else []:
         path = folder / f"trtforge_int4_{algorithm}_{block}.onnx"
         add(
             f"trtforge int4-wo {algorithm} block {block}",
@@ -218,5 +226,5 @@ def bench_weight_only(name: str, work: Path, tools: set[str], quick: bool, log, 
         add(f"tensorrt-model-optimizer int4 {method}", path, run_modelopt_int4(fp32, calib, path, method, venv_python))
     if quick or "trtforge" not in tools:
         return results, []
-    keep = ("W4A16 gptq block 128", "W4A16 awq block 128", "W2A16 block 32")
+    keep = ("W4A16 gptq block 128", "W4A16 awq-gptq block 128", "W2A16 block 32")
     return results, engines(name, folder, fp32, {k: v for k, v in made.items() if k in keep and v.exists()})

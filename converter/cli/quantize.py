@@ -26,7 +26,8 @@ from passes.quant.quantize import MODES
 
 ALGORITHM_HELP = (
     "int4-wo rounding: rtn (round to nearest, no data), awq (activation-aware scales and clipping), "
-    "gptq (Hessian error feedback), auto (the best of the three on the calibration subset)."
+    "gptq (Hessian error feedback), awq-gptq (AWQ's scales, GPTQ's rounding), "
+    "auto (the best of them on the calibration subset)."
 )
 MODE_HELP = "int8/fp8: W8A8 with calibrated activations; int4-wo/int2-wo: weight-only, block-wise."
 CALIB_HELP = (
@@ -84,8 +85,13 @@ def print_quantize(report: dict) -> None:
     help="Node name pattern kept in high precision.",
 )
 @choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
-@choice_option("--algorithm", ["rtn", "awq", "gptq", "auto"], "rtn", ALGORITHM_HELP)
-@click.option("--act-order", is_flag=True, help="gptq: round input rows in order of decreasing Hessian diagonal.")
+@choice_option("--algorithm", ["rtn", "awq", "gptq", "awq-gptq", "auto"], "rtn", ALGORITHM_HELP)
+@click.option(
+    "--act-order/--no-act-order",
+    default=True,
+    show_default=True,
+    help="gptq, awq-gptq: round input rows in order of decreasing Hessian diagonal (free at inference).",
+)
 @batch_size_option("Calibration batch size.")
 @click.option(
     "--search-samples",

@@ -64,8 +64,10 @@ class QuantizeOptions:
     exclude_ops: list[str] = field(default_factory=list)
     exclude_names: list[str] = field(default_factory=list)
     block_size: int | None = None  # weight-only modes
-    algorithm: str = "rtn"  # int4-wo rounding: rtn | awq | gptq, or auto (the best on the calibration subset)
-    act_order: bool = False  # gptq: rows in order of decreasing Hessian diagonal
+    algorithm: str = (
+        "rtn"  # int4-wo rounding: rtn | awq | gptq | awq-gptq, or auto (the best on the calibration subset)
+    )
+    act_order: bool = True  # gptq, awq-gptq: rows in order of decreasing Hessian diagonal
     batch_size: int = 16
     max_length: int = 128  # token limit for text calibration
     tokenizer: str | Path | None = None  # default: the demo's
@@ -280,7 +282,7 @@ def quantize(
             raise InvalidInputError(
                 f"{source_path}: {opts.mode} needs calibration data: give --calib DIR (.npz/.npy, images or .txt) or --calib FILE.npz"
             )
-        if opts.algorithm in ("awq", "gptq") and data is None:
+        if opts.algorithm not in ("rtn", "auto") and data is None:
             raise InvalidInputError(
                 f"{source_path}: --algorithm {opts.algorithm} needs calibration data (the layer inputs' Hessians): give --calib"
             )

@@ -21,11 +21,9 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.quant.formats import INT4_MAX, constant
-from passes.quant.gptq import stored_scale
+from passes.quant.formats import INT4_MAX, clip_searched_scale, constant, stored_int4_scale
 
 ALPHAS = np.linspace(0.0, 1.0, 11)
-CLIP_RATIOS = np.linspace(1.0, 0.7, 7)
 SEARCH_COLUMNS = 1024  # the alpha search scores this many output columns of each layer (a fixed sample)
 
 
@@ -33,7 +31,7 @@ def _rtn(w: np.ndarray, block: int, scale_dtype: type) -> np.ndarray:
     """Round-to-nearest dequantized, for the search."""
     k, n = w.shape
     blocks = w.reshape(k // block, block, n)
-    s = stored_scale(np.abs(blocks).max(axis=1), scale_dtype)[:, None, :]
+    s = stored_int4_scale(np.abs(blocks).max(axis=1), scale_dtype)[:, None, :]
     return (np.clip(np.rint(blocks / s), -8, INT4_MAX) * s).reshape(k, n)
 
 
@@ -73,27 +71,18 @@ def channel_scales(
 def clipped_int4(
     w: np.ndarray, gram: np.ndarray, block: int, scale_dtype: type = np.float32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(int4 codes, scales [K/block, N]) with each block's clipping ratio the one of CLIP_RATIOS that
-    gives the least output error of that block's rows (its diagonal block of H; cross-block terms
-    are left out, as AWQ's per-group search does)."""
+    """(int4 codes, scales [K/block, N]) with each block's clipping ratio searched on its rows'
+    output error (formats.clip_searched_scale; cross-block terms are left out, as AWQ's per-group
+    search does)."""
     k, n = w.shape
     codes = np.empty((k, n), ml_dtypes.int4)
     scales = np.empty((k // block, n), scale_dtype)
     for g in range(k // block):
         rows = slice(g * block, (g + 1) * block)
         wg = np.asarray(w[rows], np.float32)
-        hg = np.asarray(gram[rows, rows], np.float32)
-        amax = np.abs(wg).max(axis=0)
-        best_error = np.full(n, np.inf, np.float32)
-        best_scale = np.zeros(n, np.float32)
-        for ratio in CLIP_RATIOS:
-            s = stored_scale(amax * ratio, scale_dtype)
-            d = wg - np.clip(np.rint(wg / s), -8, INT4_MAX) * s
-            error = np.sum(d * (hg @ d), axis=0)
-            better = error < best_error
-            best_error[better], best_scale[better] = error[better], s[better]
-        codes[rows] = np.clip(np.rint(wg / best_scale), -8, INT4_MAX).astype(ml_dtypes.int4)
-        scales[g] = best_scale.astype(scale_dtype)
+        scale = clip_searched_scale(wg, np.asarray(gram[rows, rows], np.float32), scale_dtype)
+        codes[rows] = np.clip(np.rint(wg / scale), -8, INT4_MAX).astype(ml_dtypes.int4)
+        scales[g] = scale.astype(scale_dtype)
     return codes, scales
 
 

@@ -81,6 +81,30 @@ def block_int4(w: np.ndarray, block: int, scale_dtype: type = np.float32) -> tup
     return q, scale
 
 
+CLIP_RATIOS = np.linspace(1.0, 0.7, 7)  # block ranges the calibrated int4 searches try (1.0: amax / 7)
+
+
+def stored_int4_scale(amax: np.ndarray, dtype: type) -> np.ndarray:
+    """amax / 7 as it will be stored (in `dtype`), back in float32 so values round against it."""
+    return scale_from_amax(amax, INT4_MAX).astype(dtype).astype(np.float32)
+
+
+def clip_searched_scale(wg: np.ndarray, hg: np.ndarray, dtype: type) -> np.ndarray:
+    """Per column of one block of rows `wg` [B, N]: the stored scale of the clipping ratio (CLIP_RATIOS)
+    whose rounding gives the least output error d^T hg d, `hg` [B, B] the block's Hessian (AWQ's
+    per-group clip search, on the Hessian instead of the activations)."""
+    amax = np.abs(wg).max(axis=0)
+    best_error = np.full(wg.shape[1], np.inf, np.float32)
+    best = np.zeros(wg.shape[1], np.float32)
+    for ratio in CLIP_RATIOS:
+        s = stored_int4_scale(amax * ratio, dtype)
+        d = wg - np.clip(np.rint(wg / s), -8, INT4_MAX) * s
+        error = np.sum(d * (hg @ d), axis=0)
+        better = error < best_error
+        best_error[better], best[better] = error[better], s[better]
+    return best
+
+
 def dequantize_block(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
     return q.astype(np.float32) * np.repeat(scale, block, axis=0)
 

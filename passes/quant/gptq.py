@@ -9,9 +9,10 @@ as they are in a transformer's hidden states.
 
 Implementation notes (ours, after the paper): the damped inverse Cholesky factor and the
 lazy batch of rows are formats.py's (shared with int2); a block's scale (symmetric,
-amax / 7, stored in the weight's own float type and rounded against as stored) is
-computed when its first row comes up, from the rows as updated so far, as GPTQ's
-reference does. With `act_order` rows are taken in order of decreasing Hessian diagonal;
+stored in the weight's own float type and rounded against as stored) is chosen when its
+first row comes up, from the rows as updated so far, as GPTQ's reference does, with the
+clipping ratio that gives the block the least output error under its Hessian block
+(GPTQ's reference searches the range on the weight error; ours weighs it by H). With `act_order` rows are taken in order of decreasing Hessian diagonal;
 the scales are then fixed up front from the original weights ("static groups"), so
 every block of K stays one contiguous group and the result is still the plain
 `DequantizeLinear(block_size)` that onnxruntime runs and TensorRT builds.
@@ -22,12 +23,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from passes.quant.formats import INT4_MAX, damped_inverse_chol, scale_from_amax
-
-
-def stored_scale(amax: np.ndarray, dtype: type) -> np.ndarray:
-    """amax / 7 as it will be stored (in `dtype`), back in float32 so values round against it."""
-    return scale_from_amax(amax, INT4_MAX).astype(dtype).astype(np.float32)
+from passes.quant.formats import INT4_MAX, clip_searched_scale, damped_inverse_chol
 
 
 def gptq_int4(
@@ -43,7 +39,9 @@ def gptq_int4(
     u = damped_inverse_chol(h[np.ix_(order, order)]).astype(np.float32)
     scale = np.empty((k // block, n), np.float32)
     if act_order:
-        scale[:] = stored_scale(np.abs(work.reshape(k // block, block, n)).max(axis=1), scale_dtype)
+        for g in range(k // block):
+            rows = slice(g * block, (g + 1) * block)
+            scale[g] = clip_searched_scale(work[rows], h[rows, rows].astype(np.float32), scale_dtype)
     work = work[order]
     codes = np.empty((k, n), np.int8)
     lazy = max(128, block)  # a multiple of every block size: a block's rows share one lazy batch
@@ -53,7 +51,8 @@ def gptq_int4(
         for i in range(start, stop):
             row = order[i]
             if not act_order and row % block == 0:  # rows row..row+block-1 are updated up to here
-                scale[row // block] = stored_scale(np.abs(work[i : i + block]).max(axis=0), scale_dtype)
+                hg = h[row : row + block, row : row + block].astype(np.float32)
+                scale[row // block] = clip_searched_scale(work[i : i + block], hg, scale_dtype)
             s = scale[row // block]
             levels = np.clip(np.rint(work[i] / s), -8, INT4_MAX)
             codes[row] = levels

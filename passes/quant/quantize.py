@@ -8,8 +8,10 @@ formats are in passes/quant/formats.py, activation ranges come from calibration/
 (streamed statistics, one observer per `method`, cached by model and data).
 
 Options: mode (int8 | fp8 | int4-wo | int2-wo), algorithm for int4-wo (rtn | awq |
-gptq: round-to-nearest, or calibrated: passes/quant/awq.py, passes/quant/gptq.py;
-act_order for gptq), method (minmax | percentile |
+gptq | awq-gptq: round-to-nearest, or calibrated: passes/quant/awq.py,
+passes/quant/gptq.py, AWQ's scales with GPTQ's rounding; act_order for the GPTQ ones,
+on by default: its block scales are fixed up front, so it costs nothing at inference),
+method (minmax | percentile |
 entropy | mse), percentile, exclude_ops, exclude_names (fnmatch patterns),
 include_names, block_size (int4 default 128, int2 default 64), quantize_bmm,
 residual, pooling, cache_dir. Lossy (`exact = False`): the verifier measures what
@@ -51,7 +53,7 @@ from passes.quant.rules import Placement, place
 from passes.quant.weight_rounding import Rounding, input_scales
 
 MODES = ("int8", "fp8", "int4-wo", "int2-wo")
-ALGORITHMS = ("rtn", "awq", "gptq")  # int4-wo weight rounding: round-to-nearest, or calibrated
+ALGORITHMS = ("rtn", "awq", "gptq", "awq-gptq")  # int4-wo rounding: round-to-nearest, or calibrated
 METHODS = ("minmax", "percentile", "entropy", "mse")
 WEIGHT_ONLY = ("int4-wo", "int2-wo")
 BLOCK_OPSET = 21
@@ -87,7 +89,7 @@ class Quantize(Pass):
     max_cosine_drop: float | None = None
     sensitivity_samples: int = 64
     algorithm: str = "rtn"
-    act_order: bool = False
+    act_order: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -270,7 +272,7 @@ class Quantize(Pass):
     ) -> None:
         done: dict[tuple[str, int], gs.Variable] = {}
         grams = {id(site): hessians.get(site.node.inputs[0].name) for site in plan.weights}  # before AWQ rewires
-        smooth = input_scales(graph, plan, hessians, self.block_size, result) if self.algorithm == "awq" else {}
+        smooth = input_scales(graph, plan, hessians, self.block_size, result) if "awq" in self.algorithm else {}
         for site in plan.weights:
             const = site.node.inputs[site.index]
             key = (const.name, site.axis)

@@ -41,10 +41,13 @@ class Rounding:
         if algorithm == "gptq" and self.gram is not None:
             q, scale = gptq_int4(w, self.gram, block, act_order, dtype)
             used = "gptq, act-order" if act_order else "gptq"
-        elif algorithm == "awq" and self.gram is not None:
+        elif algorithm == "awq-gptq" and self.gram is not None and s is not None:
+            q, scale = gptq_int4(w * s[:, None], self.gram / np.outer(s, s), block, act_order, dtype)
+            used = "awq-gptq, act-order" if act_order else "awq-gptq"
+        elif algorithm in ("awq", "awq-gptq") and self.gram is not None:
             if s is None:
                 q, scale = clipped_int4(w, self.gram, block, dtype)
-                used = "awq (clip search only: the input is shared or not scalable)"
+                used = f"{algorithm} without input scales (the input is shared or not scalable): clip search only"
             else:
                 q, scale = clipped_int4(w * s[:, None], self.gram / np.outer(s, s), block, dtype)
                 used = "awq"

@@ -12,7 +12,7 @@ from calibration.stats import TensorStats
 from converter.core.ort_session import cpu_session
 from passes.base import PassContext
 from passes.model_utils import graph_to_model, import_graph
-from passes.quant.awq import channel_scales, output_error, scale_input
+from passes.quant.awq import channel_scales, clipped_int4, output_error, scale_input
 from passes.quant.formats import block_int4, dequantize_block
 from passes.quant.gptq import gptq_int4
 from passes.quant.quantize import Quantize
@@ -55,11 +55,13 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs(act_order):
     assert output_error(w, gptq, gram) < 0.7 * output_error(w, rtn, gram)
 
 
-def test_gptq_without_correlation_or_error_is_round_to_nearest():
-    """A diagonal Hessian feeds no error forward: GPTQ is then round-to-nearest, code for code."""
+def test_gptq_without_correlation_feeds_no_error_forward():
+    """A diagonal Hessian feeds no error forward: GPTQ is then each block rounded to nearest on its
+    clip-searched scale, code for code (AWQ's clip search alone gives the same)."""
     w = _weight()
-    q, scale = gptq_int4(w, np.diag(np.linspace(1.0, 2.0, 128)), 32)
-    q0, s0 = block_int4(w, 32)
+    gram = np.diag(np.linspace(1.0, 2.0, 128))
+    q, scale = gptq_int4(w, gram, 32, act_order=False)
+    q0, s0 = clipped_int4(w, gram, 32)
     np.testing.assert_array_equal(np.asarray(q, np.int8), np.asarray(q0, np.int8))
     np.testing.assert_array_equal(scale, s0)
 
@@ -112,10 +114,12 @@ def test_calibrated_algorithms_beat_round_to_nearest_on_held_out_inputs_and_repo
     rtn, rtn_result = _quantized("rtn")
     awq, awq_result = _quantized("awq")
     gptq, gptq_result = _quantized("gptq")
-    assert awq < rtn and gptq < rtn
+    both, both_result = _quantized("awq-gptq")
+    assert awq < rtn and gptq < rtn and both < rtn
     layers = gptq_result.details["weight_only"]
     assert set(layers) == {"mm_q", "mm_k", "mm_o"}
-    assert all(v["algorithm"] == "gptq" and v["bits"] == 4 and v["block"] == 16 for v in layers.values())
+    assert all(v["algorithm"] == "gptq, act-order" and v["bits"] == 4 and v["block"] == 16 for v in layers.values())
+    assert both_result.details["weight_only"]["mm_q"]["algorithm"] == "awq-gptq, act-order"
     assert all(v["error_on"] == "calibration outputs" and 0 < v["error"] < 0.1 for v in layers.values())
     assert rtn_result.details["weight_only"]["mm_q"]["error_on"] == "weights"
     scaled = awq_result.details["awq"]
