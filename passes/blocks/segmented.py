@@ -89,6 +89,29 @@ def split_at(graph: onnx.GraphProto, cuts: list[str], gate_inputs: set[str]) -> 
     return [s for s in segments if s.nodes]
 
 
+def segment_model(
+    model: onnx.ModelProto,
+    segment: Segment,
+    input_types: dict[str, int],
+    state: Mapping[str, np.ndarray],
+    extra_outputs: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """A model of `model`'s segment alone: its inputs typed by `input_types` (the graph's, filled in
+    from the values of `state` that reach them), its outputs and `extra_outputs`."""
+    for name in segment.inputs:
+        if name not in input_types:
+            input_types[name] = helper.np_dtype_to_tensor_dtype(state[name].dtype)
+    inputs = [helper.make_tensor_value_info(n, input_types[n], None) for n in segment.inputs]
+    outputs = [onnx.ValueInfoProto(name=n) for n in dict.fromkeys([*segment.outputs, *extra_outputs])]
+    wanted = set(segment.weights)
+    weights = [t for t in model.graph.initializer if t.name in wanted]
+    graph = helper.make_graph(segment.nodes, f"segment{segment.index}", inputs, outputs, weights)
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    out.functions.extend(model.functions)
+    return out
+
+
 def _held_bytes(tensor: onnx.TensorProto) -> int:
     size = tensor_nbytes(tensor) or 0
     return 2 * size if tensor.data_type in _LOW_PRECISION else size
@@ -144,19 +167,7 @@ class SegmentedSession:
         return session
 
     def _segment_model(self, segment: Segment, state: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-        """A model of the segment alone: its inputs typed by the graph, or by the values that reach them."""
-        for name in segment.inputs:
-            if name not in self.input_types:
-                self.input_types[name] = helper.np_dtype_to_tensor_dtype(state[name].dtype)
-        inputs = [onnx.helper.make_tensor_value_info(n, self.input_types[n], None) for n in segment.inputs]
-        outputs = [onnx.ValueInfoProto(name=n) for n in segment.outputs]
-        wanted = set(segment.weights)
-        weights = [t for t in self.model.graph.initializer if t.name in wanted]
-        graph = helper.make_graph(segment.nodes, f"segment{segment.index}", inputs, outputs, weights)
-        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        model.ir_version = self.model.ir_version
-        model.functions.extend(self.model.functions)
-        return model
+        return segment_model(self.model, segment, self.input_types, state)
 
     def run(self, feeds: Feeds, gates: Gates | None = None, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """One batch with one gate setting."""

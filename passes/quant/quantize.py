@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -49,6 +50,7 @@ from passes.quant.formats import (
     per_channel_int8,
     weight_dq,
 )
+from passes.quant.layerwise import quantize_sequentially
 from passes.quant.rules import Placement, place
 from passes.quant.weight_rounding import Rounding, input_scales
 
@@ -90,6 +92,7 @@ class Quantize(Pass):
     sensitivity_samples: int = 64
     algorithm: str = "rtn"
     act_order: bool = True
+    sequential: bool = True  # calibrated weight-only: layer by layer, on the quantized layers' outputs
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -191,6 +194,10 @@ class Quantize(Pass):
         if not plan.weights and not plan.activations:
             result.notes.append("nothing to quantize")
             return model, result
+        if self._calibrated_weights and ctx.calibration is not None and self.sequential:
+            self._quantize_sequentially(model, graph, plan, ctx, result)
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            return graph_to_model(graph, model), result
         ranges, hessians = self._calibrate(model, plan, ctx, result)
         if ranges is None and not self.weight_only:
             return model, result
@@ -199,6 +206,29 @@ class Quantize(Pass):
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         out = graph_to_model(graph, model)
         return out, result
+
+    @property
+    def _calibrated_weights(self) -> bool:
+        """Weight-only rounding that needs the layer inputs' Hessians (int2, or int4 by AWQ/GPTQ)."""
+        return self.weight_only and (self.mode == "int2-wo" or self.algorithm != "rtn")
+
+    def _quantize_sequentially(self, model, graph: gs.Graph, plan: Placement, ctx: PassContext, result) -> None:
+        """Layer by layer, each calibrated on the quantized layers before it (passes/quant/layerwise.py)."""
+        start = time.perf_counter()
+
+        def layers(sites: list, grams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return self._rewrite_weights(graph, replace(plan, weights=sites), grams, result)
+
+        batches = list(ctx.calibration)
+        handed = quantize_sequentially(model, graph, plan.weights, batches, layers)
+        rest = [site for site in plan.weights if site.node.name not in set(handed)]
+        if rest:  # unnamed nodes cannot be placed in a segment: round to nearest, reported so
+            self._rewrite_weights(graph, replace(plan, weights=rest), {}, result)
+        rows = sum(len(next(iter(b.values()))) for b in batches)
+        result.notes.append(
+            f"calibration: layer by layer, sequential, {len(batches)} batches ({rows} samples), "
+            f"{time.perf_counter() - start:.2f} s"
+        )
 
     # ------------------------------------------------------------------ calibration
     def _calibrate(self, model, plan: Placement, ctx: PassContext, result: PassResult):
@@ -268,11 +298,19 @@ class Quantize(Pass):
             result.count("activation_qdq")
 
     def _rewrite_weights(
-        self, graph: gs.Graph, plan: Placement, hessians: dict[str, np.ndarray], result: PassResult
-    ) -> None:
+        self,
+        graph: gs.Graph,
+        plan: Placement,
+        hessians: dict[str, np.ndarray],
+        result: PassResult,
+    ) -> dict[str, np.ndarray]:
+        """Quantize the plan's weights; {input: 1/s} of the inputs AWQ's scales were folded into."""
         done: dict[tuple[str, int], gs.Variable] = {}
+        folded: dict[str, np.ndarray] = {}
         grams = {id(site): hessians.get(site.node.inputs[0].name) for site in plan.weights}  # before AWQ rewires
-        smooth = input_scales(graph, plan, hessians, self.block_size, result) if "awq" in self.algorithm else {}
+        smooth = {}
+        if "awq" in self.algorithm:
+            smooth = input_scales(graph, plan, hessians, self.block_size, result, folded)
         for site in plan.weights:
             const = site.node.inputs[site.index]
             key = (const.name, site.axis)
@@ -288,6 +326,7 @@ class Quantize(Pass):
                 graph.nodes.append(node)
             site.node.inputs[site.index] = done[key]
             result.count("weight_dq", site.node.name)
+        return folded
 
     def _quantize_weight(
         self, name: str, w: np.ndarray, site, rounding: Rounding, dtype: np.dtype | type = np.float32

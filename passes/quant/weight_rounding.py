@@ -81,10 +81,14 @@ class Rounding:
         }
 
 
-def input_scales(graph: gs.Graph, plan, hessians: dict[str, np.ndarray], block: int, result) -> dict[str, np.ndarray]:
+def input_scales(
+    graph: gs.Graph, plan, hessians: dict[str, np.ndarray], block: int, result, folded: dict | None = None
+) -> dict[str, np.ndarray]:
     """AWQ's input scaling, {weight name: s}: for each input tensor read by MatMul weights that only
     that layer reads, one s searched over all of them (awq.channel_scales) and the input divided by
-    it (awq.scale_input). `plan` is the pass's Placement; `result` gets counts and details."""
+    it (awq.scale_input). `plan` is the pass's Placement; `result` gets counts and details; `folded`
+    gets {input name: 1/s} for each input whose producer now divides by s (a caller holding values
+    of that tensor, as sequential calibration does, must divide them too)."""
     groups: dict[str, list] = {}
     for site in plan.weights:
         source = site.node.inputs[0].name
@@ -102,6 +106,8 @@ def input_scales(graph: gs.Graph, plan, hessians: dict[str, np.ndarray], block: 
         s = (1.0 / inv.astype(np.float32)).astype(np.float32)  # s exactly as the graph divides by it
         prefix = f"{sites[0].node.name}_in"
         how = scale_input(graph, sites[0].node.inputs[0], [site.node for site in sites], inv, prefix)
+        if folded is not None and how.startswith("folded"):
+            folded[source] = inv
         for c in consts:
             scales[c.name] = s
         result.count("awq_scaled_inputs")

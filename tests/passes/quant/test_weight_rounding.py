@@ -134,3 +134,41 @@ def test_calibrated_algorithms_need_data_and_int4():
         Quantize(mode="int8", algorithm="awq")
     with pytest.raises(ValueError, match="not in"):
         Quantize(mode="int4-wo", algorithm="smart")
+
+
+def test_each_layer_is_calibrated_on_the_quantized_layers_before_it():
+    """Sequential calibration: mm_o's Hessian comes from relu(q + k) as the already quantized q/k
+    layers compute it (here "quantized" = halved, to be visible), and one cut's Hessians at a time."""
+    import onnx_graphsurgeon as gs
+
+    from passes.quant.layerwise import quantize_sequentially
+    from passes.quant.rules import place
+
+    model = norm_mlp()
+    batches = correlated_feeds(model)
+    graph = import_graph(model)
+    plan = place(graph, True, [], [], True, True, True, 16, None)
+    seen: dict[str, np.ndarray] = {}
+
+    def halve(sites, grams):
+        assert {s.node.name for s in sites} in ({"mm_q", "mm_k"}, {"mm_o"})  # one cut's layers per call
+        for site in sites:
+            seen[site.node.name] = grams[site.node.inputs[0].name]
+            const = site.node.inputs[1]
+            site.node.inputs[1] = gs.Constant(f"{const.name}_half", np.asarray(const.values) * 0.5)
+        return {}
+
+    assert sorted(quantize_sequentially(model, graph, plan.weights, batches, halve)) == ["mm_k", "mm_o", "mm_q"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    normed = np.concatenate([f["x"] for f in batches]).reshape(-1, 64).astype(np.float64) * weights["gamma"]
+    r = np.maximum(normed @ (weights["Wq"] / 2) + normed @ (weights["Wk"] / 2), 0.0)
+    np.testing.assert_allclose(seen["mm_q"], normed.T @ normed, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(seen["mm_o"], r.T @ r, rtol=1e-4, atol=1e-3)
+
+
+def test_sequential_and_whole_model_calibration_both_beat_round_to_nearest():
+    rtn, _ = _quantized("rtn")
+    sequential, result = _quantized("gptq")
+    whole, _ = _quantized("gptq", sequential=False)
+    assert sequential < rtn and whole < rtn
+    assert any("layer by layer" in note for note in result.notes)
