@@ -36,7 +36,8 @@ from converter.verification.compare import OnnxRunner
 from passes.blocks.config import DropConfig
 from passes.blocks.discovery import BlockGraph, find_blocks
 from passes.blocks.rewiring import canonical, remove_units
-from passes.blocks.scores import GatedSession, language_model_io
+from passes.blocks.scores import language_model_io
+from passes.blocks.segmented import SegmentedSession
 from passes.blocks.selection import Scored, Selection, explicit, score_units, select
 
 Data = tuple[list[Feeds] | None, list[Feeds] | None, str]
@@ -124,11 +125,13 @@ def _validation(report: dict[str, Any], selection: Selection, scored: Scored, ou
 
 
 def _runner(path: Path) -> Callable[[Feeds], dict]:
-    """The written ONNX, run as the scoring ran: block by block when it still has blocks (onnxruntime
-    then holds a few blocks' weights, not the model's: passes/blocks/segmented.py), else whole."""
+    """The written ONNX, run as the scoring ran: cut after each block it still has (onnxruntime then
+    holds a few blocks' weights, not the model's: passes/blocks/segmented.py), else whole."""
     written = load_model(path)
     bg = find_blocks(written)
-    return GatedSession(written, bg).run if bg.found else OnnxRunner(path, "pruned").run
+    if not bg.found:
+        return OnnxRunner(path, "pruned").run
+    return SegmentedSession(written, [b.output for b in bg.blocks]).run
 
 
 def _profiles(

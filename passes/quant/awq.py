@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from passes.quant.formats import INT4_MAX, clip_searched_scale, constant, stored_int4_scale
 
 ALPHAS = np.linspace(0.0, 1.0, 11)
-SEARCH_COLUMNS = 1024  # the alpha search scores this many output columns of each layer (a fixed sample)
+SEARCH_COLUMNS = 256  # the alpha search scores this many output columns of each layer (a fixed sample)
 
 
 def _rtn(w: np.ndarray, block: int, scale_dtype: type) -> np.ndarray:

@@ -26,17 +26,30 @@ import numpy as np
 from passes.quant.formats import INT4_MAX, clip_searched_scale, damped_inverse_chol
 
 
+def inverse_factor(gram: np.ndarray, act_order: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row order, upper Cholesky factor of the damped inverse Hessian in that order): the part of
+    GPTQ that depends on the input alone (layers reading one input, q/k/v, share it)."""
+    h = np.asarray(gram, np.float64)
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
+    return order, damped_inverse_chol(h[np.ix_(order, order)]).astype(np.float32)
+
+
 def gptq_int4(
-    w: np.ndarray, gram: np.ndarray, block: int, act_order: bool = False, scale_dtype: type = np.float32
+    w: np.ndarray,
+    gram: np.ndarray,
+    block: int,
+    act_order: bool = False,
+    scale_dtype: type = np.float32,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(int4 codes [K, N], scales [K/block, N] in `scale_dtype`) of a [K, N] weight, GPTQ-rounded
-    against `gram` (X^T X of the layer input, [K, K]; any positive multiple of it gives the same)."""
+    against `gram` (X^T X of the layer input, [K, K]; any positive multiple of it gives the same);
+    `factor`: inverse_factor(gram, act_order), when the caller has it already."""
     k, n = w.shape
     h = np.asarray(gram, np.float64)
     work = np.array(w, np.float32)
     work[np.diag(h) <= 0] = 0.0  # an input that is always 0: its weights never matter
-    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    u = damped_inverse_chol(h[np.ix_(order, order)]).astype(np.float32)
+    order, u = factor if factor is not None else inverse_factor(gram, act_order)
     scale = np.empty((k // block, n), np.float32)
     if act_order:
         for g in range(k // block):

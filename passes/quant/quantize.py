@@ -307,6 +307,7 @@ class Quantize(Pass):
         """Quantize the plan's weights; {input: 1/s} of the inputs AWQ's scales were folded into."""
         done: dict[tuple[str, int], gs.Variable] = {}
         folded: dict[str, np.ndarray] = {}
+        factors: dict = {}  # GPTQ's inverse Hessian factor, shared by the layers reading one input
         grams = {id(site): hessians.get(site.node.inputs[0].name) for site in plan.weights}  # before AWQ rewires
         smooth = {}
         if "awq" in self.algorithm:
@@ -317,7 +318,7 @@ class Quantize(Pass):
             if key not in done:
                 stored = constant_array(const)
                 w = stored if self.mode == "int4-wo" else np.asarray(stored, np.float32)  # int4: converts by slices
-                rounding = Rounding(grams[id(site)], smooth.get(const.name))
+                rounding = Rounding(grams[id(site)], smooth.get(const.name), factors=factors)
                 node, done[key] = self._quantize_weight(const.name, w, site, rounding, stored.dtype)
                 if self.weight_only:
                     result.details.setdefault("weight_only", {})[site.node.name] = rounding.report

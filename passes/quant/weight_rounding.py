@@ -19,9 +19,16 @@ import onnx_graphsurgeon as gs
 from passes.pattern_utils import constant_array
 from passes.quant.awq import channel_scales, clipped_int4, scale_input
 from passes.quant.formats import COLUMNS, block_int4, dequantize_block
-from passes.quant.gptq import gptq_int4
+from passes.quant.gptq import gptq_int4, inverse_factor
 
 SCALE_RANGE = (1e-4, 1e4)  # AWQ scales, so 1/s stays a normal fp16 number
+ERROR_COLUMNS = 1024  # the reported reconstruction error is measured on this many output columns
+
+
+def _columns(n: int) -> np.ndarray:
+    if n <= ERROR_COLUMNS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, ERROR_COLUMNS, replace=False))
 
 
 @dataclass
@@ -32,6 +39,15 @@ class Rounding:
     gram: np.ndarray | None = None
     smooth: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    factors: dict = field(default_factory=dict)  # GPTQ's last inverse factor and what it was made from, shared
+
+    def _factor(self, gram: np.ndarray, act_order: bool) -> tuple[np.ndarray, np.ndarray]:
+        """GPTQ's inverse factor, computed once for the layers reading one input (one Hessian, one
+        set of AWQ scales); the cache keeps the arrays it was made from, so identity means the same."""
+        held = self.factors.get("for")
+        if held is None or held[0] is not self.gram or held[1] is not self.smooth or held[2] != act_order:
+            self.factors.update({"for": (self.gram, self.smooth, act_order), "factor": inverse_factor(gram, act_order)})
+        return self.factors["factor"]
 
     def int4(
         self, w: np.ndarray, block: int, algorithm: str, act_order: bool, dtype: type
@@ -39,10 +55,11 @@ class Rounding:
         """(int4 codes, scales) of a [K, N] weight by `algorithm`, recording the report."""
         s = self.smooth
         if algorithm == "gptq" and self.gram is not None:
-            q, scale = gptq_int4(w, self.gram, block, act_order, dtype)
+            q, scale = gptq_int4(w, self.gram, block, act_order, dtype, self._factor(self.gram, act_order))
             used = "gptq, act-order" if act_order else "gptq"
         elif algorithm == "awq-gptq" and self.gram is not None and s is not None:
-            q, scale = gptq_int4(w * s[:, None], self.gram / np.outer(s, s), block, act_order, dtype)
+            gram = self.gram / np.outer(s, s)
+            q, scale = gptq_int4(w * s[:, None], gram, block, act_order, dtype, self._factor(gram, act_order))
             used = "awq-gptq, act-order" if act_order else "awq-gptq"
         elif algorithm in ("awq", "awq-gptq") and self.gram is not None:
             if s is None:
@@ -59,10 +76,12 @@ class Rounding:
         return q, scale
 
     def measure(self, w: np.ndarray, w_hat: np.ndarray, algorithm: str, bits: int, block: int) -> None:
-        """The report, with the relative reconstruction error (by column slices: an lm_head is large)."""
+        """The report, with the relative reconstruction error, on at most ERROR_COLUMNS output columns
+        (a fixed sample: with H that is K^2 work a column, and an lm_head has 32 000 of them)."""
         error = total = 0.0
-        for start in range(0, w.shape[1], COLUMNS):
-            cols = slice(start, start + COLUMNS)
+        picked = _columns(w.shape[1])
+        for start in range(0, len(picked), COLUMNS):
+            cols = picked[start : start + COLUMNS]
             ref = np.asarray(w[:, cols], np.float32)
             d = ref - np.asarray(w_hat[:, cols], np.float32)
             if self.gram is not None:
