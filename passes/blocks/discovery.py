@@ -286,12 +286,14 @@ def find_blocks(model: onnx.ModelProto) -> BlockGraph:
 
 
 def _group(chain: list[SubLayer], result: BlockGraph) -> None:
-    """Cut a chain into blocks: attention ... mlp. Leftovers are recorded, not dropped silently."""
+    """Cut a chain into blocks: attention ... mlp. An MLP right after a block is a block of its own (a
+    graph whose attention sub-layer was dropped before: each sub-layer object belongs to one block).
+    Leftovers are recorded, not dropped silently."""
     current: list[SubLayer] = []
     for sub in chain:
-        if sub.kind == "attention" and current and current[-1].kind == "mlp":
+        if current and current[-1].kind == "mlp":  # the block before ended with its MLP
             current = []
-        if not current and sub.kind != "attention":
+        if not current and (sub.kind == "other" or (sub.kind == "mlp" and not result.blocks)):
             result.rejected.append((sub.add_node, f"{sub.kind} sub-layer outside any attention+MLP block"))
             continue
         current.append(sub)

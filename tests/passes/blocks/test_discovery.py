@@ -167,3 +167,24 @@ def test_decoder_lm_has_eight_pre_ln_blocks(tmp_path, exporter):
     model = onnx.load(export_model(spec, tmp_path / "lm.onnx", exporter=exporter).path)
     bg = _check_boundaries(model, spec.module(), spec.sample_feeds(1, 2)[0], spec.input_names, atol=1e-4)
     assert len(bg.blocks) == 8 and bg.layout == "pre-LN"
+
+
+def test_a_graph_with_a_dropped_attention_is_discovered_again_with_unique_names():
+    """Dropping attn1 leaves mlp1 right after block0's MLP: it is a block of its own, and every unit
+    keeps one name (two blocks once shared its sub-layer objects, and a gated twin of the pruned graph
+    then had two nodes of one name), so drop-blocks can run again on its own output."""
+    from passes.blocks.rewiring import remove_units
+    from passes.blocks.scores import GatedSession
+
+    model = onnx.load(exported("decoder"))
+    pruned = remove_units(model, find_blocks(model), ["attn1"])
+    bg = find_blocks(pruned)
+    names = [u.name for u in bg.units("all")]
+    assert len(names) == len(set(names))
+    assert [b.kinds for b in bg.blocks][:3] == [["attention", "mlp"], ["mlp"], ["attention", "mlp"]]
+    feeds = decoder_feeds(1, 2)[0]
+    np.testing.assert_allclose(
+        GatedSession(pruned, bg).run(feeds)[pruned.graph.output[0].name],
+        OnnxRunner(pruned).run(feeds)[pruned.graph.output[0].name],
+        atol=1e-5,
+    )
