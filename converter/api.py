@@ -26,6 +26,7 @@ from converter.core.errors import TrtforgeError
 from converter.core.profiles import ShapeProfile
 from converter.pipelines.build import BuildResult, build
 from converter.pipelines.convert import ConvertResult, convert
+from converter.pipelines.doctor import doctor
 from converter.pipelines.drop_blocks import DropBlocksResult, drop_blocks
 from converter.pipelines.export import ExportResult, export
 from converter.pipelines.inspection import inspect
@@ -47,6 +48,7 @@ __all__ = [
     "quantize",
     "drop_blocks",
     "list_passes",
+    "doctor",
     "BuildResult",
     "ConvertResult",
     "DropBlocksResult",

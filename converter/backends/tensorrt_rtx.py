@@ -20,6 +20,7 @@ from typing import Any
 from converter.backends.base import BuildConfig
 from converter.backends.nvinfer import NvinferBackend
 from converter.core.errors import InvalidInputError, UnsupportedError
+from converter.core.targets import TARGETS, expand_targets, why_not
 
 # RTX boxes of the last three generations: Ampere, Ada, Blackwell.
 DEFAULT_TARGETS = ["sm86", "sm89", "sm120"]
@@ -29,7 +30,9 @@ def normalize_target(text: str) -> str:
     """'sm86', 'SM_86', '86', '8.6' -> 'sm86'."""
     cleaned = text.strip().lower().replace("_", "").removeprefix("sm").replace(".", "")
     if not re.fullmatch(r"\d{2,3}", cleaned):
-        raise InvalidInputError(f"--target-gpu '{text}': expected a compute capability like sm86 or 8.6")
+        raise InvalidInputError(
+            f"--target-gpu '{text}': expected a compute capability like sm86 or 8.6, or a target ({', '.join(TARGETS)})"
+        )
     return f"sm{cleaned}"
 
 
@@ -39,13 +42,15 @@ class TensorRTRTXBackend(NvinferBackend):
 
     def targets(self, trt: ModuleType, config: BuildConfig) -> tuple[list[str], dict[str, str]]:
         """The normalized targets of `config` and the module's name for each; unsupported ones refused."""
-        targets = [normalize_target(t) for t in (config.target_gpus or DEFAULT_TARGETS)]
+        targets = [normalize_target(t) for t in expand_targets(list(config.target_gpus or DEFAULT_TARGETS))]
         supported = {m.lower(): m for m in trt.ComputeCapability.__members__ if m.startswith("SM")}
         missing = [t for t in targets if t not in supported]
         if missing:
+            reasons = "; ".join(filter(None, (why_not(t) for t in missing)))
+            reachable = [n for n, t in TARGETS.items() if set(t.compute) <= set(supported)]
             raise UnsupportedError(
-                f"TensorRT-RTX cannot target {', '.join(missing)} (supported: {', '.join(sorted(supported))}); "
-                "Hopper and Jetson need the full TensorRT backend"
+                f"TensorRT-RTX cannot target {', '.join(missing)}{f' ({reasons})' if reasons else ''}; "
+                f"it builds {', '.join(reachable)} ({', '.join(sorted(supported))})"
             )
         return targets, supported
 

@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) "
         "with calibrated Q/DQ.",
     ),
+    "doctor": (
+        "converter.cli.doctor:doctor",
+        "Report backends, GPUs, CUDA, onnxruntime and the targets this machine can build engines for.",
+    ),
     "drop-blocks": (
         "converter.cli.drop_blocks:drop_blocks",
         "Remove redundant transformer blocks / sub-layers from MODEL (.onnx, demo or module:factory).",

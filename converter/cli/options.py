@@ -106,10 +106,13 @@ shapes_option = click.option(
 
 target_gpu_option = click.option(
     "--target-gpu",
+    "--target",
     "target_gpus",
     multiple=True,
-    metavar="SM",
-    help="Compute capability to build for, e.g. sm86 (repeatable; tensorrt-rtx; default sm86, sm89, sm120).",
+    metavar="SM|NAME",
+    help="Compute capability to build for, e.g. sm86, or a target: turing, ampere, ada, blackwell, spark "
+    "(hopper, orin, thor need full TensorRT; `trtforge doctor` lists them). Repeatable; tensorrt-rtx; "
+    "default sm86, sm89, sm120.",
 )
 
 trust_option = click.option(
