@@ -135,7 +135,10 @@ def run_worker(tool: str, model: Path, calib: Path, out: Path, method: str, **ex
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    for line in reversed(proc.stdout.strip().splitlines()):  # a tool may print progress after ours
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"failed": "the worker printed no result"}
 
 
 # ----------------------------------------------------------------------------- scoring
