@@ -139,5 +139,16 @@ def test_python_m_converter_cli_lists_every_command():
         [sys.executable, "-m", "converter.cli", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     commands = listed[listed.index("Commands:") :].split()
-    expected = {"convert", "export", "optimize", "build", "inspect", "passes", "verify", "quantize", "drop-blocks", "doctor"}
+    expected = {
+        "convert",
+        "export",
+        "optimize",
+        "build",
+        "inspect",
+        "passes",
+        "verify",
+        "quantize",
+        "drop-blocks",
+        "doctor",
+    }
     assert expected <= set(commands) and set(main.list_commands(click.Context(main))) == expected
