@@ -135,10 +135,10 @@ def run_worker(tool: str, model: Path, calib: Path, out: Path, method: str, **ex
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    for line in reversed(proc.stdout.strip().splitlines()):  # a tool may print progress after ours
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"failed": "the worker printed no result"}
+    start = proc.stdout.rfind('{"seconds"')  # a tool may print progress around ours, even on its line
+    if start < 0:
+        return {"failed": "the worker printed no result"}
+    return json.JSONDecoder().raw_decode(proc.stdout[start:])[0]
 
 
 # ----------------------------------------------------------------------------- scoring
