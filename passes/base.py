@@ -23,7 +23,10 @@ declares, as class attributes:
   rewrites weight values, so the manager may hand it the model without its large
   weights and bind them back by name afterwards;
 - `needs_calibration` (default False): the pass reads `ctx.calibration`, so the
-  pipelines find calibration data for recipes that contain it.
+  pipelines find calibration data for recipes that contain it;
+- `needs_plugins` (default ""): why the graph it writes pays off only where a backend
+  runs trtforge's plugins (full TensorRT); `convert` refuses the pass for a backend
+  without plugins instead of building a worse engine.
 Each default is the safe value: a pass that says nothing is treated as lossy, gets its
 types re-inferred and the full model, and is not handed data it never asked for.
 
@@ -125,6 +128,7 @@ class Pass:
     keeps_types: ClassVar[bool] = False
     reads_weights: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
+    needs_plugins: ClassVar[str] = ""
 
     def requires_calibration(self) -> bool:
         """Whether this pass, with these options, cannot do its job without calibration data.

@@ -145,6 +145,8 @@ class Backend(Protocol):
     def available(self) -> bool:
         """True when the Python module and its builder libraries import."""
 
+    supports_plugins: bool  # runs trtforge's CUDA plugins (full TensorRT), or inlines their ONNX functions
+
     def version(self) -> str: ...
 
     def check_config(self, config: BuildConfig) -> None:

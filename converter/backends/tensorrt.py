@@ -27,6 +27,7 @@ from converter.core.model_io import atomic_write_bytes
 class TensorRTBackend(NvinferBackend):
     name = "tensorrt"
     module_name = "tensorrt"
+    supports_plugins = True  # runs trtforge's CUDA plugins (passes with `needs_plugins` pay off)
     plugin_mode = "none"  # set per build by the custom-op hook below
 
     def parse(self, onnx_path: Path):

@@ -39,6 +39,7 @@ def normalize_target(text: str) -> str:
 class TensorRTRTXBackend(NvinferBackend):
     name = "tensorrt-rtx"
     module_name = "tensorrt_rtx"
+    supports_plugins = False  # runs trtforge's CUDA plugins (passes with `needs_plugins` pay off)
 
     def targets(self, trt: ModuleType, config: BuildConfig) -> tuple[list[str], dict[str, str]]:
         """The normalized targets of `config` and the module's name for each; unsupported ones refused."""

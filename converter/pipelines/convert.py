@@ -25,7 +25,7 @@ from typing import Any
 import onnx
 
 from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.core.errors import Interrupted, InvalidInputError
+from converter.core.errors import Interrupted, InvalidInputError, UnsupportedError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
 from converter.core.outputs import check_name_length, protected_files
@@ -43,6 +43,7 @@ from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
+from passes.registry import PASSES, expand_groups
 
 Log = Callable[[str], None]
 
@@ -86,8 +87,22 @@ def _recipe_for_run(
     Recipe.from_dict(rec.to_dict())  # validates the merged recipe
     check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
     config = BuildConfig(profiles={}, target_gpus=list(rec.target_gpus), precision=rec.precision)
-    get_backend(rec.backend).check_config(config)  # so does a target the backend cannot build
+    backend = get_backend(rec.backend)
+    backend.check_config(config)  # so does a target the backend cannot build
+    _check_plugins(rec, backend)
     return rec
+
+
+def _check_plugins(rec: Recipe, backend: Backend) -> None:
+    """A pass whose graph pays off only with plugins is refused for a backend without them."""
+    if backend.supports_plugins:
+        return
+    for name, _ in expand_groups([(p.name, p.options) for p in rec.effective_passes()]):
+        why = PASSES[name].needs_plugins if name in PASSES else ""
+        if why:
+            raise UnsupportedError(
+                f"pass '{name}' with backend {backend.name}: {why}; leave the pass out, or build with --backend tensorrt"
+            )
 
 
 def convert(

@@ -251,3 +251,20 @@ def test_gated_linear_attention_pass_rejects_an_anticausal_mask(tmp_path):
     out, records = run_passes(onnx.load(tmp_path / "a.onnx"), [PassSpec("gated-linear-attention")], PassContext(17))
     assert records[0].changed == {}
     assert "masked" in records[0].rejected[0]["reason"]
+
+
+def test_convert_refuses_group_quant_matmul_for_a_backend_without_plugins(tmp_path):
+    """TensorRT-RTX would inline the function and store the weights at fp16 size: said before any
+    work, not found out from a bigger engine."""
+    import pytest
+
+    from converter import api
+    from converter.core.errors import UnsupportedError
+    from converter.pipelines.recipe import Recipe
+
+    recipe = Recipe.from_dict(
+        {"passes": ["fold", {"name": "quantize", "options": {"mode": "int4-wo"}}, "group-quant-matmul"]}
+    )
+    with pytest.raises(UnsupportedError, match="group-quant-matmul.*tensorrt-rtx.*--backend tensorrt"):
+        api.convert("minilm", tmp_path / "out", recipe=recipe, backend="tensorrt-rtx")
+    assert not (tmp_path / "out").exists()
