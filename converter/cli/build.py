@@ -17,8 +17,9 @@ from converter.cli.options import (
     progress_log,
     shapes_option,
     target_gpu_option,
+    trtexec_shapes_options,
 )
-from converter.core.profiles import parse_profiles
+from converter.core.profiles import parse_profiles, trtexec_shapes
 from converter.pipelines.recipe import PRECISIONS
 
 PRECISION_HELP = (
@@ -37,22 +38,25 @@ def print_build(d: dict) -> None:
 
 @click.command()
 @click.argument("onnx_file", type=PATH)
-@out_option("Output engine file.")
+@out_option("Output engine file (trtexec: --save-engine).", aliases=("--save-engine",))
 @backend_option()
 @target_gpu_option
 @click.option("--timing-cache", type=PATH, help="Timing cache file (full TensorRT).")
 @choice_option("--precision", PRECISIONS, None, PRECISION_HELP)
 @click.option("--verbose", is_flag=True, help="Print the builder's log.")
 @shapes_option
+@trtexec_shapes_options
 @output_options
-def build(onnx_file, out, shapes, as_json, quiet, **options):
+def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, as_json, quiet, **options):
     """Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json).
 
     \b
     Examples:
       trtforge build model.onnx -o model.engine --shapes image:1x3x224x224/4x3x224x224/16x3x224x224
       trtforge build model.onnx -o model.engine --backend tensorrt-rtx --target-gpu sm89 --target-gpu sm120
+      trtforge build model.onnx --save-engine m.engine --min-shapes image:1x3x224x224 --opt-shapes image:4x3x224x224 --max-shapes image:8x3x224x224
     """
     log = progress_log(quiet or as_json)
-    engine = api.build(onnx_file, out, shapes=parse_profiles(shapes), log=log, **options)
+    items = [*shapes, *trtexec_shapes(min_shapes, opt_shapes, max_shapes)]
+    engine = api.build(onnx_file, out, shapes=parse_profiles(items), log=log, **options)
     emit(engine.report, as_json, quiet, print_build)

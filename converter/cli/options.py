@@ -57,9 +57,9 @@ def stack(*decorators: Decorator) -> Decorator:
     return apply
 
 
-def out_option(help: str, required: bool = True, **attrs: Any) -> Decorator:
-    """-o/--out: the file (or folder) the command writes."""
-    return click.option("-o", "--out", type=PATH, required=required, help=help, **attrs)
+def out_option(help: str, required: bool = True, aliases: tuple[str, ...] = (), **attrs: Any) -> Decorator:
+    """-o/--out: the file (or folder) the command writes (`aliases`: other tools' names for it)."""
+    return click.option("-o", "--out", *aliases, "out", type=PATH, required=required, help=help, **attrs)
 
 
 onnx_out_option = out_option("Output .onnx file.")
@@ -96,6 +96,15 @@ def output_options(func=None, *, what: str = "result"):
 
     return apply(func) if func is not None else apply
 
+
+trtexec_shapes_options = stack(
+    *(
+        click.option(
+            f"--{which}-shapes", f"{which}_shapes", metavar="NAME:SHAPE,...", help=f"trtexec's --{which}Shapes."
+        )
+        for which in ("min", "opt", "max")
+    )
+)
 
 shapes_option = click.option(
     "--shapes",

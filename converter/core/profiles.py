@@ -69,6 +69,31 @@ def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile
     return profiles
 
 
+def trtexec_shapes(min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None) -> list[str]:
+    """trtexec's `--minShapes/--optShapes/--maxShapes` (each `name:1x3x224x224,name2:...`) as
+    `--shapes` items (`name:MIN/OPT/MAX`); every name needs all three (or only --opt-shapes: static)."""
+    given = {"--min-shapes": min_shapes, "--opt-shapes": opt_shapes, "--max-shapes": max_shapes}
+    parsed: dict[str, dict[str, str]] = {}
+    for flag, text in given.items():
+        for item in filter(None, (text or "").split(",")):
+            name, sep, dims = item.strip().rpartition(":")
+            if not sep or not name:
+                raise InvalidInputError(f"{flag} '{item}': expected NAME:SHAPE[,NAME:SHAPE...]")
+            parsed.setdefault(name, {})[flag] = dims
+    items = []
+    for name, dims in parsed.items():
+        if set(dims) == {"--opt-shapes"}:
+            items.append(f"{name}:{dims['--opt-shapes']}")
+            continue
+        missing = [flag for flag in given if flag not in dims]
+        if missing:
+            raise InvalidInputError(
+                f"input '{name}': given in {', '.join(sorted(dims))} but not in {', '.join(missing)}"
+            )
+        items.append(f"{name}:{dims['--min-shapes']}/{dims['--opt-shapes']}/{dims['--max-shapes']}")
+    return items
+
+
 def profiles_to_json(profiles: dict[str, ShapeProfile]) -> str:
     """Profiles as the JSON `export` stores in the ONNX metadata (`trtforge.profiles`)."""
     return json.dumps({name: prof.to_dict() for name, prof in sorted(profiles.items())}, sort_keys=True)
