@@ -82,12 +82,11 @@ def quantize_sequentially(
         segment = segments[index]
         mine = by_segment.get(index, [])
         if mine:
-            sources = list(dict.fromkeys(site.node.inputs[0].name for site in mine))
-            produced = [t for t in sources if t not in segment.inputs]
-            stats = {t: TensorStats(t) for t in sources}
-            for state, out in zip(states, _run(current, segment, types, states, produced), strict=True):
-                for t in sources:
-                    stats[t].update(state[t] if t in segment.inputs else out[t], histogram=False, gram=True)
+            # a site's input is a cut (or a graph input), so it reaches this segment in the carried state
+            stats = {t: TensorStats(t) for t in dict.fromkeys(site.node.inputs[0].name for site in mine)}
+            for state in states:
+                for t, stat in stats.items():
+                    stat.update(state[t], histogram=False, gram=True)
             folded = quantize(mine, {t: s.gram for t, s in stats.items() if s.gram is not None})
             for t, inv in folded.items():  # the producer ran in an earlier segment: its values here follow it
                 for state in states:
