@@ -26,7 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from calibration.stats import TensorStats
-from converter.core.ort_session import cpu_session
+from converter.core.ort_session import cpu_session, return_freed_memory_promptly
 from passes.blocks.segmented import Segment, segment_model, split_at
 from passes.model_utils import export_graph
 
@@ -63,6 +63,7 @@ def quantize_sequentially(
     """Quantize `sites` (the pass's WeightSites, nodes of `graph`, which is `model` imported) through
     `quantize`, in graph order, each on the outputs of the ones before; the sites it handed over
     (a site whose node has no name cannot be placed, and is left to the caller)."""
+    return_freed_memory_promptly()  # one session per segment, made and dropped in turn
     current = _export(graph, model)
     position = {o: i for i, n in enumerate(current.graph.node) for o in n.output}
     cuts = sorted({site.node.inputs[0].name for site in sites}, key=lambda t: position.get(t, -1))
