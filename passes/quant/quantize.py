@@ -346,9 +346,8 @@ class Quantize(Pass):
         else:
             q, scale = decoupled_int2(k_first, self.block_size, rounding.gram if site.axis == 0 else None)
             scale = scale.astype(dtype)
-            rounding.measure(
-                k_first, dequantize_block(q, scale, self.block_size), "gptq (decoupleQ)", 2, self.block_size
-            )
+            how = "decoupleQ, gptq rounding" if rounding.gram is not None else "decoupleQ, round-to-nearest"
+            rounding.measure(k_first, dequantize_block(q, scale, self.block_size), how, 2, self.block_size)
         if site.axis == 1:
             q, scale = q.T.copy(), scale.T.copy()
         return weight_dq(prefix, q, scale, site.axis, self.block_size)
