@@ -21,7 +21,7 @@ from converter.cli.options import (
     shapes_option,
 )
 from converter.core.profiles import parse_profiles
-from converter.pipelines.quantize import HIGH_PRECISIONS, METHODS
+from converter.pipelines.quantize import ALGORITHM_CHOICES, HIGH_PRECISIONS, METHODS
 from passes.quant.quantize import MODES
 
 ALGORITHM_HELP = (
@@ -85,7 +85,7 @@ def print_quantize(report: dict) -> None:
     help="Node name pattern kept in high precision.",
 )
 @choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
-@choice_option("--algorithm", ["rtn", "awq", "gptq", "awq-gptq", "auto"], "rtn", ALGORITHM_HELP)
+@choice_option("--algorithm", ALGORITHM_CHOICES, "rtn", ALGORITHM_HELP)
 @click.option(
     "--act-order/--no-act-order",
     default=True,

@@ -41,6 +41,7 @@ from passes.quant.quantize import ALGORITHMS, MODES, WEIGHT_ONLY
 from passes.registry import PassSpec
 
 METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
+ALGORITHM_CHOICES = (*ALGORITHMS, "auto")
 ALPHAS = (0.6, 0.8, 0.9, 1.0)
 HIGH_PRECISIONS = ("fp32", "fp16", "bf16")
 Log = Callable[[str], None]
@@ -64,9 +65,8 @@ class QuantizeOptions:
     exclude_ops: list[str] = field(default_factory=list)
     exclude_names: list[str] = field(default_factory=list)
     block_size: int | None = None  # weight-only modes
-    algorithm: str = (
-        "rtn"  # int4-wo rounding: rtn | awq | gptq | awq-gptq, or auto (the best on the calibration subset)
-    )
+    # int4-wo rounding: rtn | awq | gptq | awq-gptq, or auto (the best on the calibration subset)
+    algorithm: str = "rtn"
     act_order: bool = True  # gptq, awq-gptq: rows in order of decreasing Hessian diagonal
     batch_size: int = 16
     max_length: int = 128  # token limit for text calibration
@@ -84,8 +84,8 @@ class QuantizeOptions:
             raise InvalidInputError(f"--mode '{self.mode}' not in {MODES}")
         if self.method not in METHODS:
             raise InvalidInputError(f"--calib-method '{self.method}' not in {METHODS}")
-        if self.algorithm not in (*ALGORITHMS, "auto"):
-            raise InvalidInputError(f"--algorithm '{self.algorithm}' not in {', '.join((*ALGORITHMS, 'auto'))}")
+        if self.algorithm not in ALGORITHM_CHOICES:
+            raise InvalidInputError(f"--algorithm '{self.algorithm}' not in {', '.join(ALGORITHM_CHOICES)}")
         if self.algorithm not in ("rtn", "auto") and self.mode != "int4-wo":
             raise InvalidInputError(f"--algorithm {self.algorithm} is for --mode int4-wo")
         if self.precision not in HIGH_PRECISIONS:
