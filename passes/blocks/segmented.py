@@ -112,6 +112,12 @@ def segment_model(
     return out
 
 
+def typed_inputs(feeds: Feeds, types: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The feeds of the inputs `types` names, in the types declared there (int64 token ids given as
+    int32, say)."""
+    return {n: np.asarray(feeds[n]).astype(helper.tensor_dtype_to_np_dtype(t), copy=False) for n, t in types.items()}
+
+
 def _held_bytes(tensor: onnx.TensorProto) -> int:
     size = tensor_nbytes(tensor) or 0
     return 2 * size if tensor.data_type in _LOW_PRECISION else size
@@ -222,9 +228,4 @@ class SegmentedSession:
             states = produced
 
     def _inputs(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        """The graph inputs, in the types the graph declares (int64 token ids given as int32, say)."""
-        state = {}
-        for name in self.inputs:
-            dtype = helper.tensor_dtype_to_np_dtype(self.input_types[name])
-            state[name] = np.asarray(feeds[name]).astype(dtype, copy=False)
-        return state
+        return typed_inputs(feeds, {n: self.input_types[n] for n in self.inputs})

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from calibration.stats import TensorStats
 from converter.core.ort_session import cpu_session, return_freed_memory_promptly
-from passes.blocks.segmented import Segment, segment_model, split_at
+from passes.blocks.segmented import Segment, segment_model, split_at, typed_inputs
 from passes.model_utils import export_graph
 
 Feeds = dict[str, np.ndarray]
@@ -74,10 +74,7 @@ def quantize_sequentially(
         if site.node.name in node_segment:
             by_segment.setdefault(node_segment[site.node.name], []).append(site)
     types = {i.name: i.type.tensor_type.elem_type for i in current.graph.input}
-    states: list[dict[str, np.ndarray]] = [
-        {n: np.asarray(f[n]).astype(onnx.helper.tensor_dtype_to_np_dtype(types[n]), copy=False) for n in types}
-        for f in batches
-    ]
+    states = [typed_inputs(f, types) for f in batches]
     handed: list[str] = []
     for index in sorted(segments):
         segment = segments[index]
