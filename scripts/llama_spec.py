@@ -8,6 +8,10 @@ user exports their own decoder. Accuracy is measured on the trained `decoder-lm`
     trtforge export scripts.llama_spec:tiny --shapes input_ids:1x8/1x64/1x128 \
         --dtypes input_ids:int64 --output-names logits -o llama/model.onnx
 
+With its KV cache (prefill + decode engine, generation check):
+
+    trtforge convert scripts.llama_spec:tiny_causal_lm --task text-generation-with-past -o llama_kv
+
 `layers(n)` builds the TinyLlama-1.1B shape (hidden 2048, 32 heads, 4 KV heads, vocab
 32000) with `n` layers, in fp16; `tinyllama` is the full 22-layer 1.1B model (2.2 GB).
 """
@@ -50,20 +54,30 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False, return_dict=True).logits
 
 
-def build(shape: dict, num_layers: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+def causal_lm(shape: dict, num_layers: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised LlamaForCausalLM of `shape` with `num_layers` layers, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(num_hidden_layers=num_layers, tie_word_embeddings=False, **shape)
     config._attn_implementation = "eager"  # exportable everywhere; sdpa lowers the same way
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(dtype).eval()
-    return LogitsOnly(model).eval()
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def build(shape: dict, num_layers: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """`causal_lm` behind `LogitsOnly`: input_ids -> logits, no cache."""
+    return LogitsOnly(causal_lm(shape, num_layers, dtype, seed)).eval()
 
 
 def tiny() -> torch.nn.Module:
     """2 layers, hidden 64: a Llama in a few hundred kB, for tests and the README example."""
     return build(TINY, 2)
+
+
+def tiny_causal_lm() -> torch.nn.Module:
+    """`tiny` as the transformers model itself, for `--task text-generation-with-past` (trtforge
+    wraps it to take and return the KV cache)."""
+    return causal_lm(TINY, 2)
 
 
 def tiny_fp16() -> torch.nn.Module:

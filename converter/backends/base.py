@@ -26,11 +26,17 @@ class BuildConfig:
     """Everything a build needs besides the ONNX file."""
 
     profiles: dict[str, ShapeProfile] = field(default_factory=dict)
+    # Several optimization profiles in one engine (a cache model's prefill and decode), in
+    # order; when given, `profiles` is not used. Each must cover every dynamic input.
+    profile_sets: list[dict[str, ShapeProfile]] = field(default_factory=list)
     target_gpus: list[str] = field(default_factory=list)  # e.g. ["sm86", "sm120"]; [] = backend default
     timing_cache: str | None = None  # path; read if present, written after the build
     workspace_mb: int | None = None
     builder_optimization_level: int | None = None
     precision: str = "fp32"  # recorded only: strongly typed builds take precision from the graph
+
+    def optimization_profiles(self) -> list[dict[str, ShapeProfile]]:
+        return list(self.profile_sets) or [self.profiles]
 
 
 @dataclass
@@ -53,6 +59,7 @@ class NetworkSummary:
     outputs: list[dict[str, Any]]
     tensor_dtypes: dict[str, int]
     layers: list[LayerInfo]
+    attention_decomposable: int = 0  # fp32 attentions allowed to fall back to ordinary layers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -130,8 +130,17 @@ def _example(dims: list[int], value: int) -> str:
     return "x".join(str(value) if d < 0 else str(d) for d in dims)
 
 
-def resolve_profiles(network, requested: dict[str, ShapeProfile]) -> dict[str, ShapeProfile]:
-    """One profile entry per input: the requested one, or the static shape; error if dynamic and missing."""
+def resolve_profiles(network, requested: dict[str, ShapeProfile], where: str = "") -> dict[str, ShapeProfile]:
+    """One profile entry per input: the requested one, or the static shape; error if dynamic and missing.
+
+    `where` names the profile in errors when an engine has several ("profile 2: ")."""
+    try:
+        return _resolve_profile(network, requested)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}{exc}") from exc
+
+
+def _resolve_profile(network, requested: dict[str, ShapeProfile]) -> dict[str, ShapeProfile]:
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     unknown = sorted(set(requested) - names)
     if unknown:
@@ -174,22 +183,49 @@ def builder_error(onnx_path: Path, messages: list[str]) -> BuildError:
     return BuildError(f"{onnx_path.name}: engine build failed: {_short(messages[-1] if messages else text)}")
 
 
+def allow_decomposed_attention(trt: ModuleType, network) -> int:
+    """Let every fp32 attention fall back to its decomposed form; returns how many.
+
+    TensorRT's fused attention kernels take fp16/bf16 (and fp8): an fp32 ATTENTION pair
+    otherwise fails the build with "not supported by a dedicated kernel". The flag only
+    permits the fallback: an attention that has a kernel still gets it.
+    """
+    count = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type != trt.LayerType.ATTENTION_INPUT:
+            continue
+        layer.__class__ = trt.IAttentionInputLayer  # get_layer returns the base class
+        attention = layer.attention
+        if attention.get_input(0).dtype == trt.DataType.FLOAT and not attention.decomposable:
+            attention.decomposable = True
+            count += 1
+    return count
+
+
 def build_serialized(
     trt: ModuleType,
     onnx_path: Path,
     config: BuildConfig,
     logger,
     configure=None,
-) -> tuple[bytes, NetworkSummary, dict[str, ShapeProfile], float]:
-    """Parse, configure, build. `configure(builder_config)` applies backend-specific settings."""
+) -> tuple[bytes, NetworkSummary, list[dict[str, ShapeProfile]], float]:
+    """Parse, configure, build. `configure(builder, builder_config)` applies backend-specific settings."""
     builder, network, _parser = parse_onnx(trt, onnx_path, logger)
     summary = summarize(network)
-    profiles = resolve_profiles(network, config.profiles)
+    requested = config.optimization_profiles()
+    profiles = [
+        resolve_profiles(network, wanted, f"profile {i}: " if len(requested) > 1 else "")
+        for i, wanted in enumerate(requested)
+    ]
     builder_config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for name, prof in profiles.items():
-        profile.set_shape(name, prof.min, prof.opt, prof.max)
-    builder_config.add_optimization_profile(profile)
+    for resolved in profiles:
+        profile = builder.create_optimization_profile()
+        for name, prof in resolved.items():
+            profile.set_shape(name, prof.min, prof.opt, prof.max)
+        builder_config.add_optimization_profile(profile)
+    if hasattr(trt.LayerType, "ATTENTION_INPUT"):
+        summary.attention_decomposable = allow_decomposed_attention(trt, network)
     if config.workspace_mb:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
     if config.builder_optimization_level is not None:
@@ -202,6 +238,24 @@ def build_serialized(
     if serialized is None:
         raise builder_error(onnx_path, logger.errors())
     return bytes(memoryview(serialized)), summary, profiles, seconds
+
+
+def _profile_for(trt: ModuleType, engine, feeds: dict[str, np.ndarray]) -> int:
+    """The first optimization profile whose ranges hold every fed shape (a cache model's
+    engine has a prefill and a decode profile); 0 when none does (set_input_shape then says why)."""
+    inputs = [
+        engine.get_tensor_name(i)
+        for i in range(engine.num_io_tensors)
+        if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT
+    ]
+    for index in range(engine.num_optimization_profiles):
+        ranges = {name: engine.get_tensor_profile_shape(name, index) for name in inputs if name in feeds}
+        if all(
+            all(lo <= d <= hi for lo, d, hi in zip(low, feeds[name].shape, high, strict=False))
+            for name, (low, _opt, high) in ranges.items()
+        ):
+            return index
+    return 0
 
 
 def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray], logger) -> dict[str, np.ndarray]:
@@ -218,6 +272,9 @@ def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray
         raise BuildError(f"engine could not be deserialized: {_short(' '.join(logger.errors()))}")
     context = engine.create_execution_context()
     stream = torch.cuda.current_stream()
+    profile = _profile_for(trt, engine, feeds)
+    if profile:
+        context.set_optimization_profile_async(profile, stream.cuda_stream)
     keep: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     for index in range(engine.num_io_tensors):
@@ -329,7 +386,8 @@ class NvinferBackend:
             "backend": self.name,
             "backend_version": self.version(),
             "precision": config.precision,
-            "profiles": {name: prof.to_dict() for name, prof in profiles.items()},
+            "profiles": {name: prof.to_dict() for name, prof in profiles[0].items()},
+            "optimization_profiles": [{n: p.to_dict() for n, p in resolved.items()} for resolved in profiles],
             "source_onnx": source_label or str(onnx_path),
             "source_sha256": source_sha256,
             "engine_bytes": len(blob),

@@ -74,6 +74,13 @@ def choice_option(
     return click.option(*decls, type=click.Choice(choices), default=default, help=help, **attrs)
 
 
+def task_option(help_text: str) -> Decorator:
+    """--task: a torch model's form (kv_cache.TASKS): as it is, or a decoder with its KV cache."""
+    from converter.core.kv_cache import TASKS
+
+    return choice_option("--task", TASKS, "default", help_text)
+
+
 def backend_option(default: str | None = "auto", help: str | None = None) -> Decorator:
     return choice_option("--backend", BACKEND_CHOICES, default, help)
 

@@ -14,6 +14,7 @@ SAMPLE_DATA = "trtforge.sample_data"  # where its real sample inputs come from (
 TASK = "trtforge.task"  # "classification", "embedding", "language-model", ...
 EXPORTER = "trtforge.exporter"  # "torchscript" or "dynamo"
 PROFILES = "trtforge.profiles"  # JSON min/opt/max per input: the shapes build uses by default
+KV_CACHE = "trtforge.kv_cache"  # JSON CacheLayout of a decoder exported with its cache (core/kv_cache.py)
 DROPPED_BLOCKS = "trtforge.drop_blocks"  # comma-separated units drop-blocks removed
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.core.kv_cache import CacheLayout
 from converter.core.profiles import ShapeProfile
 
 Feeds = dict[str, np.ndarray]
@@ -29,7 +30,8 @@ class ModelSpec:
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     profiles: dict[str, ShapeProfile] = field(default_factory=dict)
     sample_source: str = "synthetic"  # "demo:<name>" for real data; recorded in ONNX metadata
-    task: str = "generic"  # "embedding" | "classification" | "generic"
+    task: str = "generic"  # "embedding" | "classification" | "language-model" | "text-generation-with-past"
+    cache: CacheLayout | None = None  # set for a decoder exported with its KV cache
     _module: Any = field(default=None, repr=False)
 
     def module(self) -> Any:

@@ -155,4 +155,17 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
     ),
 }
 
+
+def _decoder_lm_with_past() -> ModelSpec:
+    from converter.demos import decoder_lm_cache
+    from converter.demos.with_past import spec_with_past
+
+    return spec_with_past(
+        "decoder-lm-with-past", decoder_lm_cache.module, decoder_lm_cache.layout(), 256, "demo:decoder-lm-with-past"
+    )
+
+
+DEMOS["decoder-lm-with-past"] = _decoder_lm_with_past
+WITH_PAST_SUFFIX = "-with-past"  # `--task text-generation-with-past` on demo X is the demo X-with-past
+
 DEFAULT_DEMO = "minilm"

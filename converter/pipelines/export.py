@@ -24,12 +24,13 @@ from typing import Any
 import onnx
 
 from converter.core.errors import ExportError, InvalidInputError
-from converter.core.metadata import EXPORTER, PROFILES, SAMPLE_DATA, SOURCE, TASK, write_metadata
+from converter.core.metadata import EXPORTER, KV_CACHE, PROFILES, SAMPLE_DATA, SOURCE, TASK, write_metadata
 from converter.core.model_io import load_model, save_model, sha256_file
 from converter.core.model_spec import ModelSpec
 from converter.core.profiles import ShapeProfile, profiles_to_json
 from converter.core.version import __version__
 from converter.demos.sample_data import fit_feeds
+from converter.demos.with_past import cache_feeds, prompt_tokens
 from converter.pipelines.model_ref import as_profiles, resolve_model
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -73,10 +74,13 @@ def static_shapes(spec: ModelSpec, given: dict[str, ShapeProfile]) -> dict[str, 
 
 def _example_args(spec: ModelSpec, static: dict[str, tuple[int, ...]] | None):
     """Real sample data to trace with: batch 2 for a dynamic export (a batch of 1 would be
-    specialised away), the static shapes (padded/truncated real data) otherwise."""
+    specialised away), the static shapes (padded/truncated real data) otherwise; a cache
+    model's real prompt continued after a real cache."""
     import torch
 
-    if static is None:
+    if spec.cache is not None:  # 8 new tokens after 8 cached: no length of 1 for the exporter to specialise
+        feeds = cache_feeds(spec.module(), spec.cache, prompt_tokens(2, 16, 2**31), prefix=8)
+    elif static is None:
         feeds = spec.sample_feeds(1, 2)[0]
     else:
         batch = max((shape[0] for shape in static.values()), default=1)
@@ -129,6 +133,9 @@ def _export_dynamo(module, args, spec: ModelSpec, path: Path, opset: int, dynami
             {axis: dim(name, axis, label) for axis, label in spec.dynamic_axes.get(name, {}).items()}
             for name in spec.input_names
         )
+        if spec.cache is not None:  # forward(input_ids, attention_mask, position_ids, *past): past is one tuple
+            fixed = len(spec.input_names) - len(spec.cache.past_names())
+            dynamic_shapes = (*dynamic_shapes[:fixed], dynamic_shapes[fixed:])
     program = torch.onnx.export(
         module,
         args,
@@ -263,6 +270,8 @@ def export_model(
         entries = {SOURCE: spec.name, EXPORTER: exporter, SAMPLE_DATA: spec.sample_source, TASK: spec.task}
         if profiles:
             entries[PROFILES] = profiles_to_json(profiles)
+        if spec.cache is not None:
+            entries[KV_CACHE] = spec.cache.to_json()
         write_metadata(model, entries)
         save_model(model, out_path, external_data_threshold)
     seconds = time.perf_counter() - start
@@ -287,14 +296,15 @@ def export(
     dtypes: dict[str, str] | None = None,
     dynamic: bool = True,
     output_names: list[str] | None = None,
+    task: str | None = None,
 ) -> ExportResult:
-    """The export use case: a demo name or 'module:factory' -> ONNX.
+    """The export use case: a demo name or 'module:factory' -> ONNX (`task`: kv_cache.TASKS).
 
     `shapes` are profiles (or static shapes) by input name: a bare nn.Module's input
     shapes, a demo's profile for later builds, the fixed shapes of a static export.
     """
     profiles = as_profiles(shapes)
-    ref = resolve_model(model, profiles, dtypes, torch_only=True)
+    ref = resolve_model(model, profiles, dtypes, torch_only=True, task=task)
     return export_model(
         ref.spec, out, exporter=exporter, opset=opset, dynamic=dynamic, profiles=profiles, output_names=output_names
     )

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from converter.core.errors import InvalidInputError
+from converter.core.kv_cache import TASK_WITH_PAST, TASKS
 from converter.core.metadata import PROFILES, SOURCE, metadata_value, read_metadata
 from converter.core.model_io import load_model
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile, profiles_from_json
-from converter.demos.models import DEMOS
+from converter.demos.models import DEMOS, WITH_PAST_SUFFIX
 from converter.demos.sample_data import synthetic_feeds
 
 
@@ -137,8 +138,38 @@ def is_torch_spec(model: str) -> bool:
     return model in DEMOS or (":" in model and not Path(model).exists() and not model.endswith(".onnx"))
 
 
-def resolve_spec(model: str, shapes: Shapes | None = None, dtypes: dict[str, str] | None = None) -> ModelSpec:
-    """A demo name or a 'module:factory' spec -> ModelSpec."""
+def with_past(model: str, made: Any) -> ModelSpec:
+    """What a factory made, as a decoder with its KV cache (`--task text-generation-with-past`).
+
+    A ModelSpec with `cache` set is one already; a transformers causal LM is wrapped
+    (converter/demos/with_past.py); anything else has no cache trtforge can drive.
+    """
+    if isinstance(made, ModelSpec) and made.cache is not None:
+        return made
+    module = made.module() if isinstance(made, ModelSpec) else made
+    if not hasattr(module, "config") or not hasattr(module, "generate"):
+        raise InvalidInputError(
+            f"'{model}' --task {TASK_WITH_PAST}: not a decoder with a KV cache (neither a transformers "
+            "causal LM nor a ModelSpec with `cache` set)"
+        )
+    from converter.demos.with_past import hf_layout, hf_with_past, spec_with_past
+
+    return spec_with_past(model, lambda: hf_with_past(module.eval()), hf_layout(module), module.config.vocab_size)
+
+
+def resolve_spec(
+    model: str, shapes: Shapes | None = None, dtypes: dict[str, str] | None = None, task: str | None = None
+) -> ModelSpec:
+    """A demo name or a 'module:factory' spec -> ModelSpec; `task` (kv_cache.TASKS) picks the cache form."""
+    if task not in (None, *TASKS):
+        raise InvalidInputError(f"--task '{task}': choose from {', '.join(TASKS)}")
+    if task == TASK_WITH_PAST:
+        if model + WITH_PAST_SUFFIX in DEMOS:
+            return DEMOS[model + WITH_PAST_SUFFIX]()
+        if model in DEMOS:
+            return with_past(model, DEMOS[model]())
+        if ":" in model:
+            return with_past(model, _call_factory(model))
     if model in DEMOS:
         return DEMOS[model]()
     if ":" in model:
@@ -173,16 +204,18 @@ def resolve_model(
     shapes: Shapes | None = None,
     dtypes: dict[str, str] | None = None,
     torch_only: bool = False,
+    task: str | None = None,
 ) -> ModelRef:
     """A demo name or 'module:factory' -> its spec; else an ONNX file, checked to load (without weights).
 
     `shapes` (profiles or static shapes) and `dtypes` name and shape a bare nn.Module
     factory's inputs (an ONNX file's --shapes must name its inputs); with
-    `torch_only` (export) a file is an error.
+    `torch_only` (export) a file is an error. `task` picks a torch model's form (with a
+    KV cache or not); an ONNX file's inputs say which it is.
     """
     text = str(model)
     if is_torch_spec(text) or torch_only:
-        return ModelRef(text, spec=resolve_spec(text, shapes, dtypes))
+        return ModelRef(text, spec=resolve_spec(text, shapes, dtypes, task))
     path = Path(text)
     if not path.exists() and path.suffix != ".onnx":
         resolve_spec(text)  # raises the "no such file, and not a demo or spec" message

@@ -23,7 +23,15 @@ candidate is rejected with the reason. Exact in fp32, except query rows whose ke
 all masked (a sequence that is all padding): the graph gives NaN (-inf masks without
 the SDPA guard) or the mean of V (finfo.min masks); the op, in onnxruntime, gives zeros.
 Counts: `attention_fused_<variant>`, variant = plain | bert (non-causal mask) | causal |
-causal_masked, suffixed `_gqa` when K/V were un-repeated.
+causal_masked, suffixed `_gqa` when K/V were un-repeated and `_cache` when K is
+Concat(past_key input, new keys): a decoder's step with its KV cache.
+
+With a KV cache the concatenation stays outside the op, which takes the whole K/V:
+TensorRT 10.14+ and TensorRT-RTX 1.7 parse only a one-output Attention ("TensorRT only
+supports Attention nodes with one output"), so the op's past_key/present_key form would
+not build, and the present.* outputs are the Concat's outputs as before. The causal mask
+of a step after a past is offset (query i sees keys up to past + i), which the op's
+is_causal (aligned top-left in opset 23) does not express: it stays the attn_mask.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from passes.base import Pass, PassContext, PassResult
 from passes.fold.upgrade_opset import UpgradeOpset
 from passes.graph_utils import FreshNames
 from passes.model_utils import graph_to_model, import_graph, infer_types
+from passes.pattern_utils import producer
 
 ATTENTION_OPSET = 23
 
@@ -74,7 +83,21 @@ def plan(m: Match, facts: ShapeFacts) -> Plan:
     else:  # TensorRT-RTX cannot take is_causal with an attn_mask: the causal mask joins the others
         variant = "causal_masked" if causal else "bert"
     name = f"{variant}_gqa" if groups > 1 else variant
+    if reads_cache(key if key is not None else m.k_base):
+        name += "_cache"
     return Plan(name, variant == "causal", key, value, groups, sq, skv)
+
+
+def reads_cache(key: gs.Tensor) -> bool:
+    """Whether K is Concat(past, new) on the sequence axis with the past a graph input: a decode
+    step's attention (its causal mask is offset by the past, so it stays an attn_mask)."""
+    node = producer(key, "Concat")
+    return (
+        node is not None
+        and node.attrs.get("axis") in (2, -2)
+        and not node.inputs[0].inputs
+        and not isinstance(node.inputs[0], gs.Constant)
+    )
 
 
 def rewrite(graph: gs.Graph, m: Match, p: Plan, facts: ShapeFacts, unique: FreshNames, softmax_precision: bool) -> None:

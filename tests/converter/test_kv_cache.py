@@ -1,0 +1,164 @@
+"""Decoders exported with their KV cache: the interface, prefill + decode == the full forward,
+greedy generation through the ONNX graph (fused too) equal to torch's, a two-profile engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from converter import api
+from converter.core.errors import InvalidInputError
+from converter.core.kv_cache import TASK_WITH_PAST, CacheLayout, layout_from_inputs
+from converter.core.metadata import KV_CACHE, metadata_value
+from converter.demos.decoder_lm import load
+from converter.demos.with_past import cache_feeds, prompt_tokens
+from converter.pipelines.model_ref import resolve_spec
+from converter.verification.compare import OnnxRunner, TorchRunner
+from converter.verification.generation import compare_generations, greedy
+from passes.attention.fuse_attention import FuseAttention
+from passes.base import PassContext
+
+LLAMA = "scripts.llama_spec:tiny_causal_lm"
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.fixture(scope="module")
+def decoder_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm_kv") / "model.onnx"
+    api.export("decoder-lm", path, task=TASK_WITH_PAST)
+    return path
+
+
+def test_layout_names_and_the_prefill_and_decode_profiles():
+    layout = CacheLayout(num_layers=2, kv_heads=2, head_dim=16, max_length=64, max_prompt=32)
+    assert layout.input_names()[3:] == [
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
+    ]
+    prefill, decode = layout.profiles()
+    assert prefill["past_key_values.0.key"].max == (4, 2, 0, 16)  # a prefill has no past
+    assert prefill["input_ids"].min == (1, 1) and prefill["input_ids"].max == (4, 32)
+    assert decode["input_ids"].max == (4, 1)  # one token per decode step
+    assert decode["past_key_values.1.value"].min == (1, 2, 1, 16)
+    assert decode["attention_mask"].max == (4, 64)  # past 63 + 1 new token
+    assert CacheLayout.from_json(layout.to_json()) == layout
+
+
+def test_layout_is_read_back_from_a_graphs_inputs_and_half_a_cache_is_refused():
+    inputs = {"input_ids": ["b", "s"], "past_key_values.0.key": ["b", 4, "p", 64]}
+    inputs["past_key_values.0.value"] = ["b", 4, "p", 64]
+    assert layout_from_inputs(inputs, {}) == CacheLayout(1, 4, 64)
+    assert layout_from_inputs({"input_ids": ["b", "s"]}, {}) is None
+    del inputs["past_key_values.0.value"]
+    with pytest.raises(InvalidInputError, match="not a decoder with a KV cache"):
+        layout_from_inputs(inputs, {})
+    with pytest.raises(InvalidInputError, match="head_dim"):
+        CacheLayout(1, 2, 0)
+
+
+def test_decoder_lm_exports_its_cache_with_kv_heads_not_repeated(decoder_onnx):
+    model = onnx.load(str(decoder_onnx))
+    inputs = {vi.name: _dims(vi) for vi in model.graph.input}
+    outputs = {vi.name: _dims(vi) for vi in model.graph.output}
+    assert inputs["input_ids"] == ["batch", "sequence"]
+    assert inputs["attention_mask"] == ["batch", "total_sequence"]
+    assert inputs["past_key_values.7.value"] == ["batch", 2, "past_sequence", 32]  # 2 KV heads of 4 query heads
+    assert outputs["present.0.key"] == ["batch", 2, "total_sequence", 32]
+    assert len(outputs) == 1 + 16
+    assert CacheLayout.from_json(metadata_value(model, KV_CACHE)).num_layers == 8
+
+
+def test_prefill_then_decode_equals_the_full_sequence_forward(decoder_onnx):
+    spec = resolve_spec("decoder-lm", task=TASK_WITH_PAST)
+    tokens = prompt_tokens(3, 40, 256)
+    with torch.no_grad():
+        full = load()(torch.from_numpy(tokens)).numpy()
+    feeds = cache_feeds(spec.module(), spec.cache, tokens, prefix=32)  # torch prefill of 32, then 8 more
+    for runner in (TorchRunner(spec.module(), spec.input_names, spec.output_names), OnnxRunner(decoder_onnx)):
+        out = runner.run(feeds)
+        np.testing.assert_allclose(out["logits"], full[:, 32:], atol=1e-5, rtol=0)
+        assert out["present.3.key"].shape == (3, 2, 40, 32)
+
+
+def test_greedy_generation_through_the_fused_graph_equals_torch(decoder_onnx):
+    spec = resolve_spec("decoder-lm", task=TASK_WITH_PAST)
+    model, result = FuseAttention().run_model(onnx.load(str(decoder_onnx)), PassContext(opset=17))
+    assert sum(v for k, v in result.changed.items() if k.startswith("attention_fused")) == 8
+    assert not any(n.op_type == "Softmax" for n in model.graph.node)
+    prompts = prompt_tokens(4, 48, 256)
+    reference = greedy(TorchRunner(spec.module(), spec.input_names, spec.output_names), spec.cache, prompts, 16)
+    check = compare_generations(reference, greedy(OnnxRunner(model), spec.cache, prompts, 16), ("torch", "onnx"), 48)
+    assert check.identical and check.first_divergent_step == [None] * 4
+    assert max(check.max_logits_error_per_step) < 1e-4
+
+
+def test_generation_check_finds_the_first_divergent_step():
+    class Shifted:
+        """A runner whose cache is off by one position: the bug only a later step reads."""
+
+        name = "broken"
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, feeds):
+            out = self.inner.run(feeds)
+            if feeds["input_ids"].shape[1] == 1:  # decode steps: drop the oldest cached position
+                out = {k: (v[:, :, 1:] if k.startswith("present") else v) for k, v in out.items()}
+                out = {k: np.concatenate([v[:, :, :1], v], 2) if k.startswith("present") else v for k, v in out.items()}
+                out = {k: (v * 0.5 if k.startswith("present") else v) for k, v in out.items()}
+            return out
+
+    spec = resolve_spec("decoder-lm", task=TASK_WITH_PAST)
+    runner = TorchRunner(spec.module(), spec.input_names, spec.output_names)
+    prompts = prompt_tokens(4, 32, 256)
+    reference = greedy(runner, spec.cache, prompts, 12)
+    check = compare_generations(reference, greedy(Shifted(runner), spec.cache, prompts, 12), ("torch", "bad"), 32)
+    assert not check.identical
+    assert check.max_logits_error_per_step[0] == 0.0  # the prefill is untouched
+    assert any(step is not None and step >= 2 for step in check.first_divergent_step)
+    with pytest.raises(InvalidInputError, match="max length"):
+        greedy(runner, spec.cache, prompts, 200)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_llama_with_past_exports_and_generates_like_torch(tmp_path, exporter):
+    path = tmp_path / "llama.onnx"
+    api.export(LLAMA, path, task=TASK_WITH_PAST, exporter=exporter)
+    spec = resolve_spec(LLAMA, task=TASK_WITH_PAST)
+    assert spec.cache == CacheLayout(2, 2, 16, max_length=128, max_prompt=64)  # GQA: 2 KV heads of 4
+    prompts = prompt_tokens(2, 24, 256)
+    reference = greedy(TorchRunner(spec.module(), spec.input_names, spec.output_names), spec.cache, prompts, 8)
+    check = compare_generations(reference, greedy(OnnxRunner(path), spec.cache, prompts, 8), ("torch", "onnx"), 24)
+    assert check.identical
+
+
+def test_task_on_a_model_without_a_cache_is_a_one_line_error():
+    with pytest.raises(InvalidInputError, match="not a decoder with a KV cache"):
+        resolve_spec("tests.tiny_models:conv_net", task=TASK_WITH_PAST)
+    with pytest.raises(InvalidInputError, match="--task 'bogus'"):
+        resolve_spec("decoder-lm", task="bogus")
+
+
+def test_one_engine_holds_the_prefill_and_decode_profiles(decoder_onnx, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from converter.backends import get_backend
+    from converter.backends.base import BuildConfig
+
+    fused, _ = FuseAttention().run_model(onnx.load(str(decoder_onnx)), PassContext(opset=17))
+    onnx.save(fused, tmp_path / "fused.onnx")
+    layout = resolve_spec("decoder-lm", task=TASK_WITH_PAST).cache
+    config = BuildConfig(profile_sets=layout.profiles(), target_gpus=["sm89"])
+    engine = get_backend("tensorrt-rtx").build(tmp_path / "fused.onnx", tmp_path / "m.engine", config)
+    side = engine.sidecar
+    assert len(side["optimization_profiles"]) == 2
+    assert side["optimization_profiles"][0]["past_key_values.0.key"]["max"] == [4, 2, 0, 32]
+    assert side["network"]["layer_types"]["ATTENTION_INPUT"] == 8  # one pair per layer
+    assert side["network"]["attention_decomposable"] == 8  # fp32: allowed to fall back
