@@ -14,12 +14,13 @@ from converter.cli.options import (
     emit,
     out_option,
     output_options,
+    profile_option,
     progress_log,
     shapes_option,
     target_gpu_option,
     trtexec_shapes_options,
 )
-from converter.core.profiles import parse_profiles, trtexec_shapes
+from converter.core.profiles import parse_profile_groups, parse_profiles, trtexec_shapes
 from converter.pipelines.recipe import PRECISIONS
 
 PRECISION_HELP = (
@@ -46,17 +47,21 @@ def print_build(d: dict) -> None:
 @click.option("--verbose", is_flag=True, help="Print the builder's log.")
 @shapes_option
 @trtexec_shapes_options
+@profile_option
 @output_options
-def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, as_json, quiet, **options):
+def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, profiles, as_json, quiet, **options):
     """Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json).
 
     \b
     Examples:
       trtforge build model.onnx -o model.engine --shapes image:1x3x224x224/4x3x224x224/16x3x224x224
       trtforge build model.onnx -o model.engine --backend tensorrt-rtx --target-gpu sm89 --target-gpu sm120
+      trtforge build lm.onnx -o lm.engine --profile input_ids:1x1/1x32/4x64 --profile input_ids:1x1/1x1/16x1
       trtforge build model.onnx --save-engine m.engine --min-shapes image:1x3x224x224 --opt-shapes image:4x3x224x224 --max-shapes image:8x3x224x224
     """
     log = progress_log(quiet or as_json)
     items = [*shapes, *trtexec_shapes(min_shapes, opt_shapes, max_shapes)]
-    engine = api.build(onnx_file, out, shapes=parse_profiles(items), log=log, **options)
+    engine = api.build(
+        onnx_file, out, shapes=parse_profiles(items), profiles=parse_profile_groups(profiles), log=log, **options
+    )
     emit(engine.report, as_json, quiet, print_build)

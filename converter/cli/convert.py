@@ -18,14 +18,16 @@ from converter.cli.options import (
     load_inputs_option,
     out_option,
     output_options,
+    profile_option,
     progress_log,
     shapes_option,
     status,
     summary,
     target_gpu_option,
+    task_option,
     trust_option,
 )
-from converter.core.profiles import parse_profiles
+from converter.core.profiles import parse_profile_groups, parse_profiles
 from converter.pipelines.recipe import PRECISIONS
 
 
@@ -43,24 +45,36 @@ from converter.pipelines.recipe import PRECISIONS
 @target_gpu_option
 @load_inputs_option(".npz of inputs to verify with.")
 @shapes_option
+@profile_option
+@task_option("text-generation-with-past: a torch decoder exported with its KV cache (default for a graph with one).")
 @trust_option
 @output_options
-def convert(model, out, shapes, as_json, quiet, **options):
+def convert(model, out, shapes, profiles, as_json, quiet, **options):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 
     MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
-    'package.module:factory' spec.
+    'package.module:factory' spec. A decoder with a KV cache (exported with
+    --task text-generation-with-past) gets a prefill and a decode profile and a greedy
+    generation check of every stage.
 
     \b
     Examples:
       trtforge convert
       trtforge convert efficientnet-lite0 --precision fp16 --target-gpu sm89 -o out/effnet
       trtforge convert model.onnx --shapes image:1x3x224x224/8x3x224x224/32x3x224x224 -o out/model
+      trtforge convert decoder-lm --task text-generation-with-past -o out/lm   # prefill + decode engine
       trtforge convert minilm --recipe trtforge_out/report.json -o out/again     # reproduce a run
     """
     silent = quiet or as_json
     with status("converting...", silent):
-        result = api.convert(model, out, shapes=parse_profiles(shapes), log=progress_log(silent), **options)
+        result = api.convert(
+            model,
+            out,
+            shapes=parse_profiles(shapes),
+            profiles=parse_profile_groups(profiles),
+            log=progress_log(silent),
+            **options,
+        )
     emit(result.report, as_json, quiet, summary)
     if not silent:
         console.print(f"report: {escape(str(result.paths['report']))}", highlight=False)

@@ -120,6 +120,15 @@ shapes_option = click.option(
     help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
 )
 
+profile_option = click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    metavar="NAME:MIN/OPT/MAX[,...]",
+    help="One optimization profile of the engine (every dynamic input, comma-separated); repeat for "
+    "several profiles in one engine. Default: one from --shapes, or prefill + decode for a KV-cache model.",
+)
+
 target_gpu_option = click.option(
     "--target-gpu",
     "--target",

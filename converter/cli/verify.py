@@ -19,6 +19,7 @@ from converter.cli.options import (
     output_options,
     shapes_option,
     summary,
+    task_option,
     trust_option,
 )
 from converter.core.errors import UsageError
@@ -72,6 +73,23 @@ def _tolerance_option(name: str, what: str):
 @click.option("--passes", help="Also compare the reference ONNX after each of these passes (e.g. fold,precision).")
 @click.option("--localize", is_flag=True, help="Compare ONNX candidates layer by layer: where did error enter?")
 @click.option("--html", type=PATH, help="Write a self-contained HTML report here.")
+@click.option(
+    "--generate",
+    type=click.IntRange(0, 4096),
+    default=0,
+    metavar="N",
+    help="A decoder with a KV cache: also decode N greedy tokens per prompt with the reference and every "
+    "candidate (cache fed back) and compare token by token.",
+)
+@click.option("--generate-prompts", type=click.IntRange(1, 256), default=8, show_default=True, metavar="K")
+@click.option(
+    "--min-token-agreement",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="With --generate: the share of prompts whose every token must match the reference's.",
+)
+@task_option("text-generation-with-past: a torch reference with its KV cache (needed for --generate).")
 @backend_option()
 @out_option("Write the JSON report here.", required=False)
 @shapes_option
@@ -90,6 +108,7 @@ def verify(reference, candidates, precision, atol, rtol, min_cosine, passes, out
       trtforge verify ref.onnx cand.onnx --atol 1e-3 --min-cosine logits:0.999 --json
       trtforge verify ref.onnx --passes fold,precision          # accuracy after each pass
       trtforge verify ref.onnx cand.onnx --localize --html r.html  # where did error enter?
+      trtforge verify decoder-lm out/lm/model.opt.onnx --task text-generation-with-past --generate 32
     """
     result = api.verify(
         reference,

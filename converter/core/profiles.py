@@ -69,6 +69,18 @@ def parse_profiles(items: list[str] | tuple[str, ...]) -> dict[str, ShapeProfile
     return profiles
 
 
+def parse_profile_groups(items: list[str] | tuple[str, ...]) -> list[dict[str, ShapeProfile]]:
+    """Repeated `--profile 'a:1x1/1x8/4x64,b:...'`: one optimization profile per item, each a
+    comma-separated list of `--shapes` entries (Polygraphy's repeated --trt-*-shapes, in one flag)."""
+    groups = []
+    for item in items:
+        entries = [entry.strip() for entry in item.split(",") if entry.strip()]
+        if not entries:
+            raise InvalidInputError(f"--profile '{item}': expected NAME:MIN/OPT/MAX[,NAME:MIN/OPT/MAX...]")
+        groups.append(parse_profiles(entries))
+    return groups
+
+
 def trtexec_shapes(min_shapes: str | None, opt_shapes: str | None, max_shapes: str | None) -> list[str]:
     """trtexec's `--minShapes/--optShapes/--maxShapes` (each `name:1x3x224x224,name2:...`) as
     `--shapes` items (`name:MIN/OPT/MAX`); every name needs all three (or only --opt-shapes: static)."""

@@ -47,7 +47,11 @@ class DecoderLMWithPast(torch.nn.Module):
         query_pos = torch.arange(s, device=x.device) + past_len
         key_pos = torch.arange(past_len + s, device=x.device)
         causal = key_pos[None, :] <= query_pos[:, None]
-        keep = causal[None, None] & attention_mask[:, None, None, :].bool()
+        # the padding mask read at the key positions (a Gather, as transformers does): then its
+        # dim is the keys' own to a shape inference; attention_mask's is another symbol, which
+        # would stop the symbolic shapes the attention fusion proves GQA with
+        padding = attention_mask[:, key_pos][:, None, None, :].bool()
+        keep = causal[None, None] & padding
         presents = []
         for index, block in enumerate(model.blocks):
             out, k, v = attend(block.attn, block.ln1(x), past[2 * index], past[2 * index + 1], keep)

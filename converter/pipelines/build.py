@@ -10,6 +10,7 @@ from typing import Any
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.model_io import load_model, weights_precision
 from converter.core.outputs import Outputs
+from converter.pipelines.generation_check import cache_layout, engine_profiles
 from converter.pipelines.model_ref import default_profiles
 
 
@@ -31,6 +32,7 @@ def build(
     *,
     backend: str = "auto",
     shapes: dict[str, ShapeProfile] | None = None,
+    profiles: list[dict[str, ShapeProfile]] | None = None,
     target_gpus: list[str] | None = None,
     timing_cache: str | Path | None = None,
     precision: str | None = None,
@@ -41,12 +43,15 @@ def build(
 
     Inputs without a profile in `shapes` take the one `export` recorded in the file's
     metadata (or its demo's), so an exported model builds without repeating --shapes.
+    `profiles` are several optimization profiles for one engine; a decoder with a KV
+    cache gets its prefill and decode profiles when neither is given.
     `precision` is recorded in the sidecar; by default, the float type of the graph's weights.
     """
     onnx_path = Path(onnx_path)
     graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
     config = BuildConfig(
         profiles={**default_profiles(graph), **(shapes or {})},
+        profile_sets=engine_profiles(cache_layout(graph), shapes or {}, list(profiles or [])),
         target_gpus=list(target_gpus or []),
         timing_cache=str(timing_cache) if timing_cache else None,
         precision=precision or weights_precision(graph),

@@ -12,9 +12,7 @@ before the first stage runs.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,22 +26,33 @@ from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfil
 from converter.core.errors import Interrupted, InvalidInputError, UnsupportedError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
-from converter.core.outputs import check_name_length, protected_files
+from converter.core.outputs import check_name_length
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
+from converter.pipelines.convert_outputs import point_at, publish, refuse_overwriting_inputs
 from converter.pipelines.export import export_model
+from converter.pipelines.generation_check import (
+    DECODER_PASSES,
+    cache_layout,
+    engine_profiles,
+    generation_checks,
+    generation_summary,
+    is_cache_model,
+    torch_reference,
+    vocab_size,
+)
 from converter.pipelines.html_report import write_html
 from converter.pipelines.model_ref import ModelRef, default_profiles, is_torch_spec, resolve_model
 from converter.pipelines.optimize import check_passes
 from converter.pipelines.recipe import Recipe, load_recipe
 from converter.pipelines.report import artifact, new_report, write_report
 from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs, run_reference
-from converter.verification.compare import EngineRunner
+from converter.verification.compare import EngineRunner, OnnxRunner
 from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
-from passes.registry import PASSES, expand_groups
+from passes.registry import PASSES, PassSpec, expand_groups
 
 Log = Callable[[str], None]
 
@@ -71,6 +80,7 @@ def _recipe_for_run(
     backend: str | None = None,
     target_gpus: list[str] | None = None,
     shapes: dict[str, ShapeProfile] | None = None,
+    profiles: list[dict[str, ShapeProfile]] | None = None,
 ) -> Recipe:
     """A copy of the recipe (a Recipe, a file, or the default) with the flags merged in, validated."""
     if recipe is None:
@@ -84,6 +94,8 @@ def _recipe_for_run(
         rec.target_gpus = list(target_gpus)
     if shapes:
         rec.shapes.update(shapes)
+    if profiles:
+        rec.profiles = list(profiles)
     Recipe.from_dict(rec.to_dict())  # validates the merged recipe
     check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
     config = BuildConfig(profiles={}, target_gpus=list(rec.target_gpus), precision=rec.precision)
@@ -114,9 +126,11 @@ def convert(
     backend: str | None = None,
     target_gpus: list[str] | None = None,
     shapes: dict[str, ShapeProfile] | None = None,
+    profiles: list[dict[str, ShapeProfile]] | None = None,
     inputs: str | Path | None = None,
     log: Log = _quiet,
     trust_model_code: bool = False,
+    task: str | None = None,
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
@@ -126,15 +140,17 @@ def convert(
     profiles (off: only built-in demos).
     """
     started = time.perf_counter()
-    rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes)
+    rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles)
     out_dir = check_name_length(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
     if is_torch_spec(str(model or DEFAULT_DEMO)):  # a file loads in a moment; a torch model can take seconds
         log(f"loading {model or DEFAULT_DEMO}")
     loaded = time.perf_counter()
-    ref = resolve_model(model or DEFAULT_DEMO, rec.shapes)
-    _refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
+    ref = resolve_model(model or DEFAULT_DEMO, rec.shapes, task=task)
+    if recipe is None and is_cache_model(ref):
+        rec.passes.append(PassSpec(DECODER_PASSES))  # a decoder engine wants its attention fused
+    refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
     calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
@@ -150,7 +166,7 @@ def convert(
         run.report["stages"]["load"] = load_stage
         result = run.convert(inputs)
         writing = time.perf_counter()
-        _point_at(out_dir, result)
+        point_at(out_dir, result)
         write_html(result.report, stage / "report.html")
         result.report["stages"]["write"] = {
             "seconds": round(time.perf_counter() - writing, 3),
@@ -158,54 +174,10 @@ def convert(
         }
         result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
         write_report(result.report, stage / "report.json")
-        _publish(stage, out_dir)
+        publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return result
-
-
-CONVERT_OUTPUTS = ("model.onnx", "model.opt.onnx", "model.engine", "model.engine.json", "report.json", "report.html")
-
-
-def _refuse_overwriting_inputs(out_dir: Path, inputs: list[str | Path]) -> None:
-    """An input (or the weights it reads) inside `out_dir` under a name convert writes would be replaced."""
-    protected = protected_files([Path(p) for p in inputs])
-    for name in CONVERT_OUTPUTS:
-        for target in (out_dir / name, out_dir / f"{name}.data"):
-            if target.resolve() in protected:
-                raise InvalidInputError(
-                    f"{target}: is an input of this run, and convert writes {target.name} into {out_dir}; "
-                    "choose another --out"
-                )
-
-
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Move the staged files into `out_dir`, weights files first; an older run's others are left
-    alone. SIGTERM/SIGINT wait until the renames are done (a few milliseconds), so a signal
-    never leaves half a set of outputs."""
-    blocked = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for item in sorted(stage.iterdir(), key=lambda p: (not p.name.endswith(".data"), p.name)):
-            os.replace(item, out_dir / item.name)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _point_at(out_dir: Path, result: ConvertResult) -> None:
-    """Point the result and its report at the files' final paths in `out_dir`."""
-    for entry in result.report["artifacts"]:
-        entry["path"] = str(out_dir / Path(entry["path"]).name)
-    result.out_dir = out_dir
-    result.onnx = out_dir / "model.opt.onnx"
-    result.engine = out_dir / "model.engine"
-    result.paths = {
-        "onnx": result.onnx,
-        "engine": result.engine,
-        "report": out_dir / "report.json",
-        "html": out_dir / "report.html",
-    }
 
 
 @dataclass
@@ -242,6 +214,7 @@ class _Run:
         self.verify_optimized(source, opt_path, optimized)
         backend, engine = self.build(source, opt_path)
         self.verify_engine(backend, engine)
+        self.verify_generation(source, opt_path, backend, engine)
         self.report["verified"], self.report["passed"] = verdict(
             self.report["verification"], engines=["model.engine"], onnx_files=["model.opt.onnx"]
         )
@@ -346,7 +319,12 @@ class _Run:
         """3. the engine, with the spec's (or the metadata's) profiles under the recipe's shapes."""
         rec = self.rec
         profiles = {**default_profiles(source, self.ref.spec, self.trust_model_code), **rec.shapes}
-        config = BuildConfig(profiles=profiles, target_gpus=list(rec.target_gpus), precision=rec.precision)
+        config = BuildConfig(
+            profiles=profiles,
+            profile_sets=engine_profiles(cache_layout(source), rec.shapes, rec.profiles),
+            target_gpus=list(rec.target_gpus),
+            precision=rec.precision,
+        )
         backend = get_backend(rec.backend)
         with self.stage("build", f"building the engine ({backend.name}, {rec.precision})") as entry:
             engine = backend.build(opt_path, self.out_dir / "model.engine", config, source_label="model.opt.onnx")
@@ -357,7 +335,8 @@ class _Run:
                 engine_bytes=side["engine_bytes"],
                 engine_build_seconds=side["build_seconds"],
                 summary=f"{side['backend']} {side.get('targets')}, "
-                f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB",
+                f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB, "
+                f"{len(side['optimization_profiles'])} profile(s)",
             )
         keys = ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
         self.report["network"] = {k: network[k] for k in keys}
@@ -374,6 +353,31 @@ class _Run:
             else self.reference.skipped("model.engine", tol, f"engine not executed: {why}")
         )
         self.report["verification"].append(check.to_dict())
+
+    def verify_generation(self, source: onnx.ModelProto, opt_path: Path, backend: Backend, engine) -> None:
+        """5. a decoder with a KV cache: greedy generation by the reference and by every stage
+        (model.onnx, model.opt.onnx, the engine where a GPU runs it), token by token."""
+        layout, rec = cache_layout(source), self.rec
+        if layout is None or rec.generate_tokens == 0:
+            return
+        message = f"generating {rec.generate_tokens} tokens for {rec.generate_prompts} prompts with each stage"
+        with self.stage("generate", message) as entry:
+            spec = self.ref.spec
+            source_name = "model.onnx" if spec is not None else self.ref.path.name
+            reference = torch_reference(spec) if spec is not None else OnnxRunner(source, name=source_name)
+            candidates = [OnnxRunner(opt_path, name="model.opt.onnx")]
+            if spec is not None:
+                candidates.insert(0, OnnxRunner(source, name="model.onnx"))
+            ok, why = backend.can_run()
+            if ok:
+                candidates.append(EngineRunner(backend, engine.path, "model.engine"))
+            found = generation_checks(
+                reference, candidates, layout, vocab_size(source), rec.generate_prompts, rec.generate_tokens
+            )
+            self.report["generation"] = generation_summary(found)
+            if not ok:
+                self.report["generation"]["engine"] = f"not executed: {why}"
+            entry["summary"] = self.report["generation"]["summary"]
 
 
 LOW_PRECISION_NOTE = (

@@ -29,6 +29,8 @@ DEFAULT_PASSES = ["fold"]
 # Bounds that stop a typo (verify_batches: 1e11) from running until killed; generous for real use.
 MAX_BATCH_SIZE = 4096
 MAX_OPSET = 30
+MAX_PROFILES = 64  # TensorRT's own limit on optimization profiles is far above any real use
+MAX_GENERATE_TOKENS = 4096
 
 
 @dataclass
@@ -38,11 +40,16 @@ class Recipe:
     backend: str = "auto"
     target_gpus: list[str] = field(default_factory=list)
     shapes: dict[str, ShapeProfile] = field(default_factory=dict)
+    # optimization profiles of one engine, in order (trtexec/Polygraphy's repeated profiles);
+    # [] = one from `shapes`, or prefill + decode for a decoder with a KV cache
+    profiles: list[dict[str, ShapeProfile]] = field(default_factory=list)
     exporter: str = "torchscript"
     opset: int | None = None
     tolerances: dict[str, float] = field(default_factory=dict)
     verify_batches: int = 2
     verify_batch_size: int = 4
+    generate_tokens: int = 32  # greedy tokens per prompt in a cache model's generation check (0: none)
+    generate_prompts: int = 8
 
     def effective_passes(self) -> list[PassSpec]:
         """The recipe's passes, plus the precision pass at the end when precision is not fp32."""
@@ -66,11 +73,14 @@ class Recipe:
             "backend": self.backend,
             "target_gpus": list(self.target_gpus),
             "shapes": {k: v.to_dict() for k, v in self.shapes.items()},
+            "profiles": [{k: v.to_dict() for k, v in group.items()} for group in self.profiles],
             "exporter": self.exporter,
             "opset": self.opset,
             "tolerances": dict(self.tolerances),
             "verify_batches": self.verify_batches,
             "verify_batch_size": self.verify_batch_size,
+            "generate_tokens": self.generate_tokens,
+            "generate_prompts": self.generate_prompts,
         }
 
     @classmethod
@@ -97,6 +107,7 @@ class Recipe:
         recipe.target_gpus = [str(t) for t in data.get("target_gpus") or []]
         shapes = _mapping(source, "shapes", data.get("shapes"), "e.g. {input_ids: {min: [1, 8], opt: ..., max: ...}}")
         recipe.shapes = {str(k): _profile(v, f"{source}: shapes.{k}") for k, v in shapes.items()}
+        recipe.profiles = _profile_groups(source, data.get("profiles"))
         if data.get("opset") is not None:
             recipe.opset = _number(source, "opset", data["opset"], int, 7, MAX_OPSET)
         tolerances = _mapping(source, "tolerances", data.get("tolerances"), "e.g. {atol: 1e-3}")
@@ -110,7 +121,24 @@ class Recipe:
         recipe.verify_batch_size = _number(
             source, "verify_batch_size", data.get("verify_batch_size", 4), int, 1, MAX_BATCH_SIZE
         )
+        recipe.generate_tokens = _number(
+            source, "generate_tokens", data.get("generate_tokens", 32), int, 0, MAX_GENERATE_TOKENS
+        )
+        recipe.generate_prompts = _number(source, "generate_prompts", data.get("generate_prompts", 8), int, 1, 256)
         return recipe
+
+
+def _profile_groups(source: str, value: Any) -> list[dict[str, ShapeProfile]]:
+    """`profiles: [{input: {min, opt, max}, ...}, ...]`: one mapping per optimization profile."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_PROFILES:
+        raise InvalidInputError(f"{source}: profiles must be a list of at most {MAX_PROFILES} mappings")
+    groups = []
+    for index, group in enumerate(value):
+        group = _mapping(source, f"profiles[{index}]", group, "e.g. {input_ids: {min: [1, 1], ...}}")
+        groups.append({str(k): _profile(v, f"{source}: profiles[{index}].{k}") for k, v in group.items()})
+    return groups
 
 
 def _one_of(source: str, key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -162,6 +162,10 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         )
     for item in report.get("artifacts", []):
         console.print(f"{item['kind']:>8}: {escape(item['path'])} ({item['bytes'] / 1e6:.1f} MB)", highlight=False)
+    generation = report.get("generation")
+    if generation:
+        colour = "green" if generation["identical"] else "yellow"
+        console.print(f"generation: [{colour}]{escape(generation['summary'])}[/{colour}]", highlight=False)
     if report.get("passed") is None and not report.get("verification"):
         return  # nothing was compared (optimize): no verdict to print
     if report.get("verified") == "not verified":
@@ -192,8 +196,11 @@ def print_inspect(info: dict[str, Any], console: Console, layers: bool = False) 
             f"  backend {side['backend']} {side['backend_version']}, targets {side.get('targets')}, "
             f"precision {side['precision']}"
         )
-        for name, prof in side["profiles"].items():
-            console.print(f"  profile {escape(name)}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
+        groups = side.get("optimization_profiles") or [side["profiles"]]
+        for index, group in enumerate(groups):
+            label = f"profile {index} " if len(groups) > 1 else "profile "
+            for name, prof in group.items():
+                console.print(f"  {label}{escape(name)}: min {prof['min']} opt {prof['opt']} max {prof['max']}")
         console.print(f"  network (recorded at build): {net['num_layers']} layers")
         console.print("    layer types: " + ", ".join(f"{k} {v}" for k, v in net["layer_types"].items()))
         console.print("    tensor dtypes: " + ", ".join(f"{k} {v}" for k, v in net["tensor_dtypes"].items()))

@@ -20,6 +20,13 @@ import onnx
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import load_model, opset_of
 from converter.pipelines import calibration_source
+from converter.pipelines.generation_check import (
+    cache_layout,
+    generation_checks,
+    generation_summary,
+    torch_reference,
+    vocab_size,
+)
 from converter.pipelines.html_report import write_html
 from converter.pipelines.model_ref import ModelRef, resolve_model
 from converter.pipelines.optimize import check_passes
@@ -31,9 +38,16 @@ from converter.pipelines.sample_inputs import (
     run_reference,
     save_feeds,
 )
-from converter.verification.compare import Comparison
+from converter.verification.compare import Comparison, OnnxRunner
 from converter.verification.localize import localize as localize_layers
-from converter.verification.reference import Reference, StageChecks, is_engine, pass_accuracy, verdict
+from converter.verification.reference import (
+    Reference,
+    StageChecks,
+    candidate_runner,
+    is_engine,
+    pass_accuracy,
+    verdict,
+)
 from converter.verification.tolerances import Tolerances
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
@@ -127,6 +141,33 @@ def _localize(ref: ModelRef, candidates: list[Path], sample: SampleInputs, tol: 
     return found
 
 
+def _generation(
+    report: dict[str, Any], ref: ModelRef, files: list[Path], backend: str, steps: int, prompts: int, minimum: float
+) -> None:
+    """`--generate`: greedy generation by the reference and every candidate that runs here, compared."""
+    layout = ref.spec.cache if ref.spec is not None else cache_layout(load_model(ref.path, load_weights=False))
+    if layout is None:
+        raise InvalidInputError(
+            f"--generate: {ref.text} is not a decoder with a KV cache (export it with --task text-generation-with-past)"
+        )
+    reference = torch_reference(ref.spec) if ref.spec is not None else OnnxRunner(ref.path, name=ref.path.name)
+    runners, skipped = [], []
+    for path in files:
+        runner, why = candidate_runner(path, backend)
+        if runner is None:
+            skipped.append(f"{path.name}: {why}")
+        else:
+            runners.append(runner)
+    graphs = [p for p in [*([ref.path] if ref.path else []), *files] if p.suffix == ".onnx"]
+    vocab = vocab_size(load_model(graphs[0], load_weights=False)) if graphs else 256
+    report["generation"] = generation_summary(generation_checks(reference, runners, layout, vocab, prompts, steps))
+    report["generation"]["skipped"] = skipped
+    agreement = [c["agreement_per_step"][-1] for c in report["generation"]["checks"]]
+    report["generation"]["min_token_agreement"] = minimum
+    if report.get("passed") is not None and agreement:
+        report["passed"] = bool(report["passed"]) and min(agreement) >= minimum
+
+
 def verify(
     reference: str,
     candidates: list[str],
@@ -143,15 +184,22 @@ def verify(
     report_path: str | Path | None = None,
     html: str | Path | None = None,
     save_inputs: str | Path | None = None,
+    task: str | None = None,
+    generate: int = 0,
+    generate_prompts: int = 8,
+    min_token_agreement: float = 1.0,
 ) -> VerifyResult:
     """Compare each candidate against the reference (see module docstring); writes the requested files.
 
     `tolerances` None: fp32 defaults for the candidates, and for `passes` the defaults of
-    the precision each stage computes in.
+    the precision each stage computes in. `generate` N > 0 (a decoder with a KV cache):
+    each candidate also decodes N greedy tokens for `generate_prompts` real prompts, its
+    cache fed back, and passes only if at least `min_token_agreement` of the prompts
+    agree with the reference's tokens at every step (report key `generation`).
     """
     passes = list(passes or [])
     _check_arguments(reference, candidates, passes)
-    ref = resolve_model(reference, shapes)
+    ref = resolve_model(reference, shapes, task=task)
     if ref.is_torch and (passes or localize):
         flag = "--passes" if passes else "--localize"
         raise InvalidInputError(f"{flag} needs an ONNX reference (export the torch model first)")
@@ -169,6 +217,8 @@ def verify(
     if localize:
         result.localizations = _localize(ref, files, sample, tol)
     result.report = verify_report(result, reference, candidates, engines=[f.name for f in files if is_engine(f)])
+    if generate:
+        _generation(result.report, ref, files, backend, generate, generate_prompts, min_token_agreement)
     if report_path:
         write_report(result.report, report_path)
     if html:

@@ -11,7 +11,10 @@ tensor that keeps fusions apart. Removed here, with proof from the graph alone:
 - Reshape of a Reshape (the inner one read by nothing else) -> one Reshape of the
   source, when the outer target has no 0 (a 0 would copy the inner result's dims);
 - Mul by a constant 1, Div by a constant 1, when the constant cannot broadcast the
-  input to a larger rank and has its dtype: bit-for-bit the input (NaN included).
+  input to a larger rank and has its dtype: bit-for-bit the input (NaN included);
+- Concat of one input (transformers' DynamicCache, filled from a past tensor, exports
+  `cat([past])`; the copy sat between the cache input and the Concat that fuse-attention
+  recognises as a decode step's).
 
 Graph input/output names never change (passes.graph_utils.bypass).
 """
@@ -93,7 +96,7 @@ def _merge_reshape_chain(node: gs.Node, graph: gs.Graph) -> bool:
 
 @dataclass
 class RemoveNoops(Pass):
-    """Remove identity Reshapes, Reshape chains and multiplications/divisions by one."""
+    """Remove identity Reshapes, Reshape chains, one-input Concats and multiplications/divisions by one."""
 
     name = "remove-noops"
     level = "graph"
@@ -108,6 +111,8 @@ class RemoveNoops(Pass):
                 result.count("reshape_chains_merged", node.name)
             if node.op == "Reshape" and _is_identity_reshape(node):
                 kind = "identity_reshapes_removed"
+            elif node.op == "Concat" and len(node.inputs) == 1:
+                kind = "single_input_concats_removed"
             else:
                 unit = _unit_operand(node)
                 if unit is None:

@@ -17,7 +17,10 @@ What it does:
   float32 statistics (stash_type=1). The list and reasons are in passes/precision/policy.py;
   a note reports what stayed in float32;
 - with `keep_io_types` (the default) the model's float32 inputs and outputs stay
-  float32, with a Cast just inside each; otherwise the interface changes too.
+  float32, with a Cast just inside each; otherwise the interface changes too. A KV
+  cache (`past_key_values.*` in, `present.*` out) takes the target type either way,
+  unless `cache_io_fp32`: the cache is a decode step's largest memory traffic, and a
+  runtime allocates it in the type the engine declares.
 Running it again on its own output changes nothing: the boundary and fence Casts it
 added are recognised. Intermediate types are dropped and re-inferred.
 """
@@ -35,6 +38,7 @@ from passes.graph_utils import FreshNames, redirect
 from passes.precision.policy import apply_policy
 
 _ONNX_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+CACHE_IO_PREFIXES = ("past_key_values.", "present.")  # converter/core/kv_cache.py's (and Optimum's) names
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 # (op, input index) pairs whose float input must stay float32 whatever T is.
@@ -88,6 +92,7 @@ class Precision(Pass):
 
     target: str = "fp16"
     keep_io_types: bool = True
+    cache_io_fp32: bool = False
     keep_fp32_ops: list[str] = field(default_factory=list)
     keep_fp32_names: list[str] = field(default_factory=list)
     keep_sensitive: bool = True
@@ -180,6 +185,12 @@ class Precision(Pass):
                 )
                 result.count("constants_converted", node.name)
 
+    def _fp32_io(self, tensor: gs.Tensor) -> bool:
+        """Whether a float32 graph input/output keeps its type (a KV cache tensor takes the target's)."""
+        if not self.keep_io_types:
+            return False
+        return self.cache_io_fp32 or not tensor.name.startswith(CACHE_IO_PREFIXES)
+
     def _fence_kept_nodes(self, graph: gs.Graph, result: PassResult) -> None:
         """Cast float inputs of float32-kept nodes up, and their outputs back down (once)."""
         graph_inputs = {id(t) for t in graph.inputs}
@@ -187,7 +198,7 @@ class Precision(Pass):
             fenced = False
             for index, tensor in enumerate(node.inputs):
                 src = _producer(tensor)
-                already_fp32 = (id(tensor) in graph_inputs and self.keep_io_types) or (
+                already_fp32 = (id(tensor) in graph_inputs and self._fp32_io(tensor)) or (
                     src is not None and (self._kept(src) or _is_cast_to(src, onnx.TensorProto.FLOAT))
                 )
                 if isinstance(tensor, gs.Variable) and _is_float(tensor) and not already_fp32:
@@ -211,7 +222,7 @@ class Precision(Pass):
             readers = [r for r in tensor.outputs if not self._kept(r) and not _is_cast_to(r, self.low)]
             if not _is_float32(tensor) or not readers:
                 continue
-            if not self.keep_io_types:
+            if not self._fp32_io(tensor):
                 tensor.dtype = self.low_dtype
                 result.count("inputs_retyped", tensor.name)
                 continue
@@ -223,7 +234,7 @@ class Precision(Pass):
                 continue
             if _is_cast_to(producer, onnx.TensorProto.FLOAT):  # already ends in a boundary Cast
                 continue
-            if not self.keep_io_types:
+            if not self._fp32_io(tensor):
                 tensor.dtype = self.low_dtype
                 result.count("outputs_retyped", tensor.name)
                 continue

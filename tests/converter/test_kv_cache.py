@@ -3,6 +3,8 @@ greedy generation through the ONNX graph (fused too) equal to torch's, a two-pro
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -162,3 +164,36 @@ def test_one_engine_holds_the_prefill_and_decode_profiles(decoder_onnx, tmp_path
     assert side["optimization_profiles"][0]["past_key_values.0.key"]["max"] == [4, 2, 0, 32]
     assert side["network"]["layer_types"]["ATTENTION_INPUT"] == 8  # one pair per layer
     assert side["network"]["attention_decomposable"] == 8  # fp32: allowed to fall back
+
+
+def test_convert_a_decoder_with_its_cache_fuses_builds_two_profiles_and_generates_like_torch(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    out = tmp_path / "lm"
+    result = api.convert("decoder-lm", out, task=TASK_WITH_PAST, target_gpus=["sm89"])
+    report = result.report
+    assert report["passed"]
+    assert "fuse-opset23" in report["recipe"]["passes"]  # added for a cache model, recorded to reproduce
+    fused = next(p for p in report["passes"] if p["name"] == "fuse-attention")
+    assert fused["changed"] == {"attention_fused_bert_gqa_cache": 8, "opset_upgraded": 1}
+    assert report["network"]["layer_types"]["ATTENTION_INPUT"] == 8
+    side = json.loads((out / "model.engine.json").read_text())
+    assert [p["input_ids"]["max"] for p in side["optimization_profiles"]] == [[4, 64], [4, 1]]
+    generation = report["generation"]
+    assert generation["identical"] and len(generation["checks"]) == 2  # model.onnx and model.opt.onnx
+    check = generation["checks"][1]
+    assert (check["prompts"], check["steps"], check["candidate"]) == (8, 32, "model.opt.onnx")
+    assert "not executed" in generation["engine"]  # no GPU here: said, not faked
+
+
+def test_profiles_in_the_recipe_and_on_the_command_line():
+    from converter.core.profiles import parse_profile_groups
+    from converter.pipelines.recipe import Recipe
+
+    groups = parse_profile_groups(["x:1x1/1x8/2x16,y:1x4", "x:1x1/1x1/4x1,y:1x4"])
+    assert [g["x"].max for g in groups] == [(2, 16), (4, 1)] and groups[0]["y"].min == (1, 4)
+    recipe = Recipe(profiles=groups)
+    assert Recipe.from_dict(recipe.to_dict()).profiles == groups
+    with pytest.raises(InvalidInputError, match="profiles"):
+        Recipe.from_dict({"profiles": {"x": 1}})
+    with pytest.raises(InvalidInputError, match="--profile"):
+        parse_profile_groups([" , "])

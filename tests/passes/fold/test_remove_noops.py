@@ -112,3 +112,11 @@ def test_int64_shape_arithmetic_is_handled_too():
     )
     out, records = run_passes(model, [PassSpec("remove-noops")], CTX)
     assert records[0].changed == {"multiplications_by_one_removed": 1}
+
+
+def test_a_concat_of_one_input_is_removed():
+    """transformers' DynamicCache filled from a past tensor exports cat([past]): a copy."""
+    nodes = _relu_then(helper.make_node("Concat", ["r"], ["c"], name="cat", axis=2))
+    nodes.append(helper.make_node("Concat", ["c", "r"], ["y"], name="cat2", axis=2))
+    ops, changed = _run(nodes, {}, [1, 2, "s", 4], None, (1, 2, 3, 4))
+    assert ops == ["Relu", "Concat"] and changed == {"single_input_concats_removed": 1}
