@@ -28,13 +28,21 @@ TINYLLAMA = {
     "vocab_size": 32000,
     "max_position_embeddings": 2048,
 }
+SMALL = {  # a 4-layer decoder of Llama's proportions, big enough that a decode step is not all overhead
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+}
 TINY = {
     "hidden_size": 64,
     "intermediate_size": 176,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "vocab_size": 256,
-    "max_position_embeddings": 512,
+    "max_position_embeddings": 1024,
 }
 
 
@@ -78,6 +86,11 @@ def tiny_causal_lm() -> torch.nn.Module:
     """`tiny` as the transformers model itself, for `--task text-generation-with-past` (trtforge
     wraps it to take and return the KV cache)."""
     return causal_lm(TINY, 2)
+
+
+def small_causal_lm() -> torch.nn.Module:
+    """`SMALL` with 4 layers (25 M parameters) as the transformers model, for the decode benchmark."""
+    return causal_lm(SMALL, 4)
 
 
 def tiny_fp16() -> torch.nn.Module:

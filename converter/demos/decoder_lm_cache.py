@@ -35,15 +35,18 @@ def attend(attn: Attention, x: torch.Tensor, past_k, past_v, keep: torch.Tensor)
 class DecoderLMWithPast(torch.nn.Module):
     """DecoderLM's weights behind the cache interface (flat past K/V arguments, flat presents)."""
 
-    def __init__(self, model: DecoderLM):
+    def __init__(self, model: DecoderLM, skip_attention: frozenset[int] = frozenset()):
         super().__init__()
         self.model = model
+        # layers whose attention is skipped (the reference for drop-blocks on a cache graph):
+        # they read no past and return no present, as the pruned graph's renumbered cache
+        self.skip_attention = skip_attention
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         model = self.model
         x = model.tok(input_ids) + model.pos(position_ids)
         s = input_ids.shape[1]
-        past_len = past[0].shape[2]
+        past_len = past[0].shape[2] if past else 0
         query_pos = torch.arange(s, device=x.device) + past_len
         key_pos = torch.arange(past_len + s, device=x.device)
         causal = key_pos[None, :] <= query_pos[:, None]
@@ -54,10 +57,12 @@ class DecoderLMWithPast(torch.nn.Module):
         keep = causal[None, None] & padding
         presents = []
         for index, block in enumerate(model.blocks):
-            out, k, v = attend(block.attn, block.ln1(x), past[2 * index], past[2 * index + 1], keep)
-            x = x + out
+            if index not in self.skip_attention:
+                cached = len(presents)
+                out, k, v = attend(block.attn, block.ln1(x), past[cached], past[cached + 1], keep)
+                x = x + out
+                presents += [k, v]
             x = x + block.mlp(block.ln2(x))
-            presents += [k, v]
         return (model.head(model.ln_f(x)), *presents)
 
 

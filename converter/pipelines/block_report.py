@@ -98,8 +98,13 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     trt = report.get("tensorrt") or {}
     if trt.get("layers_before") is not None:
         line = f"TensorRT-RTX network layers {trt['layers_before']} -> {trt['layers_after']}"
-        if trt.get("engine_bytes_before"):
+        if trt.get("engine_bytes_before") and trt.get("engine_bytes_after"):
             line += f", engine {trt['engine_bytes_before'] / 1e6:.1f} MB -> {trt['engine_bytes_after'] / 1e6:.1f} MB"
         console.print(line)
+    if trt.get("failed"):
+        console.print(f"TensorRT-RTX: {escape(trt['failed'])}", highlight=False)
+    cache = report.get("kv_cache")
+    if cache:
+        console.print(f"KV cache: {cache['summary']}", highlight=False)
     chart = f", chart {report['chart']}" if report.get("chart") else ""
     console.print(escape(f"wrote {report['output']}{chart}"), highlight=False)

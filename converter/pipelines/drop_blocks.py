@@ -11,6 +11,7 @@ the model's metadata names, else the model's own sample data cut in two halves
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 import onnx
 
 from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
-from converter.core.metadata import SAMPLE_DATA, metadata_value
+from converter.core.metadata import KV_CACHE, SAMPLE_DATA, metadata_value
 from converter.core.model_io import load_model, save_model
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.outputs import Outputs
@@ -29,6 +30,7 @@ from converter.core.profiles import ShapeProfile
 from converter.demos.splits import DEMO_SPLITS, demo_splits
 from converter.pipelines.block_report import bar_chart
 from converter.pipelines.export import export_model
+from converter.pipelines.generation_check import cache_layout, engine_profiles
 from converter.pipelines.model_ref import feeds_for_source, resolve_model, spec_from_metadata
 from converter.pipelines.report import new_report, write_report
 from converter.pipelines.sample_inputs import load_inputs_file
@@ -155,9 +157,39 @@ def _check_targets(target_gpus: list[str]) -> None:
     backend.check_config(BuildConfig(profiles={}, target_gpus=target_gpus))
 
 
+def _cache_report(source: onnx.ModelProto, pruned: onnx.ModelProto) -> dict[str, Any] | None:
+    """The pruned decoder's cache layout: its layer count and what became of each old layer."""
+    before, after = cache_layout(source), cache_layout(pruned)
+    if before is None or after is None:
+        return None
+    renumbered = json.loads(metadata_value(pruned, KV_CACHE) or "{}").get("renumbered", {})
+    removed = sorted((int(k) for k, v in renumbered.items() if v == "removed"))
+    summary = f"{before.num_layers} -> {after.num_layers} layers"
+    if removed:
+        summary += f" (layers {', '.join(map(str, removed))} removed, the rest renumbered 0..{after.num_layers - 1})"
+    return {
+        "layers_before": before.num_layers,
+        "layers_after": after.num_layers,
+        "renumbered": renumbered,
+        "summary": summary,
+    }
+
+
+def _build_config(path: Path, profiles: dict[str, ShapeProfile], target_gpus: list[str]):
+    """The engine build of one side: the profiles of the inputs it has; a decoder with a KV
+    cache gets its own prefill + decode profiles (the pruned one has fewer cache layers)."""
+    from converter.backends import BuildConfig
+
+    graph = load_model(path, load_weights=False)
+    names = {i.name for i in graph.graph.input}
+    own = {name: prof for name, prof in profiles.items() if name in names}
+    sets = engine_profiles(cache_layout(graph), {}, [])
+    return BuildConfig(profiles=own, profile_sets=sets, target_gpus=target_gpus)  # [] = default targets
+
+
 def _tensorrt(original: Path, pruned: Path, profiles: dict, target_gpus: list[str], build: bool) -> dict[str, Any]:
     """Parsed network layers (and engine sizes when `build`) before and after, with TensorRT-RTX."""
-    from converter.backends import BuildConfig, get_backend
+    from converter.backends import get_backend
 
     try:
         backend = get_backend("tensorrt-rtx")
@@ -168,9 +200,9 @@ def _tensorrt(original: Path, pruned: Path, profiles: dict, target_gpus: list[st
         info["layers_before"] = backend.parse(original).num_layers
         info["layers_after"] = backend.parse(pruned).num_layers
         if build:
-            config = BuildConfig(profiles=profiles, target_gpus=target_gpus)  # [] = the backend's default targets
             with tempfile.TemporaryDirectory(prefix="trtforge-drop-") as tmp:
                 for label, path in (("before", original), ("after", pruned)):
+                    config = _build_config(path, profiles, target_gpus)
                     start = time.perf_counter()
                     engine = backend.build(path, Path(tmp) / f"{label}.engine", config)
                     info[f"engine_bytes_{label}"] = engine.sidecar["engine_bytes"]
@@ -240,6 +272,7 @@ def drop_blocks(
             if selection is not None:
                 _validation(report, selection, scored, written)
             report["nodes"] = {"before": len(source.graph.node), "after": len(pruned.graph.node)}
+            report["kv_cache"] = _cache_report(source, pruned)
             del scored, selection  # their onnxruntime session (fp32 copies of fp16 weights) goes before the parses
             log("TensorRT-RTX parse/build before and after")
             profiles = _profiles(source, spec, shapes or {}, (data[0] or [{}])[0], trust_model_code)

@@ -16,8 +16,12 @@ triu(full(-inf), k=1), whose square shape [a, a] is proved by symbolic shapes to
 [Sq, Skv], becomes `is_causal=1`. TensorRT-RTX cannot parse is_causal together with an
 attn_mask, so when another mask is present the causal mask is kept as a mask term.
 
-Several terms combine into one attn_mask: keep-masks with And, an additive mask with
-the keep-mask as Where(keep, add, -inf); two additive masks are rejected. onnxruntime
+Several terms combine into one attn_mask: keep-masks with And, additive masks summed
+(a padding mask plus a relative-position bias, ALiBi slopes plus a causal mask), then
+Where(keep, sum, -inf). The sum is taken before it meets the scores, so the op computes
+scores + (a + b) where the graph computed (scores + a) + b: equal for 0/-inf masks, within
+one rounding of the bias otherwise. The bias computation itself stays outside the op.
+Terms must share one float type. onnxruntime
 needs the mask's last two dims to be exactly [Sq, Skv] (no broadcasting there): unless
 symbolic shapes prove it, the mask is Expanded to [1, 1, Sq, Skv] (read from Q and K).
 """
@@ -105,8 +109,9 @@ def add_term(mask: gs.Tensor) -> MaskTerm:
 
 def check_terms(terms: list[MaskTerm], facts: ShapeFacts) -> str | None:
     """Why these terms cannot become one attn_mask, or None."""
-    if sum(t.kind in ("add", "fill") for t in terms) > 1:
-        return "two additive masks on the scores"
+    additive = {t.dtype for t in terms if t.kind in ("add", "fill")}
+    if len(additive) > 1:
+        return f"additive masks on the scores of different types {sorted(str(d) for d in additive)}"
     for term in terms:
         rank = facts.rank(term.tensor)
         if rank is not None and rank > 4:
@@ -176,10 +181,13 @@ class MaskBuilder:
             keep = self.node("And", [keep, other], np.bool_)
         if not adds:
             return keep
-        if keep is None:
-            return adds[0]
         dtype = next(t.dtype for t in terms if t.kind != "keep")
-        return self.node("Where", [keep, adds[0], self.const("neg_inf", np.array(NEG_INF, dtype))], dtype)
+        total = adds[0]
+        for other in adds[1:]:
+            total = self.node("Add", [total, other], dtype)
+        if keep is None:
+            return total
+        return self.node("Where", [keep, total, self.const("neg_inf", np.array(NEG_INF, dtype))], dtype)
 
     def fit(self, mask: gs.Tensor, facts: ShapeFacts, q: gs.Tensor, k: gs.Tensor, sq, skv) -> gs.Tensor:
         """The mask broadcast to [..., Sq, Skv] (a no-op unless symbolic shapes cannot prove it)."""

@@ -9,7 +9,9 @@ Removal is a rewiring of the residual stream found by passes/blocks/discovery.py
   post-LN blocks, whose LayerNorms go with it). Removing every sub-layer of a pre-LN
   block is the same as removing the block (and is spelled so); in a post-LN block it
   leaves the LayerNorms (`LN_mlp(LN_attn(x))`), which is not the block's identity;
-- the nodes and weights that nothing reads any more are deleted from the file.
+- the nodes and weights that nothing reads any more are deleted from the file;
+- a decoder exported with its KV cache loses the cache inputs/outputs of every removed
+  attention, and its remaining cache layers are renumbered (passes/blocks/cache_io.py).
 
 `gated_model` builds the scoring twin of the graph: every unit's rewiring behind a
 boolean input (`Where(keep, output, input)`), so one onnxruntime session evaluates any
@@ -24,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from converter.core.metadata import DROPPED_BLOCKS, read_metadata, write_metadata
+from passes.blocks.cache_io import prune_cache
 from passes.blocks.discovery import BlockGraph, Unit
 
 GATE_PREFIX = "trtforge_keep_"
@@ -122,6 +125,7 @@ def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -
     values = [v for v in graph.value_info if v.name in used]
     del graph.value_info[:]
     graph.value_info.extend(values)
+    prune_cache(out, live)  # a decoder's cache I/O of removed attention goes too (cache_io.py)
     entries = read_metadata(out)
     previous = [x for x in entries.get(DROPPED_BLOCKS, "").split(",") if x]
     write_metadata(out, {DROPPED_BLOCKS: ",".join(previous + [u.name for u in units])})

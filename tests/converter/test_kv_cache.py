@@ -197,3 +197,66 @@ def test_profiles_in_the_recipe_and_on_the_command_line():
         Recipe.from_dict({"profiles": {"x": 1}})
     with pytest.raises(InvalidInputError, match="--profile"):
         parse_profile_groups([" , "])
+
+
+def test_drop_blocks_on_a_cache_graph_removes_and_renumbers_the_cache(decoder_onnx, tmp_path):
+    """Removing attention 3 and block 5: layers 3 and 5 lose their cache, the other six are
+    renumbered 0..5, and prefill + decode equal the torch model with those attentions skipped
+    (block 5's MLP goes too, so the reference skips it through a pruned copy of the blocks)."""
+    import copy
+
+    from converter.core.kv_cache import step_feeds
+    from converter.demos.decoder_lm_cache import DecoderLMWithPast
+    from passes.blocks.discovery import find_blocks
+    from passes.blocks.rewiring import remove_units
+
+    source = onnx.load(str(decoder_onnx))
+    pruned = remove_units(source, find_blocks(source), ["attn3", "block5"])
+    layout = CacheLayout.from_json(metadata_value(pruned, KV_CACHE))
+    assert layout.num_layers == 6
+    assert {i.name for i in pruned.graph.input} >= {"past_key_values.5.value"}
+    assert "past_key_values.6.key" not in {i.name for i in pruned.graph.input}
+    assert json.loads(metadata_value(pruned, KV_CACHE))["renumbered"] == {
+        "3": "removed",
+        "4": "3",
+        "5": "removed",
+        "6": "4",
+        "7": "5",
+    }
+    lm = copy.deepcopy(load())
+    del lm.blocks[5]  # block 5 entirely; attention 3 skipped below (its MLP stays)
+    reference = DecoderLMWithPast(lm, skip_attention=frozenset({3})).eval()
+    names = layout.input_names()
+    tokens = prompt_tokens(2, 24, 256)
+    runner = TorchRunner(reference, names, layout.output_names())
+    onnx_runner = OnnxRunner(pruned)
+    prefill = step_feeds(tokens[:, :20], layout.empty_past(2), 0)
+    want, got = runner.run(prefill), onnx_runner.run(prefill)
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5, rtol=0)
+    past = {p: got[q] for p, q in zip(layout.past_names(), layout.present_names(), strict=True)}
+    decode = step_feeds(tokens[:, 20:21], past, 20)
+    np.testing.assert_allclose(onnx_runner.run(decode)["logits"], runner.run(decode)["logits"], atol=1e-5, rtol=0)
+    check = compare_generations(
+        greedy(runner, layout, tokens, 12), greedy(onnx_runner, layout, tokens, 12), ("torch", "pruned"), 24
+    )
+    assert check.identical
+
+
+@pytest.mark.parametrize("cache_io_fp32", [False, True])
+def test_fp16_puts_the_cache_io_in_fp16_and_keeps_the_logits_fp32(decoder_onnx, cache_io_fp32):
+    from passes.manager import PassSpec, run_passes
+
+    spec = PassSpec("precision", {"target": "fp16", "cache_io_fp32": cache_io_fp32})
+    model, _ = run_passes(onnx.load(str(decoder_onnx)), [spec], PassContext(opset=17))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+    cache = onnx.TensorProto.FLOAT if cache_io_fp32 else onnx.TensorProto.FLOAT16
+    assert types["past_key_values.0.key"] == cache and types["present.7.value"] == cache
+    assert types["logits"] == onnx.TensorProto.FLOAT and types["input_ids"] == onnx.TensorProto.INT64
+    layout = resolve_spec("decoder-lm", task=TASK_WITH_PAST).cache
+    check = compare_generations(
+        greedy(OnnxRunner(decoder_onnx), layout, prompt_tokens(4, 32, 256), 8),
+        greedy(OnnxRunner(model), layout, prompt_tokens(4, 32, 256), 8),
+        ("fp32", "fp16"),
+        32,
+    )
+    assert check.identical  # measured: fp16 (weights, cache) keeps these greedy tokens

@@ -1,0 +1,95 @@
+"""A decoder's KV cache after blocks were removed: the dead layers' cache I/O goes, the rest is renumbered.
+
+Removing an attention sub-layer (or its block) from a graph exported with its cache
+(converter/core/kv_cache.py) leaves `present.{i}.key/value` computed for nothing but the
+output: the layer's K/V projections and the Concat with its past still run, and a
+runtime still allocates, feeds and carries that layer's cache every step. So a layer
+whose present key and value are read by no node has its `past_key_values.{i}.*` input,
+its `present.{i}.*` output and everything that only fed them removed, and the remaining
+layers are renumbered 0..n-1: runtimes (onnxruntime-genai, Optimum, our generation
+check) loop over `past_key_values.{i}` for i below the layer count, so a gap would break
+them. The metadata's layout (`trtforge.kv_cache`) gets the new count and `renumbered`
+(old layer -> new layer or "removed"), which drop-blocks' report shows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import onnx
+
+from converter.core.metadata import KV_CACHE, read_metadata, write_metadata
+
+_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+
+def _readers(graph: onnx.GraphProto) -> set[str]:
+    return {name for node in graph.node for name in node.input if name}
+
+
+def dead_cache_layers(graph: onnx.GraphProto) -> list[int]:
+    """Layers whose present key and value are graph outputs that no node reads."""
+    read = _readers(graph)
+    presents: dict[int, set[str]] = {}
+    for output in graph.output:
+        found = _PRESENT.match(output.name)
+        if found and output.name not in read:
+            presents.setdefault(int(found.group(1)), set()).add(found.group(2))
+    return sorted(layer for layer, kinds in presents.items() if kinds == {"key", "value"})
+
+
+def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = names.get(value.name, value.name)
+
+
+def prune_cache(model: onnx.ModelProto, live) -> dict[str, str]:
+    """Remove the dead layers' cache I/O from `model` in place and renumber the rest.
+
+    `live(graph)` gives (live node indices, live tensor names) from the graph outputs
+    (passes/blocks/rewiring.py). Returns {old layer: new layer} as strings for the
+    report ("4": "3"), with "removed" for the dropped ones; {} when nothing changed.
+    """
+    graph = model.graph
+    dead = dead_cache_layers(graph)
+    if not dead:
+        return {}
+    gone = {f"present.{i}.{kind}" for i in dead for kind in ("key", "value")}
+    outputs = [o for o in graph.output if o.name not in gone]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    keep, used = live(graph)
+    nodes = [n for i, n in enumerate(graph.node) if i in keep]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    inputs = [i for i in graph.input if not (_PAST.match(i.name) and i.name not in used)]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    values = [v for v in graph.value_info if v.name in used]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    layers = sorted({int(m.group(1)) for o in graph.output if (m := _PRESENT.match(o.name))})
+    order = {old: new for new, old in enumerate(layers)}
+    names = {}
+    for old, new in order.items():
+        for kind in ("key", "value"):
+            names[f"past_key_values.{old}.{kind}"] = f"past_key_values.{new}.{kind}"
+            names[f"present.{old}.{kind}"] = f"present.{new}.{kind}"
+    _rename(graph, names)
+    mapping = {str(old): str(new) for old, new in order.items() if old != new}
+    mapping.update({str(layer): "removed" for layer in dead})
+    recorded = read_metadata(model).get(KV_CACHE)
+    if recorded:  # the layout a runtime reads: the new count, and what became of each old layer
+        layout = json.loads(recorded)
+        renumbered = {**layout.get("renumbered", {}), **mapping}
+        layout.update(num_layers=len(layers), renumbered=renumbered)
+        write_metadata(model, {KV_CACHE: json.dumps(layout, sort_keys=True)})
+    return mapping
