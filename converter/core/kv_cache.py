@@ -125,6 +125,18 @@ def step_feeds(tokens: np.ndarray, past: dict[str, np.ndarray], past_len: int) -
     }
 
 
+def synthetic_feeds(layout: CacheLayout, batch: int, vocab: int, seed: int, past: int = 15) -> dict[str, np.ndarray]:
+    """Seeded random feeds that are consistent as a decode step: one token after `past` cached
+    positions (random cache values, mask and positions that agree with its length)."""
+    rng = np.random.default_rng(seed)
+    dtype = _NUMPY_DTYPES[layout.dtype]
+    cache = {
+        name: rng.standard_normal((batch, layout.kv_heads, past, layout.head_dim)).astype(dtype)
+        for name in layout.past_names()
+    }
+    return step_feeds(rng.integers(0, vocab, (batch, 1)), cache, past)
+
+
 def layout_from_inputs(inputs: dict[str, list], dtype_of: dict[str, str]) -> CacheLayout | None:
     """The layout of a graph whose inputs (name -> dims, ints or names) follow the cache naming, else None.
 

@@ -73,6 +73,12 @@ def hf_layout(model: Any, max_length: int = 128, max_prompt: int = 64) -> CacheL
     return CacheLayout(layers, kv_heads, head_dim, dtype, limit, min(max_prompt, limit))
 
 
+# The sample source of a wrapped transformers decoder: real text (the held-out split's bytes
+# as token ids) run through the model itself. Not a name a file's metadata can resolve (the
+# model is random-weight or the user's), so a graph alone gets consistent synthetic feeds.
+HELD_OUT_TEXT = "text:held-out"
+
+
 def prompt_tokens(count: int, length: int, vocab: int, seed: int = 100) -> np.ndarray:
     """`count` prompts of `length` tokens: held-out real text bytes (ids below `vocab`)."""
     from converter.demos.decoder_lm import held_out_windows

@@ -152,9 +152,10 @@ def with_past(model: str, made: Any) -> ModelSpec:
             f"'{model}' --task {TASK_WITH_PAST}: not a decoder with a KV cache (neither a transformers "
             "causal LM nor a ModelSpec with `cache` set)"
         )
-    from converter.demos.with_past import hf_layout, hf_with_past, spec_with_past
+    from converter.demos.with_past import HELD_OUT_TEXT, hf_layout, hf_with_past, spec_with_past
 
-    return spec_with_past(model, lambda: hf_with_past(module.eval()), hf_layout(module), module.config.vocab_size)
+    layout, vocab = hf_layout(module), module.config.vocab_size
+    return spec_with_past(model, lambda: hf_with_past(module.eval()), layout, vocab, HELD_OUT_TEXT)
 
 
 def resolve_spec(

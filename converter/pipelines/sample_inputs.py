@@ -22,11 +22,13 @@ import onnx
 
 from converter.core.arrays import read_npz
 from converter.core.errors import InvalidInputError, TrtforgeError
+from converter.core.kv_cache import synthetic_feeds as cache_synthetic_feeds
 from converter.core.metadata import SAMPLE_DATA, metadata_value
 from converter.core.model_io import atomic_path
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import fit_feeds, synthetic_feeds
+from converter.pipelines.generation_check import cache_layout, vocab_size
 from converter.pipelines.model_ref import feeds_for_source
 
 T = TypeVar("T")
@@ -189,6 +191,11 @@ def resolve_inputs(
         feeds = feeds_for_source(source, num_batches, batch_size, trust_model_code) if source else None
         if feeds is not None:
             return SampleInputs(_fitted(feeds, model), source)
+        layout = cache_layout(model)
+        if layout is not None:  # random, but a consistent decode step: mask and positions fit the cache
+            vocab = vocab_size(model)
+            feeds = [cache_synthetic_feeds(layout, batch_size, vocab, seed=b) for b in range(num_batches)]
+            return SampleInputs(feeds, "synthetic")
         shapes, dtypes = _graph_shapes(model, profiles or {})
         return SampleInputs([synthetic_feeds(shapes, dtypes, seed=b) for b in range(num_batches)], "synthetic")
     if spec is not None:

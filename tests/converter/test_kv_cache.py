@@ -260,3 +260,20 @@ def test_fp16_puts_the_cache_io_in_fp16_and_keeps_the_logits_fp32(decoder_onnx, 
         32,
     )
     assert check.identical  # measured: fp16 (weights, cache) keeps these greedy tokens
+
+
+def test_a_cache_graph_without_our_metadata_gets_consistent_feeds_and_profiles(decoder_onnx):
+    """An Optimum-style graph: no trtforge metadata, the layout read from the input names."""
+    from converter.pipelines.generation_check import cache_layout, engine_profiles
+    from converter.pipelines.sample_inputs import resolve_inputs
+
+    model = onnx.load(str(decoder_onnx))
+    del model.metadata_props[:]
+    layout = cache_layout(model)
+    assert (layout.num_layers, layout.kv_heads, layout.head_dim) == (8, 2, 32)
+    sample = resolve_inputs(model, None, None, 2, 3)
+    assert sample.source == "synthetic"
+    feeds = sample.feeds[0]
+    assert feeds["attention_mask"].shape == (3, feeds["past_key_values.0.key"].shape[2] + 1)
+    assert OnnxRunner(model).run(feeds)["present.0.key"].shape == (3, 2, 16, 32)
+    assert len(engine_profiles(layout, {}, [])) == 2 and engine_profiles(layout, {"x": None}, []) == []
