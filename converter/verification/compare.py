@@ -87,7 +87,13 @@ class OnnxRunner:
         if missing:
             raise InvalidInputError(f"{self.name}: inputs {missing} missing from the sample data")
         ready = {n: np.asarray(feeds[n]).astype(t, copy=False) for n, t in self.inputs.items()}
-        values = self.session.run(None, ready)
+        try:
+            values = self.session.run(None, ready)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+            # the graph cannot compute these inputs (shapes it does not accept): the inputs' or the graph's fault
+            shapes = ", ".join(f"{n} {list(np.shape(v))}" for n, v in list(ready.items())[:4])
+            message = str(exc).split("Status Message:")[-1].strip().splitlines()[0][:200]
+            raise InvalidInputError(f"{self.name}: onnxruntime failed on inputs ({shapes}, ...): {message}") from exc
         return {
             n: np.asarray(v).astype(np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
             for n, v in zip(self.output_names, values, strict=True)

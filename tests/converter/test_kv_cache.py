@@ -277,3 +277,13 @@ def test_a_cache_graph_without_our_metadata_gets_consistent_feeds_and_profiles(d
     assert feeds["attention_mask"].shape == (3, feeds["past_key_values.0.key"].shape[2] + 1)
     assert OnnxRunner(model).run(feeds)["present.0.key"].shape == (3, 2, 16, 32)
     assert len(engine_profiles(layout, {}, [])) == 2 and engine_profiles(layout, {"x": None}, []) == []
+
+
+def test_inputs_the_graph_cannot_compute_are_a_one_line_input_error(decoder_onnx):
+    """A mask shorter than past + sequence: onnxruntime fails inside the graph; that is the
+    inputs' fault (exit 4), not an internal error."""
+    layout = resolve_spec("decoder-lm", task=TASK_WITH_PAST).cache
+    feeds = {**layout.empty_past(1), "input_ids": np.zeros((1, 4), np.int64)}
+    feeds.update(attention_mask=np.ones((1, 2), np.int64), position_ids=np.zeros((1, 4), np.int64))
+    with pytest.raises(InvalidInputError, match="onnxruntime failed on inputs"):
+        OnnxRunner(decoder_onnx).run(feeds)
