@@ -20,6 +20,7 @@ import re
 import onnx
 
 from converter.core.metadata import KV_CACHE, read_metadata, write_metadata
+from passes.blocks.liveness import keep_live
 
 _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -48,11 +49,10 @@ def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
         value.name = names.get(value.name, value.name)
 
 
-def prune_cache(model: onnx.ModelProto, live) -> dict[str, str]:
+def prune_cache(model: onnx.ModelProto) -> dict[str, str]:
     """Remove the dead layers' cache I/O from `model` in place and renumber the rest.
 
-    `live(graph)` gives (live node indices, live tensor names) from the graph outputs
-    (passes/blocks/rewiring.py). Returns {old layer: new layer} as strings for the
+    Returns {old layer: new layer} as strings for the
     report ("4": "3"), with "removed" for the dropped ones; {} when nothing changed.
     """
     graph = model.graph
@@ -63,19 +63,10 @@ def prune_cache(model: onnx.ModelProto, live) -> dict[str, str]:
     outputs = [o for o in graph.output if o.name not in gone]
     del graph.output[:]
     graph.output.extend(outputs)
-    keep, used = live(graph)
-    nodes = [n for i, n in enumerate(graph.node) if i in keep]
-    del graph.node[:]
-    graph.node.extend(nodes)
+    used = keep_live(graph)
     inputs = [i for i in graph.input if not (_PAST.match(i.name) and i.name not in used)]
     del graph.input[:]
     graph.input.extend(inputs)
-    inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    values = [v for v in graph.value_info if v.name in used]
-    del graph.value_info[:]
-    graph.value_info.extend(values)
     layers = sorted({int(m.group(1)) for o in graph.output if (m := _PRESENT.match(o.name))})
     order = {old: new for new, old in enumerate(layers)}
     names = {}

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper
 from converter.core.metadata import DROPPED_BLOCKS, read_metadata, write_metadata
 from passes.blocks.cache_io import prune_cache
 from passes.blocks.discovery import BlockGraph, Unit
+from passes.blocks.liveness import keep_live
 
 GATE_PREFIX = "trtforge_keep_"
 
@@ -65,36 +66,6 @@ def substitutions(units: list[Unit]) -> dict[str, str]:
     return subst
 
 
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Inputs including those a subgraph (If/Loop/Scan body) reads from the outer scope."""
-    names = [t for t in node.input if t]
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names += node_inputs(inner)
-    return names
-
-
-def live(graph: onnx.GraphProto, subst: dict[str, str] | None = None) -> tuple[set[int], set[str]]:
-    """(live node indices, live tensor names) when readers see `subst` in place of the replaced tensors."""
-    subst = subst or {}
-    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
-    nodes: set[int] = set()
-    tensors: set[str] = set()
-    stack = [subst.get(o.name, o.name) for o in graph.output]
-    while stack:
-        t = stack.pop()
-        if t in tensors:
-            continue
-        tensors.add(t)
-        i = producer.get(t)
-        if i is not None and i not in nodes:
-            nodes.add(i)
-            stack += [subst.get(x, x) for x in node_inputs(graph.node[i])]
-    return nodes, tensors
-
-
 def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of `model` with the named blocks/sub-layers rewired out and dead nodes/weights deleted."""
     units = plan(bg, names)
@@ -115,17 +86,8 @@ def remove_units(model: onnx.ModelProto, bg: BlockGraph, names: Iterable[str]) -
                 node.output[:] = [f"{x}__dropped" if x == o.name else x for x in node.output]
             extra.append(helper.make_node("Identity", [subst[o.name]], [o.name], name=f"{o.name}__kept"))
     graph.node.extend(extra)
-    keep, used = live(graph)
-    kept = [n for i, n in enumerate(graph.node) if i in keep]
-    del graph.node[:]
-    graph.node.extend(kept)
-    inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    values = [v for v in graph.value_info if v.name in used]
-    del graph.value_info[:]
-    graph.value_info.extend(values)
-    prune_cache(out, live)  # a decoder's cache I/O of removed attention goes too (cache_io.py)
+    keep_live(graph)
+    prune_cache(out)  # a decoder's cache I/O of removed attention goes too (cache_io.py)
     entries = read_metadata(out)
     previous = [x for x in entries.get(DROPPED_BLOCKS, "").split(",") if x]
     write_metadata(out, {DROPPED_BLOCKS: ",".join(previous + [u.name for u in units])})

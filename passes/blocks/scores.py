@@ -27,7 +27,8 @@ import onnx
 
 from converter.core.metadata import TASK, metadata_value
 from passes.blocks.discovery import BlockGraph
-from passes.blocks.rewiring import GATE_PREFIX, gated_model, live, plan, substitutions
+from passes.blocks.liveness import live
+from passes.blocks.rewiring import GATE_PREFIX, gated_model, plan, substitutions
 from passes.blocks.segmented import SegmentedSession
 
 Feeds = dict[str, np.ndarray]

@@ -34,7 +34,7 @@ from onnx import helper
 
 from converter.core.model_checks import tensor_nbytes
 from converter.core.ort_session import cpu_session, return_freed_memory_promptly
-from passes.blocks.rewiring import node_inputs
+from passes.blocks.liveness import node_inputs
 
 Feeds = dict[str, np.ndarray]
 Gates = Mapping[str, bool]

@@ -13,7 +13,8 @@ from converter import api
 from converter.core.profiles import ShapeProfile
 from converter.verification.compare import OnnxRunner
 from passes.blocks.discovery import find_blocks
-from passes.blocks.rewiring import GATE_PREFIX, gated_model, node_inputs, remove_units
+from passes.blocks.liveness import node_inputs
+from passes.blocks.rewiring import GATE_PREFIX, gated_model, remove_units
 from passes.blocks.scores import GatedSession
 from passes.blocks.segmented import split_at
 
