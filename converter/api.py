@@ -25,6 +25,7 @@ from __future__ import annotations
 from converter.core.errors import TrtforgeError
 from converter.core.profiles import ShapeProfile
 from converter.pipelines.build import BuildResult, build
+from converter.pipelines.build_matrix import BuildMatrixResult, build_matrix
 from converter.pipelines.convert import ConvertResult, convert
 from converter.pipelines.doctor import doctor
 from converter.pipelines.drop_blocks import DropBlocksResult, drop_blocks
@@ -42,6 +43,7 @@ __all__ = [
     "export",
     "optimize",
     "build",
+    "build_matrix",
     "verify",
     "inspect",
     "convert",
@@ -49,6 +51,7 @@ __all__ = [
     "drop_blocks",
     "list_passes",
     "doctor",
+    "BuildMatrixResult",
     "BuildResult",
     "ConvertResult",
     "DropBlocksResult",

@@ -7,6 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No artifact cache unless a test asks for one: an identical conversion in another test would
+# otherwise come back as a cache hit, not a run (tests/converter/test_artifact_cache.py uses it).
+os.environ.setdefault("TRTFORGE_CACHE", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers share the machine's cores: one compute thread each (torch, onnxruntime),
     # so no worker spins waiting for a core another one holds.

@@ -9,6 +9,7 @@ from converter import api
 from converter.cli.options import (
     PATH,
     backend_option,
+    cache_options,
     choice_option,
     console,
     emit,
@@ -47,6 +48,7 @@ def print_build(d: dict) -> None:
 @click.option("--verbose", is_flag=True, help="Print the builder's log.")
 @shapes_option
 @trtexec_shapes_options
+@cache_options
 @profile_option
 @output_options
 def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, profiles, as_json, quiet, **options):

@@ -11,6 +11,7 @@ from converter import api
 from converter.cli.options import (
     PATH,
     backend_option,
+    cache_options,
     choice_option,
     console,
     emit,
@@ -47,6 +48,7 @@ from converter.pipelines.recipe import PRECISIONS
 @shapes_option
 @profile_option
 @task_option("text-generation-with-past: a torch decoder exported with its KV cache (default for a graph with one).")
+@cache_options
 @trust_option
 @output_options
 def convert(model, out, shapes, profiles, as_json, quiet, **options):

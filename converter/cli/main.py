@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("converter.cli.export:export", "Export a torch MODEL (demo name or module:factory) to ONNX."),
     "optimize": ("converter.cli.optimize:optimize", "Rewrite ONNX_FILE through graph passes."),
     "build": ("converter.cli.build:build", "Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json)."),
+    "build-matrix": (
+        "converter.cli.build_matrix:build_matrix",
+        "Convert every model x target x precision x recipe of MANIFEST, in parallel.",
+    ),
     "verify": (
         "converter.cli.verify:verify",
         "Compare CANDIDATES (.onnx / .engine) against REFERENCE (torch model or .onnx) on real inputs.",

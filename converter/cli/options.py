@@ -120,6 +120,23 @@ shapes_option = click.option(
     help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
 )
 
+
+def cache_options(function):
+    """--cache-dir / --no-cache: the artifact cache (converter/core/artifact_cache.py)."""
+    function = click.option(
+        "--no-cache",
+        "use_cache",
+        flag_value=False,
+        default=None,
+        help="Neither read nor write the artifact cache (default: on, unless TRTFORGE_CACHE=0).",
+    )(function)
+    return click.option(
+        "--cache-dir",
+        type=PATH,
+        help="Artifact cache folder (default: $TRTFORGE_CACHE_DIR or ~/.cache/trtforge/artifacts).",
+    )(function)
+
+
 profile_option = click.option(
     "--profile",
     "profiles",

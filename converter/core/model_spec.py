@@ -32,6 +32,9 @@ class ModelSpec:
     sample_source: str = "synthetic"  # "demo:<name>" for real data; recorded in ONNX metadata
     task: str = "generic"  # "embedding" | "classification" | "language-model" | "text-generation-with-past"
     cache: CacheLayout | None = None  # set for a decoder exported with its KV cache
+    # the files whose bytes decide the model (its weights): with the code, what identifies a
+    # conversion before it runs (the result cache); None = unknown (a user factory)
+    weight_files: Callable[[], list[Any]] | None = None
     _module: Any = field(default=None, repr=False)
 
     def module(self) -> Any:

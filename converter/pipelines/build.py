@@ -10,6 +10,7 @@ from typing import Any
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
 from converter.core.model_io import load_model, weights_precision
 from converter.core.outputs import Outputs
+from converter.pipelines.cached_build import build_engine, open_cache
 from converter.pipelines.generation_check import cache_layout, engine_profiles
 from converter.pipelines.model_ref import default_profiles
 
@@ -38,6 +39,8 @@ def build(
     precision: str | None = None,
     verbose: bool = False,
     log: Callable[[str], None] = lambda message: None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool | None = None,
 ) -> BuildResult:
     """Build `onnx_path` into the engine `out` with the given profiles and targets.
 
@@ -46,6 +49,8 @@ def build(
     `profiles` are several optimization profiles for one engine; a decoder with a KV
     cache gets its prefill and decode profiles when neither is given.
     `precision` is recorded in the sidecar; by default, the float type of the graph's weights.
+    The engine comes from the artifact cache when the same ONNX bytes were built with the
+    same config before (pipelines/cached_build.py; the sidecar's `cache` says which).
     """
     onnx_path = Path(onnx_path)
     graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
@@ -61,5 +66,6 @@ def build(
     targets = ", ".join(config.target_gpus) or "default targets"
     log(f"building {out} from {onnx_path} ({engine_backend.name}, {targets})")
     with Outputs(inputs=[onnx_path]) as outputs:  # the engine and its sidecar appear together
-        engine = engine_backend.build(onnx_path, outputs.path(out), config, verbose=verbose)
+        cache = open_cache(cache_dir, use_cache)
+        engine = build_engine(engine_backend, onnx_path, outputs.path(out), config, cache, verbose=verbose)
     return BuildResult(Path(out), engine.sidecar)

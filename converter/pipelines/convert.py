@@ -23,13 +23,16 @@ from typing import Any
 import onnx
 
 from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.core.errors import Interrupted, InvalidInputError, UnsupportedError
+from converter.core.artifact_cache import ArtifactCache
+from converter.core.errors import Interrupted, InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model
 from converter.core.outputs import check_name_length
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
-from converter.pipelines.convert_outputs import point_at, publish, refuse_overwriting_inputs
+from converter.pipelines.cached_build import ConversionLookup, build_engine, open_cache
+from converter.pipelines.convert_outputs import CONVERT_OUTPUTS, point_at, publish, refuse_overwriting_inputs
+from converter.pipelines.convert_recipe import recipe_for_run
 from converter.pipelines.export import export_model
 from converter.pipelines.generation_check import (
     DECODER_PASSES,
@@ -43,8 +46,7 @@ from converter.pipelines.generation_check import (
 )
 from converter.pipelines.html_report import write_html
 from converter.pipelines.model_ref import ModelRef, default_profiles, is_torch_spec, resolve_model
-from converter.pipelines.optimize import check_passes
-from converter.pipelines.recipe import Recipe, load_recipe
+from converter.pipelines.recipe import Recipe
 from converter.pipelines.report import artifact, new_report, write_report
 from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs, run_reference
 from converter.verification.compare import EngineRunner, OnnxRunner
@@ -52,7 +54,7 @@ from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
-from passes.registry import PASSES, PassSpec, expand_groups
+from passes.registry import PassSpec
 
 Log = Callable[[str], None]
 
@@ -74,49 +76,6 @@ class ConvertResult:
         return bool(self.report.get("passed"))
 
 
-def _recipe_for_run(
-    recipe: Recipe | str | Path | None,
-    precision: str | None = None,
-    backend: str | None = None,
-    target_gpus: list[str] | None = None,
-    shapes: dict[str, ShapeProfile] | None = None,
-    profiles: list[dict[str, ShapeProfile]] | None = None,
-) -> Recipe:
-    """A copy of the recipe (a Recipe, a file, or the default) with the flags merged in, validated."""
-    if recipe is None:
-        recipe = Recipe()
-    rec = recipe.copy() if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if precision:
-        rec.precision = precision
-    if backend:
-        rec.backend = backend
-    if target_gpus:
-        rec.target_gpus = list(target_gpus)
-    if shapes:
-        rec.shapes.update(shapes)
-    if profiles:
-        rec.profiles = list(profiles)
-    Recipe.from_dict(rec.to_dict())  # validates the merged recipe
-    check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
-    config = BuildConfig(profiles={}, target_gpus=list(rec.target_gpus), precision=rec.precision)
-    backend = get_backend(rec.backend)
-    backend.check_config(config)  # so does a target the backend cannot build
-    _check_plugins(rec, backend)
-    return rec
-
-
-def _check_plugins(rec: Recipe, backend: Backend) -> None:
-    """A pass whose graph pays off only with plugins is refused for a backend without them."""
-    if backend.supports_plugins:
-        return
-    for name, _ in expand_groups([(p.name, p.options) for p in rec.effective_passes()]):
-        why = PASSES[name].needs_plugins if name in PASSES else ""
-        if why:
-            raise UnsupportedError(
-                f"pass '{name}' with backend {backend.name}: {why}; leave the pass out, or build with --backend tensorrt"
-            )
-
-
 def convert(
     model: str | None = None,
     out: str | Path = "trtforge_out",
@@ -131,16 +90,20 @@ def convert(
     log: Log = _quiet,
     trust_model_code: bool = False,
     task: str | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool | None = None,
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
     Flags given here override the recipe (in a copy: `recipe` itself is not changed);
     the recipe actually used is in the report. `trust_model_code` lets an ONNX file's
     metadata name a `module:factory` whose code is imported for sample data and
-    profiles (off: only built-in demos).
+    profiles (off: only built-in demos). The cache (`cache_dir`, default per user;
+    `use_cache=False` for none; None: on unless TRTFORGE_CACHE=0) returns an identical earlier run's outputs, else the
+    engine of an identical final ONNX (pipelines/cached_build.py).
     """
     started = time.perf_counter()
-    rec = _recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles)
+    rec = recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles)
     out_dir = check_name_length(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
@@ -161,13 +124,21 @@ def convert(
         raise InvalidInputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     # A failure or a signal leaves the output folder (and any input inside it) exactly as it
     # was: every file, the reports included, is written into the staging folder first.
+    cache = open_cache(cache_dir, use_cache)
+    cached = ConversionLookup.find(cache, ref, rec.to_dict(), task, inputs, get_backend(rec.backend))
     try:
-        run = _Run(ref, rec, stage, log, trust_model_code)
-        run.report["stages"]["load"] = load_stage
-        result = run.convert(inputs)
+        if cached.hit:
+            log("cache hit: copying the outputs of an identical earlier run")
+            result = ConvertResult(report=cached.restore(stage), out_dir=stage)
+        else:
+            run = _Run(ref, rec, stage, log, trust_model_code, cache)
+            run.report["stages"]["load"] = load_stage
+            result = run.convert(inputs)
+            result.report["cache"] = cached.report()
         writing = time.perf_counter()
         point_at(out_dir, result)
-        write_html(result.report, stage / "report.html")
+        if not cached.hit:  # a hit keeps the first run's page (drawing its plots again costs most of a hit)
+            write_html(result.report, stage / "report.html")
         result.report["stages"]["write"] = {
             "seconds": round(time.perf_counter() - writing, 3),
             "summary": f"{out_dir} (report.json, report.html)",
@@ -175,6 +146,7 @@ def convert(
         result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
         write_report(result.report, stage / "report.json")
         publish(stage, out_dir)
+        cached.remember(out_dir, CONVERT_OUTPUTS)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return result
@@ -189,6 +161,7 @@ class _Run:
     out_dir: Path
     log: Log
     trust_model_code: bool
+    cache: ArtifactCache | None = None
     report: dict[str, Any] = field(default_factory=lambda: new_report("convert"))
     reference: Reference | None = None
 
@@ -327,7 +300,9 @@ class _Run:
         )
         backend = get_backend(rec.backend)
         with self.stage("build", f"building the engine ({backend.name}, {rec.precision})") as entry:
-            engine = backend.build(opt_path, self.out_dir / "model.engine", config, source_label="model.opt.onnx")
+            engine = build_engine(
+                backend, opt_path, self.out_dir / "model.engine", config, self.cache, source_label="model.opt.onnx"
+            )
             side, network = engine.sidecar, engine.sidecar["network"]
             entry.update(
                 backend=side["backend"],
@@ -336,7 +311,7 @@ class _Run:
                 engine_build_seconds=side["build_seconds"],
                 summary=f"{side['backend']} {side.get('targets')}, "
                 f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB, "
-                f"{len(side['optimization_profiles'])} profile(s)",
+                f"{len(side['optimization_profiles'])} profile(s), cache {side.get('cache', 'off')}",
             )
         keys = ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
         self.report["network"] = {k: network[k] for k in keys}
