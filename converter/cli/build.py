@@ -15,6 +15,7 @@ from converter.cli.options import (
     emit,
     out_option,
     output_options,
+    precision_flags,
     profile_option,
     progress_log,
     shapes_option,
@@ -51,6 +52,7 @@ def print_build(d: dict) -> None:
 @cache_options
 @profile_option
 @output_options
+@precision_flags
 def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, profiles, as_json, quiet, **options):
     """Build a TensorRT engine from ONNX_FILE (writes OUT and OUT.json).
 

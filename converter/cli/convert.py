@@ -19,6 +19,7 @@ from converter.cli.options import (
     load_inputs_option,
     out_option,
     output_options,
+    precision_flags,
     profile_option,
     progress_log,
     shapes_option,
@@ -51,6 +52,7 @@ from converter.pipelines.recipe import PRECISIONS
 @cache_options
 @trust_option
 @output_options
+@precision_flags
 def convert(model, out, shapes, profiles, as_json, quiet, **options):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 

@@ -12,6 +12,7 @@ from converter.cli.options import (
     names,
     onnx_out_option,
     output_options,
+    precision_flags,
     progress_log,
     summary,
 )
@@ -25,6 +26,7 @@ from converter.pipelines.recipe import PRECISIONS
 @choice_option("--precision", PRECISIONS, "fp32", "fp16/bf16 append the precision pass.")
 @click.option("--save-report", "report_path", type=PATH, help="Write the JSON report here.")
 @output_options
+@precision_flags
 def optimize(onnx_file, out, passes, as_json, quiet, **options):
     """Rewrite ONNX_FILE through graph passes.
 

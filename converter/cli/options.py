@@ -7,6 +7,7 @@ arguments of one converter.api function, calls it and prints the report it retur
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from converter.backends import BACKEND_CHOICES
-from converter.core.errors import AccuracyError
+from converter.core.errors import AccuracyError, UsageError
 from converter.pipelines.report import print_summary, to_json
 
 # Captured output (CI logs, pipes) gets a wide console so tables do not truncate.
@@ -119,6 +120,23 @@ shapes_option = click.option(
     metavar="NAME:MIN/OPT/MAX",
     help="Input shapes, e.g. input_ids:1x8/4x128/16x256 (profile) or image:1x3x224x224 (static). Repeatable.",
 )
+
+
+def precision_flags(function):
+    """trtexec's --fp16 / --bf16 beside --precision: the command receives `precision` only."""
+
+    @functools.wraps(function)
+    def merged(*args, fp16: bool, bf16: bool, **kwargs):
+        flags = [name for name, on in (("fp16", fp16), ("bf16", bf16)) if on]
+        given = kwargs.get("precision")
+        if len(flags) > 1 or (flags and given not in (None, flags[0], "fp32")):
+            raise UsageError(f"--{'/--'.join(flags)} and --precision {given}: choose one precision")
+        if flags:
+            kwargs["precision"] = flags[0]
+        return function(*args, **kwargs)
+
+    merged = click.option("--bf16", is_flag=True, help="Same as --precision bf16 (trtexec's flag).")(merged)
+    return click.option("--fp16", is_flag=True, help="Same as --precision fp16 (trtexec's flag).")(merged)
 
 
 def cache_options(function):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
-from converter.core.model_io import load_model, weights_precision
+from converter.core.model_io import atomic_write_text, load_model, opset_of, save_model, weights_precision
 from converter.core.outputs import Outputs
 from converter.pipelines.cached_build import build_engine, open_cache
 from converter.pipelines.generation_check import cache_layout, engine_profiles
 from converter.pipelines.model_ref import default_profiles
+from passes.base import PassContext
+from passes.manager import PassSpec, run_passes
 
 
 @dataclass
@@ -48,12 +52,16 @@ def build(
     metadata (or its demo's), so an exported model builds without repeating --shapes.
     `profiles` are several optimization profiles for one engine; a decoder with a KV
     cache gets its prefill and decode profiles when neither is given.
-    `precision` is recorded in the sidecar; by default, the float type of the graph's weights.
+    `precision` is what the engine computes in; by default, the float type of the graph's
+    weights. fp16/bf16 for an fp32 graph (trtexec's --fp16) converts a copy of the graph with
+    the precision pass first: the builders here are strongly typed and take precision from
+    the graph's types, not from a builder flag (the sidecar's `precision_pass` says so).
     The engine comes from the artifact cache when the same ONNX bytes were built with the
     same config before (pipelines/cached_build.py; the sidecar's `cache` says which).
     """
     onnx_path = Path(onnx_path)
     graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
+    convert_to = precision if precision in ("fp16", "bf16") and weights_precision(graph) == "fp32" else None
     config = BuildConfig(
         profiles={**default_profiles(graph), **(shapes or {})},
         profile_sets=engine_profiles(cache_layout(graph), shapes or {}, list(profiles or [])),
@@ -65,7 +73,20 @@ def build(
     engine_backend.check_config(config)
     targets = ", ".join(config.target_gpus) or "default targets"
     log(f"building {out} from {onnx_path} ({engine_backend.name}, {targets})")
-    with Outputs(inputs=[onnx_path]) as outputs:  # the engine and its sidecar appear together
+    with Outputs(inputs=[onnx_path]) as outputs, tempfile.TemporaryDirectory(prefix="trtforge-build-") as tmp:
         cache = open_cache(cache_dir, use_cache)
-        engine = build_engine(engine_backend, onnx_path, outputs.path(out), config, cache, verbose=verbose)
+        source = _converted(onnx_path, convert_to, Path(tmp), log) if convert_to else onnx_path
+        engine = build_engine(engine_backend, source, outputs.path(out), config, cache, verbose=verbose)
+        if convert_to:
+            engine.sidecar.update(source_onnx=str(onnx_path), precision_pass={"from": "fp32", "to": convert_to})
+            atomic_write_text(engine.sidecar_path, json.dumps(engine.sidecar, indent=1))
     return BuildResult(Path(out), engine.sidecar)
+
+
+def _converted(onnx_path: Path, target: str, folder: Path, log: Callable[[str], None]) -> Path:
+    """A copy of the graph in `target` precision (the precision pass's defaults: fp32 I/O and
+    numerically sensitive ops kept), in `folder`."""
+    log(f"converting {onnx_path.name} to {target} (the builder takes precision from the graph's types)")
+    model = load_model(onnx_path)
+    converted, _ = run_passes(model, [PassSpec("precision", {"target": target})], PassContext(opset=opset_of(model)))
+    return save_model(converted, folder / onnx_path.name)

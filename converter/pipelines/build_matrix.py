@@ -55,8 +55,8 @@ MODEL_KEYS = ("model", "name", "task", "shapes")
 # A model name or target becomes a folder name: no separators, no '..', nothing a shell mangles.
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]*")  # no '-': it separates target and precision in a job name
-# Environment a job needs on a Ray worker (a local pool's workers inherit it): --limit, threads, offline hubs.
-_FORWARDED_ENV = ("TRTFORGE_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")
+# Environment a job needs on a Ray worker (a local pool's workers inherit it): --limit, threads, cache, offline hubs.
+_FORWARDED_ENV = ("TRTFORGE_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 Log = Callable[[str], None]
 

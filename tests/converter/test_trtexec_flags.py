@@ -35,3 +35,19 @@ def test_build_takes_save_engine_and_trtexec_shapes(tmp_path):
     assert [profile["min"], profile["opt"], profile["max"]] == [[1, 16, 32], [2, 16, 32], [4, 16, 32]]
     bad = CliRunner().invoke(main, [*args, "--min-shapes", "x:1x16x32"])
     assert bad.exit_code == ExitCode.INVALID_INPUT and "--max-shapes" in bad.output
+
+
+def test_build_fp16_converts_the_fp32_graph_as_a_trtexec_user_expects(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    onnx.save(mlp_stack(layers=2, width=64), tmp_path / "m.onnx")
+    shapes = ["--min-shapes", "x:1x16x64", "--opt-shapes", "x:2x16x64", "--max-shapes", "x:4x16x64"]
+    args = ["build", str(tmp_path / "m.onnx"), "--target", "ada", *shapes]
+    for name, flags in (("fp32", []), ("fp16", ["--fp16"])):
+        result = CliRunner().invoke(main, [*args, "--save-engine", str(tmp_path / f"{name}.engine"), *flags])
+        assert result.exit_code == 0, result.output
+    fp32, fp16 = (json.loads((tmp_path / f"{n}.engine.json").read_text()) for n in ("fp32", "fp16"))
+    assert fp16["precision"] == "fp16" and fp16["precision_pass"] == {"from": "fp32", "to": "fp16"}
+    assert fp16["network"]["tensor_dtypes"].get("HALF") and not fp32["network"]["tensor_dtypes"].get("HALF")
+    assert fp16["source_onnx"] == str(tmp_path / "m.onnx")  # the user's file, not the converted copy
+    clash = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.engine"), "--fp16", "--precision", "bf16"])
+    assert clash.exit_code == ExitCode.USAGE and "choose one precision" in clash.output
