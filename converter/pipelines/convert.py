@@ -313,6 +313,8 @@ class _Run:
                 f"{network['num_layers']} network layers, {side['engine_bytes'] / 1e6:.1f} MB, "
                 f"{len(side['optimization_profiles'])} profile(s), cache {side.get('cache', 'off')}",
             )
+        entry["cache"] = side.get("cache", "off")
+        self.report["engine_profiles"] = side["optimization_profiles"]
         keys = ("num_layers", "layer_types", "tensor_dtypes", "inputs", "outputs")
         self.report["network"] = {k: network[k] for k in keys}
         self.report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
