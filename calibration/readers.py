@@ -151,6 +151,14 @@ def from_image_folder(
     return CalibrationData(batches, len(files), -(-len(files) // batch_size), str(folder))
 
 
+def is_tensorrt_calibration_cache(path: Path) -> bool:
+    """TensorRT writes its calibration cache as text starting `TRT-<version>-<Calibrator>` (e.g.
+    `TRT-8601-EntropyCalibration2`), one `tensor: hex scale` line per tensor after it."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    return head.startswith(b"TRT-") and b"Calibration" in head.split(b"\n", 1)[0]
+
+
 def load_calibration(
     path: str | Path,
     model: onnx.ModelProto,
@@ -168,6 +176,11 @@ def load_calibration(
             return from_texts(_text_lines([path]), model, tokenizer_dir, batch_size, max_length, str(path))
         if path.suffix.lower() in (".npz", ".npy"):
             return from_array_folder(path, model, batch_size)
+        if is_tensorrt_calibration_cache(path):
+            raise InvalidInputError(
+                f"{path}: a TensorRT INT8 calibration cache (per-tensor scales from an earlier TensorRT build), "
+                "not calibration data: trtforge calibrates from inputs; give the .npz/.npy/images/text they came from"
+            )
         raise InvalidInputError(f"{path}: give a folder (.npz/.npy/images/.txt) or one .npz, .npy or .txt file")
     if _files(path, (".npz", ".npy")):
         return from_array_folder(path, model, batch_size)

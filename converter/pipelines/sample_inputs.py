@@ -20,11 +20,12 @@ from typing import TypeVar
 import numpy as np
 import onnx
 
+from converter.core import polygraphy_json
 from converter.core.arrays import read_npz
 from converter.core.errors import InvalidInputError, TrtforgeError
 from converter.core.kv_cache import synthetic_feeds as cache_synthetic_feeds
 from converter.core.metadata import SAMPLE_DATA, metadata_value
-from converter.core.model_io import atomic_path
+from converter.core.model_io import atomic_path, atomic_write_text
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.profiles import ShapeProfile
 from converter.demos.sample_data import fit_feeds, synthetic_feeds
@@ -45,11 +46,18 @@ class SampleInputs:
 
 
 def load_inputs_file(path: str | Path) -> list[Feeds]:
-    """An .npz of input arrays (one batch) -> feeds; errors name the file and the bad array."""
+    """An .npz of input arrays (one batch), or Polygraphy's inputs JSON (a batch per iteration)
+    -> feeds; errors name the file and the bad array."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such inputs file")
-    feeds = read_npz(path)
+    batches = polygraphy_json.read_inputs(path) if path.suffix.lower() == ".json" else [read_npz(path)]
+    for feeds in batches:
+        _check_arrays(path, feeds)
+    return batches
+
+
+def _check_arrays(path: Path, feeds: Feeds) -> None:
     if not feeds:
         raise InvalidInputError(f"{path}: holds no arrays")
     for name, value in feeds.items():
@@ -59,7 +67,6 @@ def load_inputs_file(path: str | Path) -> list[Feeds]:
             raise InvalidInputError(f"{path}: input '{name}' has non-numeric dtype {value.dtype}")
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise InvalidInputError(f"{path}: input '{name}' contains NaN or Inf")
-    return [feeds]
 
 
 def check_against_graph(inputs: SampleInputs, model: onnx.ModelProto, where: str) -> None:
@@ -204,6 +211,10 @@ def resolve_inputs(
 
 
 def save_feeds(sample: SampleInputs, path: str | Path) -> None:
-    """Write the first batch of sample inputs as .npz (for --load-inputs elsewhere), atomically."""
+    """Write the sample inputs for --load-inputs elsewhere, atomically: a `.json` path gets every
+    batch in Polygraphy's format (`polygraphy run --load-inputs` reads it), else the first batch as .npz."""
+    if Path(path).suffix.lower() == ".json":
+        atomic_write_text(path, polygraphy_json.dumps_inputs(sample.feeds))
+        return
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **sample.feeds[0])

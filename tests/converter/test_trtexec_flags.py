@@ -51,3 +51,40 @@ def test_build_fp16_converts_the_fp32_graph_as_a_trtexec_user_expects(tmp_path):
     assert fp16["source_onnx"] == str(tmp_path / "m.onnx")  # the user's file, not the converted copy
     clash = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.engine"), "--fp16", "--precision", "bf16"])
     assert clash.exit_code == ExitCode.USAGE and "choose one precision" in clash.output
+
+
+def test_polygraphy_inputs_json_round_trips_and_polygraphy_reads_ours(tmp_path):
+    import numpy as np
+
+    from converter.core import polygraphy_json
+    from converter.pipelines.sample_inputs import SampleInputs, load_inputs_file, save_feeds
+
+    feeds = [{"x": np.arange(12, dtype=np.float32).reshape(3, 4), "ids": np.ones((3, 2), np.int64)}] * 2
+    save_feeds(SampleInputs(feeds, "test"), tmp_path / "in.json")
+    back = load_inputs_file(tmp_path / "in.json")
+    assert len(back) == 2 and all(np.array_equal(back[1][k], feeds[1][k]) for k in feeds[1])
+    polygraphy = pytest.importorskip("polygraphy.json")
+    theirs = polygraphy.load_json(str(tmp_path / "in.json"))
+    assert np.array_equal(theirs[0]["x"], feeds[0]["x"])
+    polygraphy.save_json([{"x": np.zeros((1, 4), np.float32)}], str(tmp_path / "theirs.json"))
+    assert load_inputs_file(tmp_path / "theirs.json")[0]["x"].shape == (1, 4)
+    (tmp_path / "bad.json").write_text('[{"x": {"array": "!!", "polygraphy_class": "ndarray"}}]')
+    with pytest.raises(InvalidInputError, match="iteration 0, input 'x'"):
+        load_inputs_file(tmp_path / "bad.json")
+    assert polygraphy_json.dumps_inputs([]) == "[]"
+
+
+def test_a_tensorrt_calibration_cache_is_named_for_what_it_is(tmp_path):
+    onnx.save(mlp_stack(layers=1, width=32), tmp_path / "m.onnx")
+    (tmp_path / "calib.cache").write_text("TRT-8601-EntropyCalibration2\nx: 3c010a14\n")
+    args = [
+        "quantize",
+        str(tmp_path / "m.onnx"),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--calib",
+        str(tmp_path / "calib.cache"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "TensorRT INT8 calibration cache" in result.output and not (tmp_path / "q.onnx").exists()
