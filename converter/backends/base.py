@@ -34,6 +34,12 @@ class BuildConfig:
     workspace_mb: int | None = None
     builder_optimization_level: int | None = None
     precision: str = "fp32"  # recorded only: strongly typed builds take precision from the graph
+    # trtexec's --stripWeights (an engine without its weights, refit from the ONNX on the target),
+    # --refit, --versionCompatible and --hardwareCompatibilityLevel=ampere+
+    strip_weights: bool = False
+    refittable: bool = False
+    version_compatible: bool = False
+    hardware_compatible: bool = False
 
     def optimization_profiles(self) -> list[dict[str, ShapeProfile]]:
         return list(self.profile_sets) or [self.profiles]

@@ -203,6 +203,29 @@ def allow_decomposed_attention(trt: ModuleType, network) -> int:
     return count
 
 
+_OPTION_FLAGS = {  # BuildConfig field -> the builder flags it sets
+    "strip_weights": ("STRIP_PLAN", "REFIT_IDENTICAL"),
+    "refittable": ("REFIT",),
+    "version_compatible": ("VERSION_COMPATIBLE",),
+}
+
+
+def _set_options(trt: ModuleType, builder_config, config: BuildConfig) -> None:
+    """The build options a flag or attribute expresses; one this TensorRT lacks is an UnsupportedError."""
+    for option, flags in _OPTION_FLAGS.items():
+        if not getattr(config, option):
+            continue
+        for flag in flags:
+            if not hasattr(trt.BuilderFlag, flag):
+                raise UnsupportedError(f"{option.replace('_', '-')}: {trt.__name__} {trt.__version__} has no {flag}")
+            builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+    if config.hardware_compatible:
+        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), "AMPERE_PLUS", None)
+        if level is None:
+            raise UnsupportedError(f"hardware-compatible: {trt.__name__} {trt.__version__} has no AMPERE_PLUS level")
+        builder_config.hardware_compatibility_level = level
+
+
 def build_serialized(
     trt: ModuleType,
     onnx_path: Path,
@@ -228,6 +251,7 @@ def build_serialized(
         summary.attention_decomposable = allow_decomposed_attention(trt, network)
     if config.workspace_mb:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
+    _set_options(trt, builder_config, config)
     if config.builder_optimization_level is not None:
         builder_config.builder_optimization_level = config.builder_optimization_level
     if configure is not None:
@@ -393,6 +417,14 @@ class NvinferBackend:
             "engine_bytes": len(blob),
             "engine_sha256": hashlib.sha256(blob).hexdigest(),
             "build_seconds": round(seconds, 3),
+            "build_options": {
+                "strip_weights": config.strip_weights,
+                "refittable": config.refittable or config.strip_weights,
+                "version_compatible": config.version_compatible,
+                "hardware_compatible": config.hardware_compatible,
+                "workspace_mb": config.workspace_mb,
+                "builder_optimization_level": config.builder_optimization_level,
+            },
             "warnings": [m for level, m in logger.messages if level == "WARNING"][:20],
             **facts,
             "network": summary.to_dict(),

@@ -20,6 +20,7 @@ from typing import Any
 from converter.backends.base import BuildConfig
 from converter.backends.nvinfer import NvinferBackend
 from converter.core.errors import InvalidInputError, UnsupportedError
+from converter.core.gpu import gpu_status
 from converter.core.targets import TARGETS, expand_targets, why_not
 
 # RTX boxes of the last three generations: Ampere, Ada, Blackwell.
@@ -57,6 +58,16 @@ class TensorRTRTXBackend(NvinferBackend):
 
     def check_config(self, config: BuildConfig) -> None:
         self.targets(self.module(), config)
+        if config.version_compatible or config.hardware_compatible:
+            raise UnsupportedError(
+                "--version-compatible / --hardware-compatible are full TensorRT's (its lean runtime and Ampere+ "
+                "engines); a TensorRT-RTX engine names its targets instead (--target); build with --backend tensorrt"
+            )
+        if (config.strip_weights or config.refittable) and not gpu_status()[0]:
+            raise UnsupportedError(
+                "--strip-weights / --refit: TensorRT-RTX builds a refittable engine only with a GPU (its refit "
+                f"path compiles on the device), and this machine has none ({gpu_status()[1]})"
+            )
 
     def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
         targets, supported = self.targets(trt, config)

@@ -47,6 +47,27 @@ def print_build(d: dict) -> None:
 @click.option("--timing-cache", type=PATH, help="Timing cache file (full TensorRT).")
 @choice_option("--precision", PRECISIONS, None, PRECISION_HELP)
 @click.option("--verbose", is_flag=True, help="Print the builder's log.")
+@click.option(
+    "--workspace",
+    "workspace_mb",
+    type=click.IntRange(1, 1 << 22),
+    metavar="MiB",
+    help="Builder workspace limit (trtexec: --memPoolSize=workspace:N).",
+)
+@click.option(
+    "--builder-optimization-level",
+    type=click.IntRange(0, 5),
+    metavar="0-5",
+    help="Builder optimization level (trtexec: --builderOptimizationLevel).",
+)
+@click.option(
+    "--strip-weights",
+    is_flag=True,
+    help="An engine without its weights, refit from the ONNX on the target (needs a GPU to build).",
+)
+@click.option("--refit", "refittable", is_flag=True, help="A refittable engine (needs a GPU to build).")
+@click.option("--version-compatible", is_flag=True, help="Full TensorRT: runs on later TensorRT versions.")
+@click.option("--hardware-compatible", is_flag=True, help="Full TensorRT: one engine for Ampere and later GPUs.")
 @shapes_option
 @trtexec_shapes_options
 @cache_options

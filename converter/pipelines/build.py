@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
+from converter.core.errors import InvalidInputError
 from converter.core.model_io import atomic_write_text, load_model, opset_of, save_model, weights_precision
 from converter.core.outputs import Outputs
 from converter.pipelines.cached_build import build_engine, open_cache
@@ -45,6 +47,7 @@ def build(
     log: Callable[[str], None] = lambda message: None,
     cache_dir: str | Path | None = None,
     use_cache: bool | None = None,
+    **options: Any,
 ) -> BuildResult:
     """Build `onnx_path` into the engine `out` with the given profiles and targets.
 
@@ -56,6 +59,9 @@ def build(
     weights. fp16/bf16 for an fp32 graph (trtexec's --fp16) converts a copy of the graph with
     the precision pass first: the builders here are strongly typed and take precision from
     the graph's types, not from a builder flag (the sidecar's `precision_pass` says so).
+    `options` are BuildConfig's build options (workspace_mb, builder_optimization_level,
+    strip_weights, refittable, version_compatible, hardware_compatible), checked by the
+    backend before anything runs and recorded in the sidecar.
     The engine comes from the artifact cache when the same ONNX bytes were built with the
     same config before (pipelines/cached_build.py; the sidecar's `cache` says which).
     """
@@ -68,6 +74,7 @@ def build(
         target_gpus=list(target_gpus or []),
         timing_cache=str(timing_cache) if timing_cache else None,
         precision=precision or weights_precision(graph),
+        **_build_options(options),
     )
     engine_backend = get_backend(backend)
     engine_backend.check_config(config)
@@ -81,6 +88,14 @@ def build(
             engine.sidecar.update(source_onnx=str(onnx_path), precision_pass={"from": "fp32", "to": convert_to})
             atomic_write_text(engine.sidecar_path, json.dumps(engine.sidecar, indent=1))
     return BuildResult(Path(out), engine.sidecar)
+
+
+def _build_options(options: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(BuildConfig)} - {"profiles", "profile_sets", "target_gpus"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidInputError(f"build: unknown option(s) {unknown}")
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _converted(onnx_path: Path, target: str, folder: Path, log: Callable[[str], None]) -> Path:

@@ -88,3 +88,23 @@ def test_a_tensorrt_calibration_cache_is_named_for_what_it_is(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "TensorRT INT8 calibration cache" in result.output and not (tmp_path / "q.onnx").exists()
+
+
+def test_build_options_are_recorded_or_refused_with_the_reason(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from converter.core.gpu import gpu_status
+
+    onnx.save(mlp_stack(layers=1, width=32), tmp_path / "m.onnx")
+    base = ["build", str(tmp_path / "m.onnx"), "--target", "ada", "--shapes", "x:1x16x32/2x16x32/4x16x32"]
+    ok = CliRunner().invoke(
+        main, [*base, "-o", str(tmp_path / "a.engine"), "--workspace", "256", "--builder-optimization-level", "1"]
+    )
+    assert ok.exit_code == 0, ok.output
+    options = json.loads((tmp_path / "a.engine.json").read_text())["build_options"]
+    assert options["workspace_mb"] == 256 and options["builder_optimization_level"] == 1
+    full_only = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b.engine"), "--version-compatible"])
+    assert full_only.exit_code == ExitCode.UNSUPPORTED and "full TensorRT" in full_only.output
+    if not gpu_status()[0]:
+        strip = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "c.engine"), "--strip-weights"])
+        assert strip.exit_code == ExitCode.UNSUPPORTED and "only with a GPU" in strip.output
+        assert not (tmp_path / "c.engine").exists()
