@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -124,6 +125,34 @@ def summarize(network) -> NetworkSummary:
         tensor_dtypes=tensor_dtypes,
         layers=layers,
     )
+
+
+def progress_monitor(trt: ModuleType, report):
+    """TensorRT's IProgressMonitor as lines through `report`: each top-level phase's start and
+    end, and its steps at every tenth (a build of a large model sits minutes in one phase)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+            self.started: dict[str, float] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:
+                self.steps[phase_name], self.started[phase_name] = num_steps, time.perf_counter()
+                report(f"engine build: {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            total = self.steps.get(phase_name)
+            if total and total >= 10 and (step + 1) % max(1, total // 10) == 0:
+                report(f"engine build: {phase_name} {step + 1}/{total}")
+            return True  # never cancel
+
+        def phase_finish(self, phase_name):
+            if phase_name in self.started:
+                report(f"engine build: {phase_name} done in {time.perf_counter() - self.started.pop(phase_name):.1f} s")
+
+    return Monitor()
 
 
 def _example(dims: list[int], value: int) -> str:
@@ -388,6 +417,7 @@ class NvinferBackend:
         config: BuildConfig,
         verbose: bool = False,
         source_label: str | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> EngineArtifact:
         trt = self.module()
         onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -396,10 +426,13 @@ class NvinferBackend:
         source_sha256 = sha256_file(onnx_path)
         logger = make_logger(trt, verbose)
         facts: dict[str, Any] = {}
+        monitor = progress_monitor(trt, progress) if progress and hasattr(trt, "IProgressMonitor") else None
 
         def configure(builder, builder_config) -> None:
             facts.update(self.configure(trt, builder, builder_config, config))
             facts["_builder_config"] = builder_config
+            if monitor is not None:
+                builder_config.progress_monitor = monitor
 
         blob, summary, profiles, seconds = build_serialized(trt, onnx_path, config, logger, configure)
         self.after_build(trt, facts.pop("_builder_config"), config)

@@ -83,7 +83,7 @@ def build(
     with Outputs(inputs=[onnx_path]) as outputs, tempfile.TemporaryDirectory(prefix="trtforge-build-") as tmp:
         cache = open_cache(cache_dir, use_cache)
         source = _converted(onnx_path, convert_to, Path(tmp), log) if convert_to else onnx_path
-        engine = build_engine(engine_backend, source, outputs.path(out), config, cache, verbose=verbose)
+        engine = build_engine(engine_backend, source, outputs.path(out), config, cache, verbose=verbose, progress=log)
         if convert_to:
             engine.sidecar.update(source_onnx=str(onnx_path), precision_pass={"from": "fp32", "to": convert_to})
             atomic_write_text(engine.sidecar_path, json.dumps(engine.sidecar, indent=1))

@@ -1,15 +1,11 @@
 """`build_matrix`: many independent conversions (models x targets x precisions x recipes) from one manifest.
 
-Each job is one call of `convert(...)`, in a worker process: a local
-`concurrent.futures.ProcessPoolExecutor` ("spawn", so no worker inherits a parent's
-torch/TensorRT state) or one Ray remote task per job on a cluster. There is no
-scheduler here: the pool or Ray places the jobs. A job never raises: every exception
-becomes its result row (exit code, one-line error), so one broken model does not stop
-the others. The summary (summary.json, format trtforge-build-matrix/1) lists every row.
-
-Paths inside the manifest (model files, recipes, `out`) are relative to the manifest's
-folder, so a manifest means the same from any working directory; `module:factory`
-specs import from the working directory, as with `convert`.
+Each job is one `convert(...)` in a worker process: a local ProcessPoolExecutor ("spawn":
+no worker inherits the parent's torch/TensorRT state) or one Ray remote task per job. No
+scheduler here: the pool or Ray places the jobs. A job never raises: every exception becomes
+its result row, so one broken model does not stop the others; summary.json lists every row.
+Paths in the manifest (model files, recipes, `out`) are relative to its folder, so it means
+the same from any working directory; `module:factory` specs import as with `convert`.
 """
 
 from __future__ import annotations
@@ -17,9 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,24 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from converter.backends import BACKEND_CHOICES
 from converter.core.errors import (
     BackendUnavailableError,
     ExitCode,
+    Interrupted,
     InvalidInputError,
     TrtforgeError,
     UsageError,
 )
 from converter.core.kv_cache import TASKS
-from converter.core.limits import LIMITS
 from converter.core.outputs import check_name_length
 from converter.core.profiles import ShapeProfile, parse_profiles
 from converter.demos.models import DEMOS
 from converter.pipelines.convert import convert
 from converter.pipelines.model_ref import is_torch_spec
-from converter.pipelines.recipe import PRECISIONS, _NoAliasLoader, load_recipe
+from converter.pipelines.recipe import PRECISIONS, load_recipe, load_yaml_mapping
 from converter.pipelines.report import write_report
 
 FORMAT = "trtforge-build-matrix/1"
@@ -57,8 +53,6 @@ _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]*")  # no '-': it separates target and precision in a job name
 # Environment a job needs on a Ray worker (a local pool's workers inherit it): --limit, threads, cache, offline hubs.
 _FORWARDED_ENV = ("TRTFORGE_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -92,24 +86,8 @@ class BuildMatrixResult:
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest's mapping: bounded in size, UTF-8, no YAML aliases (the recipe loader's rules)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such manifest file")
-    bound, size = LIMITS["recipe-bytes"], path.stat().st_size  # a manifest, like a recipe, is kilobytes
-    if size > bound.value():  # the recipe's limit: the same kind of file
-        raise InvalidInputError(
-            f"{path}: {size:,} bytes; a manifest is at most {bound.value():,} ({bound.how_to_raise()})"
-        )
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe loader)
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: a manifest must be a mapping with a 'models' list")
-    return data
+    """The manifest's mapping (the recipe loader's rules: bounded, UTF-8, no YAML aliases)."""
+    return load_yaml_mapping(path, "manifest")
 
 
 def _list(source: str, data: dict[str, Any], key: str, required: bool = False) -> list[Any]:
@@ -162,9 +140,7 @@ def _model(source: str, index: int, entry: Any, base: Path) -> tuple[str, str, s
         raise InvalidInputError(f"{where}.task {task!r} not in {TASKS}")
     shapes = entry.get("shapes") or {}
     if not isinstance(shapes, dict) or not all(isinstance(v, str) for v in shapes.values()):
-        raise InvalidInputError(
-            f"{where}.shapes must map input names to MIN/OPT/MAX or SHAPE, e.g. {{x: 1x16/4x16/8x16}}"
-        )
+        raise InvalidInputError(f"{where}.shapes must map inputs to SHAPE or MIN/OPT/MAX, e.g. {{x: 1x16/4x16}}")
     try:
         profiles = parse_profiles([f"{k}:{v}" for k, v in shapes.items()])
     except InvalidInputError as exc:
@@ -232,10 +208,8 @@ def expand(manifest: str | Path, out: str | Path | None = None) -> tuple[Path, l
         # Unique: model names, targets (no '-' in them), precisions and recipe stems each are.
         label = precision or recipe_precision
         name = f"{model_name}/{target or 'default'}-{label}" + (f"-{Path(recipe).stem}" if recipe else "")
-        out_path = str(check_name_length(out_dir / name))
-        jobs.append(
-            Job(name, model, model_name, target, label, out_path, recipe, backend, task, shapes, bool(precision))
-        )
+        dest = str(check_name_length(out_dir / name))
+        jobs.append(Job(name, model, model_name, target, label, dest, recipe, backend, task, shapes, bool(precision)))
     return out_dir, jobs
 
 
@@ -246,11 +220,18 @@ def _row(job: Job, **fields: Any) -> dict[str, Any]:
     return {**row, "engine_bytes": None, "seconds": None, **fields}
 
 
-def run_job(job: Job, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One job in a worker: convert(...) -> its result row. Never raises for the job's own failure."""
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def run_job(job: Job, env: dict[str, str] | None = None, trap_sigterm: bool = False) -> dict[str, Any]:
+    """One job in a worker: convert(...) -> its result row. Never raises for the job's own failure.
+
+    `trap_sigterm` (local pool): SIGTERM (a broken pool ending its workers, `kill`) unwinds the job,
+    so convert removes its staging folder (the default action left a hidden half-written one)."""
     os.environ.update(env or {})
-    started = time.perf_counter()
-    row = _row(job)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if trap_sigterm else None
+    started, row = time.perf_counter(), _row(job)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a model's prints must not end up in `--json` output
             result = convert(
@@ -274,6 +255,9 @@ def run_job(job: Job, env: dict[str, str] | None = None) -> dict[str, Any]:
         row.update(exit_code=exc.exit_code, error=str(exc))
     except (Exception, SystemExit) as exc:  # a bug, or user code exiting: this job's row, not the matrix's end
         row["error"] = _one_line(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
@@ -290,7 +274,7 @@ def _run_local(jobs: list[Job], workers: int, done: Callable[[int, dict[str, Any
     rerun = []
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(run_job, job, None, True): index for index, job in enumerate(jobs)}
         for future in concurrent.futures.as_completed(futures):
             try:
                 done(futures[future], future.result())
@@ -301,7 +285,7 @@ def _run_local(jobs: list[Job], workers: int, done: Callable[[int, dict[str, Any
     for index in sorted(rerun):
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as alone:
             try:
-                done(index, alone.submit(run_job, jobs[index]).result())
+                done(index, alone.submit(run_job, jobs[index], None, True).result())
             except concurrent.futures.process.BrokenProcessPool:
                 done(index, _row(jobs[index], error="the worker process died running this job (crashed or killed)"))
 
@@ -312,8 +296,6 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, done: Callable[
         import ray
     except ImportError as exc:
         raise BackendUnavailableError("--executor ray: ray is not installed (pip install trtforge[fleet])") from exc
-    import logging
-
     started_here = not ray.is_initialized()
     if started_here:
         # No --address and no $RAY_ADDRESS: a new local instance sized to --jobs ("local": never
@@ -356,7 +338,7 @@ def build_matrix(
     executor: str = "local",
     address: str | None = None,
     jobs: int | None = None,
-    log: Log | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BuildMatrixResult:
     """Every (model, target, precision, recipe) job of `manifest` through convert(), in parallel.
 
@@ -381,10 +363,9 @@ def build_matrix(
 
     def done(index: int, row: dict[str, Any]) -> None:
         rows[index] = row
-        finished = sum(r is not None for r in rows)
         seconds = f" ({row['seconds']:.1f} s)" if row.get("seconds") is not None else ""
         error = f": {row['error']}" if row["status"] != "passed" and row.get("error") else ""
-        log(f"[{finished}/{len(matrix)}] {row['job']}: {row['status']}{seconds}{error}")
+        log(f"[{sum(r is not None for r in rows)}/{len(matrix)}] {row['job']}: {row['status']}{seconds}{error}")
 
     if executor == "ray":
         _run_ray(matrix, workers, address, done)

@@ -301,7 +301,13 @@ class _Run:
         backend = get_backend(rec.backend)
         with self.stage("build", f"building the engine ({backend.name}, {rec.precision})") as entry:
             engine = build_engine(
-                backend, opt_path, self.out_dir / "model.engine", config, self.cache, source_label="model.opt.onnx"
+                backend,
+                opt_path,
+                self.out_dir / "model.engine",
+                config,
+                self.cache,
+                source_label="model.opt.onnx",
+                progress=self.log,
             )
             side, network = engine.sidecar, engine.sidecar["network"]
             entry.update(

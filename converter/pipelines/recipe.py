@@ -203,21 +203,20 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a recipe", event.start_mark
-            )
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here", event.start_mark)
         return super().compose_node(parent, index)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """A recipe from YAML/JSON: bounded in size, UTF-8, no aliases, then validated field by field."""
+def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML/JSON mapping from a small config file (`what`: "recipe", "manifest"): bounded in
+    size, UTF-8, no aliases; every problem a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError(f"{path}: no such recipe file")
-    bound = LIMITS["recipe-bytes"]  # a recipe (or a report.json holding one) is kilobytes
+        raise InvalidInputError(f"{path}: no such {what} file")
+    bound = LIMITS["recipe-bytes"]  # a recipe or manifest (or a report.json holding one) is kilobytes
     if path.stat().st_size > bound.value():
         raise InvalidInputError(
-            f"{path}: {path.stat().st_size:,} bytes; a recipe is at most {bound.value():,} ({bound.how_to_raise()})"
+            f"{path}: {path.stat().st_size:,} bytes; a {what} is at most {bound.value():,} ({bound.how_to_raise()})"
         )
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe loader)
@@ -226,5 +225,10 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: a recipe must be a mapping")
-    return Recipe.from_dict(data, str(path))
+        raise InvalidInputError(f"{path}: a {what} must be a mapping")
+    return data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """A recipe from YAML/JSON (load_yaml_mapping's rules), then validated field by field."""
+    return Recipe.from_dict(load_yaml_mapping(path, "recipe"), str(path))

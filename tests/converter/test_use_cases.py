@@ -150,5 +150,6 @@ def test_python_m_converter_cli_lists_every_command():
         "quantize",
         "drop-blocks",
         "doctor",
+        "build-matrix",
     }
     assert expected <= set(commands) and set(main.list_commands(click.Context(main))) == expected
