@@ -56,7 +56,8 @@ def print_quantize(report: dict) -> None:
     mixed = report.get("mixed_precision")
     if mixed:
         console.print(
-            f"budget {mixed['max_drop']}: {mixed['high_precision_layers']} layers kept in high precision, "
+            f"budget {mixed['max_drop']}: {mixed['high_precision_layers']} layers kept in "
+            f"{mixed.get('kept_as', 'high precision')}, "
             f"{mixed['quantized_layers']} quantized; met={mixed['met']} ({mixed['evaluations']} evaluations, "
             f"{mixed['seconds']} s)"
         )
@@ -72,6 +73,13 @@ def print_quantize(report: dict) -> None:
 @choice_option("--calib-method", METHODS, "auto", METHOD_HELP, "method")
 @click.option("--smoothquant", default="auto", show_default=True, metavar="auto|off|ALPHA", help=SMOOTHQUANT_HELP)
 @click.option("--budget", "--max-cosine-drop", "max_cosine_drop", type=FiniteFloat(0.0, 2.0), help=BUDGET_HELP)
+@click.option(
+    "--keep-bits",
+    type=click.Choice(["8", "16"]),
+    default="16",
+    show_default=True,
+    help="With --budget in int4-wo/int2-wo: the layers kept out of 4/2 bits stay float (16) or become int8 weight-only (8).",
+)
 @choice_option("--precision", HIGH_PRECISIONS, "fp32", PRECISION_HELP)
 @click.option("--validate", "validation", type=PATH, help="Validation data (same formats as --calib).")
 @click.option(
@@ -110,7 +118,7 @@ def print_quantize(report: dict) -> None:
 @click.option("--save-report", "report_path", type=PATH, help="Write the JSON report here.")
 @shapes_option
 @output_options(what="report")
-def quantize(model, out, block_size, shapes, as_json, quiet, **options):
+def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **options):
     """Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) with calibrated Q/DQ.
 
     \b
@@ -121,12 +129,14 @@ def quantize(model, out, block_size, shapes, as_json, quiet, **options):
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
       trtforge quantize decoder-lm -o lm.w4.onnx --mode int4-wo --algorithm gptq
+      trtforge quantize decoder-lm -o lm.w4mix.onnx --mode int4-wo --budget 0.002 --keep-bits 8
       trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
     result = api.quantize(
         model,
         out,
         block_size=int(block_size) if block_size else None,
+        keep_bits=int(keep_bits),
         shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
         log=progress_log(quiet or as_json),
         **options,

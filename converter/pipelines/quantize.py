@@ -61,6 +61,7 @@ class QuantizeOptions:
     method: str = "auto"  # activation range observer (METHODS); auto: scored on a calibration subset
     smoothquant: str | float | None = "auto"  # auto | off | an alpha
     max_cosine_drop: float | None = None  # mixed-precision budget
+    keep_bits: int = 16  # 4/2-bit weight-only budget: layers kept out stay float (16) or int8 weight-only (8)
     validation: Data = None
     exclude_ops: list[str] = field(default_factory=list)
     exclude_names: list[str] = field(default_factory=list)
@@ -88,6 +89,10 @@ class QuantizeOptions:
             raise InvalidInputError(f"--algorithm '{self.algorithm}' not in {', '.join(ALGORITHM_CHOICES)}")
         if self.algorithm not in ("rtn", "auto") and self.mode != "int4-wo":
             raise InvalidInputError(f"--algorithm {self.algorithm} is for --mode int4-wo")
+        if self.keep_bits not in (8, 16):
+            raise InvalidInputError(f"--keep-bits {self.keep_bits}: 8 or 16")
+        if self.keep_bits == 8 and (self.mode not in ("int4-wo", "int2-wo") or self.max_cosine_drop is None):
+            raise InvalidInputError("--keep-bits 8 is the int8 tier of --mode int4-wo/int2-wo with --budget")
         if self.precision not in HIGH_PRECISIONS:
             raise InvalidInputError(f"--precision '{self.precision}' not in {', '.join(HIGH_PRECISIONS)}")
         if self.cache_dir and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
@@ -102,6 +107,8 @@ class QuantizeOptions:
         }
         if self.block_size:
             options["block_size"] = self.block_size
+        if self.keep_bits != 16:
+            options["keep_bits"] = self.keep_bits
         if self.mode == "int4-wo" and self.algorithm != "auto":
             options.update(algorithm=self.algorithm, act_order=self.act_order)
         return options
@@ -253,7 +260,10 @@ def _quantize(
     )
     mixed = _mixed_report(records, options)
     if mixed:
-        report["mixed_precision"] = mixed
+        report["mixed_precision"] = {
+            **mixed,
+            "kept_as": "int8 weight-only" if opts.keep_bits == 8 else "high precision",
+        }
     return quantized
 
 

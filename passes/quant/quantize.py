@@ -7,7 +7,8 @@ block_size). Placement follows TensorRT's rules (passes/quant/rules.py), the num
 formats are in passes/quant/formats.py, activation ranges come from calibration/
 (streamed statistics, one observer per `method`, cached by model and data).
 
-Options: mode (int8 | fp8 | int4-wo | int2-wo), algorithm for int4-wo (rtn | awq |
+Options: mode (int8 | fp8 | int4-wo | int2-wo | int8-wo: per-channel int8 weights with
+float activations, W8A16), algorithm for int4-wo (rtn | awq |
 gptq | awq-gptq: round-to-nearest, or calibrated: passes/quant/awq.py,
 passes/quant/gptq.py, AWQ's scales with GPTQ's rounding; act_order for the GPTQ ones,
 on by default: its block scales are fixed up front, so it costs nothing at inference),
@@ -22,6 +23,8 @@ alone on the first `sensitivity_samples` calibration samples
 (calibration/sensitivity.py) and keeps the most sensitive ones in high precision,
 the fewest that bring 1 - mean cosine to the budget; the choice is reported in the
 result's `details["mixed_precision"]` (calibration.sensitivity.MixedPrecision.to_dict()).
+In the 4/2-bit weight-only modes, `keep_bits` says what the kept layers become: float
+(16, the graph's type) or int8 weight-only (8); the search measures that tier, not float.
 """
 
 from __future__ import annotations
@@ -54,10 +57,10 @@ from passes.quant.layerwise import quantize_sequentially
 from passes.quant.rules import Placement, place
 from passes.quant.weight_rounding import Rounding, input_scales
 
-MODES = ("int8", "fp8", "int4-wo", "int2-wo")
+MODES = ("int8", "fp8", "int4-wo", "int2-wo", "int8-wo")
 ALGORITHMS = ("rtn", "awq", "gptq", "awq-gptq")  # int4-wo rounding: round-to-nearest, or calibrated
 METHODS = ("minmax", "percentile", "entropy", "mse")
-WEIGHT_ONLY = ("int4-wo", "int2-wo")
+WEIGHT_ONLY = ("int4-wo", "int2-wo", "int8-wo")  # int8-wo: per-channel int8 weights, float activations (W8A16)
 BLOCK_OPSET = 21
 FP8_OPSET = 19
 FP16_QDQ_OPSET = 19  # QuantizeLinear of float16 activations, with float16 scales
@@ -93,6 +96,7 @@ class Quantize(Pass):
     algorithm: str = "rtn"
     act_order: bool = True
     sequential: bool = True  # calibrated weight-only: layer by layer, on the quantized layers' outputs
+    keep_bits: int = 16  # with max_cosine_drop in int4/int2-wo: layers kept out stay float (16) or int8-wo (8)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -112,6 +116,10 @@ class Quantize(Pass):
             raise ValueError(f"budget_mb must be > 0, got {self.budget_mb}")
         if self.max_cosine_drop is not None and self.max_cosine_drop < 0:
             raise ValueError(f"max_cosine_drop must be >= 0, got {self.max_cosine_drop}")
+        if self.keep_bits not in (8, 16):
+            raise ValueError(f"keep_bits must be 8 or 16, got {self.keep_bits}")
+        if self.keep_bits == 8 and self.mode not in ("int4-wo", "int2-wo"):
+            raise ValueError(f"keep_bits 8 is the int8 tier of a 4/2-bit weight-only budget, not of mode {self.mode}")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
         if self.cache_dir and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
@@ -149,7 +157,7 @@ class Quantize(Pass):
             variant = replace(
                 self, max_cosine_drop=None, include_names=include, exclude_names=list(self.exclude_names) + exclude
             )
-            return variant._quantize(model, ctx)[0]
+            return self._kept_tier(variant._quantize(model, ctx)[0], exclude, ctx)[0]
 
         mixed = choose_high_precision(build, layers, evaluator, float(self.max_cosine_drop))
         if not mixed.kept:
@@ -159,14 +167,26 @@ class Quantize(Pass):
         final, result = replace(
             self, max_cosine_drop=None, exclude_names=list(self.exclude_names) + mixed.kept
         )._quantize(model, ctx)
+        final, tier = self._kept_tier(final, mixed.kept, ctx)
+        if tier is not None:
+            result.details.setdefault("weight_only", {}).update(tier.details.get("weight_only", {}))
+        kept_as = "int8 weight-only" if self.keep_bits == 8 else "high precision"
         result.count("kept_high_precision", n=len(mixed.kept))
         result.notes.append(
-            f"budget {self.max_cosine_drop}: {len(mixed.kept)} of {len(layers)} layers kept in high precision, "
+            f"budget {self.max_cosine_drop}: {len(mixed.kept)} of {len(layers)} layers kept in {kept_as}, "
             f"drop {mixed.score.drop:.5f} (all quantized: {mixed.full_score.drop:.5f}), "
             f"{mixed.evaluations} evaluations"
         )
         result.details["mixed_precision"] = mixed.to_dict()
         return final, result
+
+    def _kept_tier(self, model: onnx.ModelProto, kept: list[str], ctx: PassContext):
+        """With keep_bits 8: the layers the budget kept out of 4/2 bits, as int8 weight-only
+        (per-channel, no data needed); (model, that pass's result or None)."""
+        if self.keep_bits != 8 or not kept:
+            return model, None
+        tier = Quantize(mode="int8-wo", include_names=list(kept), exclude_ops=list(self.exclude_ops))
+        return tier._quantize(model, ctx)
 
     def _quantize(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
@@ -186,7 +206,7 @@ class Quantize(Pass):
             self.quantize_bmm,
             self.residual,
             self.pooling,
-            self.block_size,
+            1 if self.mode == "int8-wo" else self.block_size,  # per-channel: any K
             self.include_names,
         )
         for node_name, why in plan.rejected:
@@ -337,6 +357,13 @@ class Quantize(Pass):
         if self.mode == "int8":
             q, scale = per_channel_int8(w, site.axis, dtype)
             return weight_dq(prefix, q, scale, site.axis)
+        if self.mode == "int8-wo":  # per output channel (as W8A8), not along K as the block formats
+            axis = 1 - site.axis
+            q, scale = per_channel_int8(w, axis, dtype)
+            deq = q.astype(np.float32) * np.expand_dims(scale.astype(np.float32), site.axis)
+            k_first, approx = (w, deq) if site.axis == 0 else (w.T, deq.T)
+            rounding.measure(np.asarray(k_first, np.float32), approx, "rtn", 8, 0)
+            return weight_dq(prefix, q, scale, axis)
         if self.mode == "fp8":
             q, scale = per_channel_fp8(w, site.axis, dtype)
             return weight_dq(prefix, q, scale, site.axis)
