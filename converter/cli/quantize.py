@@ -129,7 +129,6 @@ def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **option
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
       trtforge quantize decoder-lm -o lm.w4.onnx --mode int4-wo --algorithm gptq
-      trtforge quantize decoder-lm -o lm.w4mix.onnx --mode int4-wo --budget 0.002 --keep-bits 8
       trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
     result = api.quantize(
