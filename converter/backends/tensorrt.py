@@ -36,11 +36,19 @@ class TensorRTBackend(NvinferBackend):
         with onnx_for_tensorrt(Path(onnx_path)) as (path, _mode):
             return super().parse(path)
 
-    def build(self, onnx_path: Path, engine_path: Path, config: BuildConfig, verbose: bool = False, source_label=None):
+    def build(
+        self,
+        onnx_path: Path,
+        engine_path: Path,
+        config: BuildConfig,
+        verbose: bool = False,
+        source_label=None,
+        progress=None,
+    ):
         from plugins_cuda.trt_plugins import onnx_for_tensorrt
 
         with onnx_for_tensorrt(Path(onnx_path)) as (path, self.plugin_mode):
-            return super().build(path, engine_path, config, verbose, source_label or str(onnx_path))
+            return super().build(path, engine_path, config, verbose, source_label or str(onnx_path), progress)
 
     def check_config(self, config: BuildConfig) -> None:
         if any(t.lower() not in ("", "current") for t in config.target_gpus):

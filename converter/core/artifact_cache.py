@@ -8,7 +8,9 @@ the recipe, backend and version, targets, profiles); each holds the files and an
 
 - **Lookup** verifies every file against `entry.json`: a truncated or edited entry is
   discarded (the caller rebuilds and stores it again), never served. A hit refreshes the
-  entry's time, which is what eviction orders by (least recently used first).
+  entry's time, which is what eviction orders by (least recently used first). Readers
+  take no lock: an entry evicted by another process between lookup and copy makes the
+  copy fail, which callers treat as a miss (they build).
 - **Store** copies into a scratch folder inside the cache and renames it into place, so
   a reader never sees half an entry; two writers of one key race harmlessly (the first
   rename wins, the second drops its copy). Renames and evictions hold an exclusive
@@ -120,26 +122,33 @@ class ArtifactCache:
         return Lookup(entry, "hit")
 
     def store(self, key: str, files: dict[str, Path], meta: dict[str, Any] | None = None) -> bool:
-        """Copy `files` (name in the entry -> source path) in as entry `key`; False when too large."""
+        """Copy `files` (name in the entry -> source path) in as entry `key`; False when too large, or
+        when the cache cannot take it (a full disk): a cache never fails the build it serves."""
         total = sum(path.stat().st_size for path in files.values())
         if total > self.max_bytes:
             return False
         scratch = self.folder / f".tmp-{uuid.uuid4().hex}"
-        scratch.mkdir()
         try:
-            record = {"format": ENTRY_FORMAT, "created": time.time(), "meta": meta or {}, "files": {}}
-            for name, source in files.items():
-                shutil.copyfile(source, scratch / name)
-                record["files"][name] = {"bytes": source.stat().st_size, "sha256": sha256_file(scratch / name)}
-            (scratch / ENTRY).write_text(json.dumps(record, indent=1))
-            with self._locked():
-                if (self.folder / key).exists():
-                    return True  # another writer published the same key first
-                os.rename(scratch, self.folder / key)
-                self._evict(keep=key)
-            return True
+            return self._store(key, files, meta or {}, scratch)
+        except OSError:
+            return False
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _store(self, key: str, files: dict[str, Path], meta: dict[str, Any], scratch: Path) -> bool:
+        """Copy into `scratch`, then publish it under the lock (the first writer of a key wins)."""
+        scratch.mkdir()
+        record = {"format": ENTRY_FORMAT, "created": time.time(), "meta": meta, "files": {}}
+        for name, source in files.items():
+            shutil.copyfile(source, scratch / name)
+            record["files"][name] = {"bytes": source.stat().st_size, "sha256": sha256_file(scratch / name)}
+        (scratch / ENTRY).write_text(json.dumps(record, indent=1))
+        with self._locked():
+            if (self.folder / key).exists():
+                return True  # another writer published the same key first
+            os.rename(scratch, self.folder / key)
+            self._evict(keep=key)
+        return True
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         found = []

@@ -27,7 +27,21 @@ from converter.core.profiles import ShapeProfile
 
 TASK_WITH_PAST = "text-generation-with-past"
 TASKS = ("default", TASK_WITH_PAST)
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+CACHE_IO_PREFIXES = (PAST_PREFIX, PRESENT_PREFIX)
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
+
+
+def cache_tensor(name: str) -> tuple[str, int, str] | None:
+    """("past" | "present", layer, "key" | "value") for a cache input/output name, else None."""
+    for role, pattern in (("past", _PAST), ("present", _PRESENT)):
+        found = pattern.match(name)
+        if found:
+            return role, int(found.group(1)), found.group(2)
+    return None
+
+
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -154,7 +168,9 @@ def layout_from_inputs(inputs: dict[str, list], dtype_of: dict[str, str]) -> Cac
             f"the graph has cache inputs {sorted(past)[:4]}... but not input_ids and a key and value for "
             f"layers 0..{len(layers) - 1}: not a decoder with a KV cache trtforge can drive"
         )
-    shapes = {tuple(inputs[name][1::2]) for name in past if len(inputs[name]) == 4}
+    if any(len(inputs[name]) != 4 for name in past):
+        raise InvalidInputError("cache inputs past_key_values.*: need rank 4 [batch, kv_heads, past, head_dim]")
+    shapes = {tuple(inputs[name][1::2]) for name in past}
     if len(shapes) != 1 or not all(isinstance(d, int) and d > 0 for d in next(iter(shapes))):
         raise InvalidInputError("cache inputs past_key_values.*: need one static [kv_heads, head_dim] for all layers")
     (kv_heads, head_dim) = next(iter(shapes))

@@ -30,9 +30,12 @@ def _decode(value: object, where: str) -> np.ndarray:
         )
     try:
         raw = base64.b64decode(str(value["array"]).encode(), validate=True)
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (binascii.Error, ValueError, OSError) as exc:
-        raise InvalidInputError(f"{where}: the array does not decode ({exc})") from exc
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"{where}: the array does not decode ({type(exc).__name__})") from exc
+    if not isinstance(array, np.ndarray):  # an .npz archive inside, not one array
+        raise InvalidInputError(f"{where}: holds {type(array).__name__}, not one array")
+    return array
 
 
 def read_inputs(path: Path) -> list[dict[str, np.ndarray]]:

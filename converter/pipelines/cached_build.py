@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from typing import Any
 
 from converter.backends import Backend, BuildConfig, EngineArtifact
 from converter.backends.base import sidecar_path_for
-from converter.core.artifact_cache import ArtifactCache, cache_key, files_digest
+from converter.core.artifact_cache import ArtifactCache, Lookup, cache_key, files_digest
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import atomic_path, atomic_write_text, external_data_files, load_model
 from converter.core.version import __version__
@@ -59,9 +60,31 @@ def open_cache(cache_dir: str | Path | None, enabled: bool | None) -> ArtifactCa
 def engine_key(onnx_path: Path, backend: Backend, config: BuildConfig) -> str:
     settings = dataclasses.asdict(config)
     settings.pop("timing_cache", None)  # where the timing cache lives does not change the engine
+    device = _device(backend) if not config.target_gpus or "current" in config.target_gpus else None
     return cache_key(
-        "engine", files_digest(onnx_files(onnx_path)), backend.name, backend.version(), settings, code_digest()
+        "engine", files_digest(onnx_files(onnx_path)), backend.name, backend.version(), settings, device, code_digest()
     )
+
+
+def _device(backend: Backend) -> Any:
+    """What an engine built for "this machine" depends on: full TensorRT builds for the GPU it runs
+    on (with its plugins); TensorRT-RTX's default targets are fixed, so none."""
+    if backend.name != "tensorrt":
+        return None
+    from converter.core.gpu import gpu_devices
+
+    return {"gpus": gpu_devices(), "plugins": backend.supports_plugins}
+
+
+def _versions() -> dict[str, str | None]:
+    """The libraries an export and its checks depend on (read from their metadata, nothing imported)."""
+    found: dict[str, str | None] = {}
+    for name in ("torch", "onnx", "onnxruntime", "transformers", "onnxscript"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def build_engine(
@@ -78,13 +101,16 @@ def build_engine(
     key = engine_key(onnx_path, backend, config)
     found = cache.lookup(key)
     if found.path is not None:
-        with atomic_path(engine_path) as tmp:
-            shutil.copyfile(found.path / "engine", tmp)
-        sidecar = json.loads((found.path / "sidecar.json").read_text())
-        label = build_options.get("source_label")
-        sidecar.update(cache="hit", cache_key=key, source_onnx=label or str(onnx_path))
-        atomic_write_text(sidecar_path_for(engine_path), json.dumps(sidecar, indent=1))
-        return EngineArtifact(path=engine_path, sidecar=sidecar)
+        try:
+            sidecar = json.loads((found.path / "sidecar.json").read_text())
+            with atomic_path(engine_path) as tmp:
+                shutil.copyfile(found.path / "engine", tmp)
+            label = build_options.get("source_label")
+            sidecar.update(cache="hit", cache_key=key, source_onnx=label or str(onnx_path))
+            atomic_write_text(sidecar_path_for(engine_path), json.dumps(sidecar, indent=1))
+            return EngineArtifact(path=engine_path, sidecar=sidecar)
+        except OSError:  # evicted by another process between the lookup and the copy: build it
+            found = Lookup(None, "miss")
     artifact = backend.build(onnx_path, engine_path, config, **build_options)
     artifact.sidecar.update(cache=found.status, cache_key=key)  # miss, or a corrupt entry replaced
     atomic_write_text(artifact.sidecar_path, json.dumps(artifact.sidecar, indent=1))
@@ -92,7 +118,9 @@ def build_engine(
     return artifact
 
 
-def conversion_key(ref: ModelRef, recipe: dict, task: str | None, inputs: str | Path | None, backend: Backend):
+def conversion_key(
+    ref: ModelRef, recipe: dict, task: str | None, inputs: str | Path | None, backend: Backend, trust: bool = False
+):
     """The key of a whole conversion, or None when the model has no identity before it runs."""
     if ref.path is not None:
         model = files_digest(onnx_files(ref.path))
@@ -103,8 +131,24 @@ def conversion_key(ref: ModelRef, recipe: dict, task: str | None, inputs: str | 
             return None
     else:
         return None
+    if inputs and not Path(inputs).is_file():
+        return None  # the run itself says what is wrong with it
     given = files_digest([Path(inputs)]) if inputs else None
-    return cache_key("convert", model, recipe, task, given, backend.name, backend.version(), code_digest())
+    runs_engines = backend.can_run()[0]  # whether the report could check the engine here
+    return cache_key(
+        "convert",
+        model,
+        recipe,
+        task,
+        given,
+        trust,
+        backend.name,
+        backend.version(),
+        runs_engines,
+        _device(backend),
+        _versions(),
+        code_digest(),
+    )
 
 
 @dataclasses.dataclass
@@ -117,10 +161,12 @@ class ConversionLookup:
     entry: Path | None = None
 
     @classmethod
-    def find(cls, cache: ArtifactCache | None, ref: ModelRef, recipe: dict, task, inputs, backend: Backend):
+    def find(
+        cls, cache: ArtifactCache | None, ref: ModelRef, recipe: dict, task, inputs, backend: Backend, trust=False
+    ):
         if cache is None:
             return cls(None)
-        key = conversion_key(ref, recipe, task or "default", inputs, backend)
+        key = conversion_key(ref, recipe, task or "default", inputs, backend, trust)
         if key is None:
             return cls(cache, None, "uncacheable")
         found = cache.lookup(key)
@@ -138,24 +184,32 @@ class ConversionLookup:
             entry["key"] = self.key
         return entry
 
-    def restore(self, stage: Path) -> dict[str, Any]:
-        """The entry's files into `stage`; its report, saying where it came from."""
-        for item in self.entry.iterdir():
-            if item.name != "entry.json":
-                shutil.copyfile(item, stage / item.name)
-        report = json.loads((stage / "report.json").read_text())
+    def restore(self, stage: Path) -> dict[str, Any] | None:
+        """The entry's files into `stage` and its report, saying where it came from; None (and
+        `stage` emptied) when another process evicted the entry meanwhile: then the run happens."""
+        try:
+            for item in self.entry.iterdir():
+                if item.name != "entry.json":
+                    shutil.copyfile(item, stage / item.name)
+            report = json.loads((stage / "report.json").read_text())
+        except OSError:
+            for item in stage.iterdir():
+                item.unlink()
+            self.status, self.entry = "miss", None
+            return None
         report["cache"] = {**self.report(), "first_run_wall_seconds": report.get("wall_seconds")}
         report["cache"]["first_run_stages"] = report.get("stages", {})
         report["stages"] = {"cache": {"summary": f"hit: the outputs of an identical run ({self.key[:12]})"}}
         return report
 
-    def remember(self, out_dir: Path, names: tuple[str, ...]) -> None:
-        """Store the published outputs (and their external data) under the key."""
+    def remember(self, stage: Path, names: tuple[str, ...]) -> None:
+        """Store this run's outputs (and their external data) under the key, from the staging
+        folder: the output folder may also hold an older run's files."""
         if self.cache is None or self.key is None or self.hit:
             return
         files = {}
         for name in names:
-            for candidate in (out_dir / name, out_dir / f"{name}.data"):
+            for candidate in (stage / name, stage / f"{name}.data"):
                 if candidate.is_file():
                     files[candidate.name] = candidate
-        self.cache.store(self.key, files, {"out": str(out_dir)})
+        self.cache.store(self.key, files)

@@ -124,12 +124,14 @@ def convert(
         raise InvalidInputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     # A failure or a signal leaves the output folder (and any input inside it) exactly as it
     # was: every file, the reports included, is written into the staging folder first.
-    cache = open_cache(cache_dir, use_cache)
-    cached = ConversionLookup.find(cache, ref, rec.to_dict(), task, inputs, get_backend(rec.backend))
     try:
-        if cached.hit:
+        cache = open_cache(cache_dir, use_cache)
+        backend_used = get_backend(rec.backend)
+        cached = ConversionLookup.find(cache, ref, rec.to_dict(), task, inputs, backend_used, trust_model_code)
+        restored = cached.restore(stage) if cached.hit else None
+        if restored is not None:
             log("cache hit: copying the outputs of an identical earlier run")
-            result = ConvertResult(report=cached.restore(stage), out_dir=stage)
+            result = ConvertResult(report=restored, out_dir=stage)
         else:
             run = _Run(ref, rec, stage, log, trust_model_code, cache)
             run.report["stages"]["load"] = load_stage
@@ -145,8 +147,8 @@ def convert(
         }
         result.report["wall_seconds"] = round(time.perf_counter() - started, 3)
         write_report(result.report, stage / "report.json")
+        cached.remember(stage, CONVERT_OUTPUTS)
         publish(stage, out_dir)
-        cached.remember(out_dir, CONVERT_OUTPUTS)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return result

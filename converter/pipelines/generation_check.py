@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx
 
 from converter.core.kv_cache import CacheLayout, layout_from_inputs
@@ -23,7 +24,7 @@ from converter.core.profiles import ShapeProfile
 from converter.demos.with_past import prompt_tokens
 from converter.pipelines.model_ref import ModelRef
 from converter.verification.compare import Runner, TorchRunner
-from converter.verification.generation import GenerationCheck, compare_generations, greedy
+from converter.verification.generation import Generation, GenerationCheck, compare_generations, greedy
 
 # What the default recipe adds for a decoder with a KV cache: Attention (opset 23, TensorRT
 # >= 10.14 and TensorRT-RTX) with the cache concatenated outside it, RMSNorm and rotary fused.
@@ -87,14 +88,26 @@ def generation_checks(
     """Each candidate's greedy generation (prefill, then decode with its own cache) against the reference's.
 
     The prompts are held-out real text (converter/demos/decoder_lm.py's split), as long
-    as the cache leaves room for `steps` tokens (at most 64)."""
-    length = max(1, min(64, layout.max_length - steps))
+    as the prefill profile and the cache leave room for (at most 64), run in batches the
+    engine's profiles hold."""
+    length = max(1, min(64, layout.max_prompt, layout.max_length - steps))
     tokens = prompt_tokens(prompts, length, vocab)
-    expected = greedy(reference, layout, tokens, steps)
+    expected = _in_batches(reference, layout, tokens, steps)
     return [
-        compare_generations(expected, greedy(runner, layout, tokens, steps), (reference.name, runner.name), length)
+        compare_generations(expected, _in_batches(runner, layout, tokens, steps), (reference.name, runner.name), length)
         for runner in candidates
     ]
+
+
+def _in_batches(runner: Runner, layout: CacheLayout, tokens, steps: int) -> Generation:
+    """greedy() over the prompts in batches the engine's profiles hold (at most layout.max_batch)."""
+    parts = [
+        greedy(runner, layout, tokens[i : i + layout.max_batch], steps) for i in range(0, len(tokens), layout.max_batch)
+    ]
+    return Generation(
+        np.concatenate([p.tokens for p in parts]),
+        [np.concatenate(step) for step in zip(*(p.logits for p in parts), strict=True)],
+    )
 
 
 def torch_reference(spec: ModelSpec) -> Runner:

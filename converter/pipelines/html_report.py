@@ -151,7 +151,7 @@ def _generation(report: dict[str, Any]) -> list[str]:
             c["steps"],
             "yes" if c["identical"] else "no",
             c["agreement_per_step"][-1],
-            next((s for s in c["first_divergent_step"] if s is not None), None),
+            min((s for s in c["first_divergent_step"] if s is not None), default=None),
             max((e for e in c["max_logits_error_per_step"] if e is not None), default=None),
         ]
         for c in generation["checks"]

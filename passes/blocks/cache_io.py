@@ -1,10 +1,10 @@
 """A decoder's KV cache after blocks were removed: the dead layers' cache I/O goes, the rest is renumbered.
 
 Removing an attention sub-layer (or its block) from a graph exported with its cache
-(converter/core/kv_cache.py) leaves `present.{i}.key/value` computed for nothing but the
-output: the layer's K/V projections and the Concat with its past still run, and a
+(converter/core/kv_cache.py) leaves `present.{i}.key/value` computed for nothing but those
+outputs: the layer's K/V projections and the Concat with its past still run, and a
 runtime still allocates, feeds and carries that layer's cache every step. So a layer
-whose present key and value are read by no node has its `past_key_values.{i}.*` input,
+whose past key and value no output but the cache needs (not the logits) has its `past_key_values.{i}.*` input,
 its `present.{i}.*` output and everything that only fed them removed, and the remaining
 layers are renumbered 0..n-1: runtimes (onnxruntime-genai, Optimum, our generation
 check) loop over `past_key_values.{i}` for i below the layer count, so a gap would break
@@ -15,30 +15,27 @@ them. The metadata's layout (`trtforge.kv_cache`) gets the new count and `renumb
 from __future__ import annotations
 
 import json
-import re
 
 import onnx
 
+from converter.core.kv_cache import cache_tensor
 from converter.core.metadata import KV_CACHE, read_metadata, write_metadata
-from passes.blocks.liveness import keep_live
-
-_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-
-
-def _readers(graph: onnx.GraphProto) -> set[str]:
-    return {name for node in graph.node for name in node.input if name}
+from passes.blocks.liveness import keep_live, live
 
 
 def dead_cache_layers(graph: onnx.GraphProto) -> list[int]:
-    """Layers whose present key and value are graph outputs that no node reads."""
-    read = _readers(graph)
-    presents: dict[int, set[str]] = {}
-    for output in graph.output:
-        found = _PRESENT.match(output.name)
-        if found and output.name not in read:
-            presents.setdefault(int(found.group(1)), set()).add(found.group(2))
-    return sorted(layer for layer, kinds in presents.items() if kinds == {"key", "value"})
+    """Layers whose past key and value nothing but the cache outputs needs: no output besides
+    `present.*` (the logits) depends on them, so the layer's attention is gone."""
+    roots = [o.name for o in graph.output if (cache_tensor(o.name) or ("",))[0] != "present"]
+    _, needed = live(graph, roots=roots)
+    inputs = {i.name for i in graph.input}
+    layers = {found[1] for o in graph.output if (found := cache_tensor(o.name)) and found[0] == "present"}
+    return sorted(
+        layer
+        for layer in layers
+        if all(f"past_key_values.{layer}.{kind}" in inputs for kind in ("key", "value"))
+        and not any(f"past_key_values.{layer}.{kind}" in needed for kind in ("key", "value"))
+    )
 
 
 def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
@@ -64,10 +61,10 @@ def prune_cache(model: onnx.ModelProto) -> dict[str, str]:
     del graph.output[:]
     graph.output.extend(outputs)
     used = keep_live(graph)
-    inputs = [i for i in graph.input if not (_PAST.match(i.name) and i.name not in used)]
+    inputs = [i for i in graph.input if not ((cache_tensor(i.name) or ("",))[0] == "past" and i.name not in used)]
     del graph.input[:]
     graph.input.extend(inputs)
-    layers = sorted({int(m.group(1)) for o in graph.output if (m := _PRESENT.match(o.name))})
+    layers = sorted({found[1] for o in graph.output if (found := cache_tensor(o.name)) and found[0] == "present"})
     order = {old: new for new, old in enumerate(layers)}
     names = {}
     for old, new in order.items():

@@ -19,13 +19,16 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def live(graph: onnx.GraphProto, subst: dict[str, str] | None = None) -> tuple[set[int], set[str]]:
-    """(live node indices, live tensor names) when readers see `subst` in place of the replaced tensors."""
+def live(
+    graph: onnx.GraphProto, subst: dict[str, str] | None = None, roots: list[str] | None = None
+) -> tuple[set[int], set[str]]:
+    """(live node indices, live tensor names) when readers see `subst` in place of the replaced tensors;
+    live = needed by `roots` (default: every graph output)."""
     subst = subst or {}
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
     nodes: set[int] = set()
     tensors: set[str] = set()
-    stack = [subst.get(o.name, o.name) for o in graph.output]
+    stack = [subst.get(name, name) for name in (roots if roots is not None else [o.name for o in graph.output])]
     while stack:
         t = stack.pop()
         if t in tensors:

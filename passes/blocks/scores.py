@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from converter.core.kv_cache import PRESENT_PREFIX
 from converter.core.metadata import TASK, metadata_value
 from passes.blocks.discovery import BlockGraph
 from passes.blocks.liveness import live
@@ -95,7 +96,7 @@ class OutputMetrics:
     def add(self, out: dict[str, np.ndarray], ref: dict[str, np.ndarray], feeds: Feeds) -> None:
         # a decoder's KV cache (present.*) is state, not a result: removing a layer removes its
         # cache outputs and renumbers the rest (cache_io.py); the logits judge the model
-        judged = [n for n in ref if not n.startswith("present.")]
+        judged = [n for n in ref if not n.startswith(PRESENT_PREFIX)]
         cos = np.mean([_row_cosine(ref[n], out[n]) for n in judged], axis=0)
         self.cos_sum += float(cos.sum())
         self.cos_min = min(self.cos_min, float(cos.min()))

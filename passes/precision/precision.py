@@ -18,8 +18,8 @@ What it does:
   a note reports what stayed in float32;
 - with `keep_io_types` (the default) the model's float32 inputs and outputs stay
   float32, with a Cast just inside each; otherwise the interface changes too. A KV
-  cache (`past_key_values.*` in, `present.*` out) takes the target type either way,
-  unless `cache_io_fp32`: the cache is a decode step's largest memory traffic, and a
+  cache (`past_key_values.*` in, `present.*` out) takes the target type whatever
+  `keep_io_types` says, unless `cache_io_fp32`: the cache is a decode step's largest memory traffic, and a
   runtime allocates it in the type the engine declares.
 Running it again on its own output changes nothing: the boundary and fence Casts it
 added are recognised. Intermediate types are dropped and re-inferred.
@@ -33,12 +33,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from converter.core.kv_cache import CACHE_IO_PREFIXES
 from passes.base import Pass, PassContext, PassResult
 from passes.graph_utils import FreshNames, redirect
 from passes.precision.policy import apply_policy
 
 _ONNX_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
-CACHE_IO_PREFIXES = ("past_key_values.", "present.")  # converter/core/kv_cache.py's (and Optimum's) names
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 # (op, input index) pairs whose float input must stay float32 whatever T is.
@@ -186,10 +186,11 @@ class Precision(Pass):
                 result.count("constants_converted", node.name)
 
     def _fp32_io(self, tensor: gs.Tensor) -> bool:
-        """Whether a float32 graph input/output keeps its type (a KV cache tensor takes the target's)."""
-        if not self.keep_io_types:
-            return False
-        return self.cache_io_fp32 or not tensor.name.startswith(CACHE_IO_PREFIXES)
+        """Whether a float32 graph input/output keeps its type: a KV cache tensor as `cache_io_fp32`
+        says, any other as `keep_io_types` says."""
+        if tensor.name.startswith(CACHE_IO_PREFIXES):
+            return self.cache_io_fp32
+        return self.keep_io_types
 
     def _fence_kept_nodes(self, graph: gs.Graph, result: PassResult) -> None:
         """Cast float inputs of float32-kept nodes up, and their outputs back down (once)."""

@@ -109,3 +109,17 @@ def test_an_identical_conversion_is_copied_from_the_cache(tiny_copy, tmp_path):
     assert (tmp_path / "two" / "model.engine").read_bytes() == (tmp_path / "one" / "model.engine").read_bytes()
     again = api.convert(str(tiny_copy), tmp_path / "three", precision="fp16", **options)
     assert again.report["cache"]["status"] == "miss"  # another recipe is another key
+
+
+def test_the_cache_stores_this_runs_files_only_and_bad_inputs_are_input_errors(tiny_copy, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from converter.core.errors import InvalidInputError
+
+    options = {"target_gpus": ["sm86"], "cache_dir": tmp_path / "cache", "use_cache": True}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "model.onnx.data").write_bytes(b"an older run's weights")
+    api.convert(str(tiny_copy), tmp_path / "one", **options)
+    api.convert(str(tiny_copy), tmp_path / "two", **options)
+    assert not (tmp_path / "two" / "model.onnx.data").exists()  # not this run's: never cached
+    with pytest.raises(InvalidInputError):
+        api.convert(str(tiny_copy), tmp_path / "three", inputs=tmp_path, **options)  # a folder

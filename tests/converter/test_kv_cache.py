@@ -287,3 +287,15 @@ def test_inputs_the_graph_cannot_compute_are_a_one_line_input_error(decoder_onnx
     feeds.update(attention_mask=np.ones((1, 2), np.int64), position_ids=np.zeros((1, 4), np.int64))
     with pytest.raises(InvalidInputError, match="onnxruntime failed on inputs"):
         OnnxRunner(decoder_onnx).run(feeds)
+
+
+def test_live_layers_keep_their_cache_when_a_cast_sits_before_the_output(decoder_onnx):
+    """fp16 with fp32 cache I/O puts a Cast between the cache and present.*: still live."""
+    from passes.blocks.cache_io import prune_cache
+    from passes.manager import PassSpec, run_passes
+
+    spec = PassSpec("precision", {"target": "fp16", "cache_io_fp32": True, "keep_io_types": False})
+    model, _ = run_passes(onnx.load(str(decoder_onnx)), [spec], PassContext(opset=17))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+    assert types["past_key_values.0.key"] == onnx.TensorProto.FLOAT  # cache_io_fp32 wins over keep_io_types
+    assert prune_cache(model) == {} and len(model.graph.output) == 17

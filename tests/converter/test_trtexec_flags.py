@@ -108,3 +108,19 @@ def test_build_options_are_recorded_or_refused_with_the_reason(tmp_path):
         strip = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "c.engine"), "--strip-weights"])
         assert strip.exit_code == ExitCode.UNSUPPORTED and "only with a GPU" in strip.output
         assert not (tmp_path / "c.engine").exists()
+
+
+def test_a_polygraphy_file_with_an_empty_or_archived_array_is_an_input_error(tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+
+    from converter.pipelines.sample_inputs import load_inputs_file
+
+    buffer = io.BytesIO()
+    np.savez(buffer, a=np.zeros(2))
+    for payload in ("", base64.b64encode(buffer.getvalue()).decode()):
+        (tmp_path / "in.json").write_text(json.dumps([{"x": {"array": payload, "polygraphy_class": "ndarray"}}]))
+        with pytest.raises(InvalidInputError, match="input 'x'"):
+            load_inputs_file(tmp_path / "in.json")
