@@ -9,6 +9,7 @@ Two implementations share one nvinfer code path (backends/nvinfer.py):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,6 +149,13 @@ def load_sidecar(engine_path: str | Path) -> tuple[dict[str, Any] | None, str]:
     if data["engine_bytes"] != Path(engine_path).stat().st_size or data["engine_sha256"] != sha256_file(engine_path):
         return None, f"sidecar {path.name} describes another engine (size/sha256 differ): ignored"
     return data, ""
+
+
+def short_message(text: str) -> str:
+    """First informative line of a TensorRT message, without source-location noise."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[-1] if lines else str(text)
+    return re.sub(r"\s*\(?In \w+ at [^)]*\)?", "", line).strip()
 
 
 class Backend(Protocol):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,12 @@ from converter.backends.base import (
     LayerInfo,
     NetworkSummary,
     ShapeProfile,
+    short_message,
     sidecar_path_for,
 )
-from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
+from converter.backends.build_settings import allow_decomposed_attention, progress_monitor, set_options
+from converter.backends.engine_runtime import inspect_engine, run_engine
+from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError
 from converter.core.gpu import gpu_status
 from converter.core.model_io import atomic_path, atomic_write_text, sha256_file
 
@@ -55,13 +57,6 @@ def make_logger(trt: ModuleType, verbose: bool = False):
     return CollectingLogger()
 
 
-def _short(text: str) -> str:
-    """First informative line of a TensorRT message, without source-location noise."""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    line = lines[-1] if lines else str(text)
-    return re.sub(r"\s*\(?In \w+ at [^)]*\)?", "", line).strip()
-
-
 def parse_onnx(trt: ModuleType, onnx_path: Path, logger, strongly_typed: bool = True):
     """Parse an ONNX file into a network definition; raise BuildError naming the failing node."""
     builder = trt.Builder(logger)
@@ -72,11 +67,13 @@ def parse_onnx(trt: ModuleType, onnx_path: Path, logger, strongly_typed: bool = 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         if parser.num_errors == 0:
-            raise BuildError(f"{onnx_path}: the TensorRT ONNX parser failed: {_short(' '.join(logger.errors()))}")
+            raise BuildError(
+                f"{onnx_path}: the TensorRT ONNX parser failed: {short_message(' '.join(logger.errors()))}"
+            )
         err = parser.get_error(0)
         op = err.node_operator()
         where = f"node '{err.node_name()}' ({op})" if err.node_name() or op else "graph"
-        desc = _short(err.desc())
+        desc = short_message(err.desc())
         if "Plugin not found" in desc:
             desc = f"no importer or plugin for op '{op}'"
         elif desc in ("", "false", "0") or str(err.code()).endswith("UNSUPPORTED_NODE"):
@@ -125,34 +122,6 @@ def summarize(network) -> NetworkSummary:
         tensor_dtypes=tensor_dtypes,
         layers=layers,
     )
-
-
-def progress_monitor(trt: ModuleType, report):
-    """TensorRT's IProgressMonitor as lines through `report`: each top-level phase's start and
-    end, and its steps at every tenth (a build of a large model sits minutes in one phase)."""
-
-    class Monitor(trt.IProgressMonitor):
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-            self.steps: dict[str, int] = {}
-            self.started: dict[str, float] = {}
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            if parent_phase is None:
-                self.steps[phase_name], self.started[phase_name] = num_steps, time.perf_counter()
-                report(f"engine build: {phase_name} ({num_steps} steps)")
-
-        def step_complete(self, phase_name, step):
-            total = self.steps.get(phase_name)
-            if total and total >= 10 and (step + 1) % max(1, total // 10) == 0:
-                report(f"engine build: {phase_name} {step + 1}/{total}")
-            return True  # never cancel
-
-        def phase_finish(self, phase_name):
-            if phase_name in self.started:
-                report(f"engine build: {phase_name} done in {time.perf_counter() - self.started.pop(phase_name):.1f} s")
-
-    return Monitor()
 
 
 def _example(dims: list[int], value: int) -> str:
@@ -208,51 +177,8 @@ def builder_error(onnx_path: Path, messages: list[str]) -> BuildError:
     text = " | ".join(messages) if messages else "the builder returned no engine and logged no error"
     for name in _node_names(onnx_path):
         if name in text:
-            return BuildError(f"{onnx_path.name}: node '{name}': {_short(messages[-1] if messages else text)}")
-    return BuildError(f"{onnx_path.name}: engine build failed: {_short(messages[-1] if messages else text)}")
-
-
-def allow_decomposed_attention(trt: ModuleType, network) -> int:
-    """Let every fp32 attention fall back to its decomposed form; returns how many.
-
-    TensorRT's fused attention kernels take fp16/bf16 (and fp8): an fp32 ATTENTION pair
-    otherwise fails the build with "not supported by a dedicated kernel". The flag only
-    permits the fallback: an attention that has a kernel still gets it.
-    """
-    count = 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type != trt.LayerType.ATTENTION_INPUT:
-            continue
-        layer.__class__ = trt.IAttentionInputLayer  # get_layer returns the base class
-        attention = layer.attention
-        if attention.get_input(0).dtype == trt.DataType.FLOAT and not attention.decomposable:
-            attention.decomposable = True
-            count += 1
-    return count
-
-
-_OPTION_FLAGS = {  # BuildConfig field -> the builder flags it sets
-    "strip_weights": ("STRIP_PLAN", "REFIT_IDENTICAL"),
-    "refittable": ("REFIT",),
-    "version_compatible": ("VERSION_COMPATIBLE",),
-}
-
-
-def _set_options(trt: ModuleType, builder_config, config: BuildConfig) -> None:
-    """The build options a flag or attribute expresses; one this TensorRT lacks is an UnsupportedError."""
-    for option, flags in _OPTION_FLAGS.items():
-        if not getattr(config, option):
-            continue
-        for flag in flags:
-            if not hasattr(trt.BuilderFlag, flag):
-                raise UnsupportedError(f"{option.replace('_', '-')}: {trt.__name__} {trt.__version__} has no {flag}")
-            builder_config.set_flag(getattr(trt.BuilderFlag, flag))
-    if config.hardware_compatible:
-        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), "AMPERE_PLUS", None)
-        if level is None:
-            raise UnsupportedError(f"hardware-compatible: {trt.__name__} {trt.__version__} has no AMPERE_PLUS level")
-        builder_config.hardware_compatibility_level = level
+            return BuildError(f"{onnx_path.name}: node '{name}': {short_message(messages[-1] if messages else text)}")
+    return BuildError(f"{onnx_path.name}: engine build failed: {short_message(messages[-1] if messages else text)}")
 
 
 def build_serialized(
@@ -280,7 +206,7 @@ def build_serialized(
         summary.attention_decomposable = allow_decomposed_attention(trt, network)
     if config.workspace_mb:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
-    _set_options(trt, builder_config, config)
+    set_options(trt, builder_config, config)
     if config.builder_optimization_level is not None:
         builder_config.builder_optimization_level = config.builder_optimization_level
     if configure is not None:
@@ -291,84 +217,6 @@ def build_serialized(
     if serialized is None:
         raise builder_error(onnx_path, logger.errors())
     return bytes(memoryview(serialized)), summary, profiles, seconds
-
-
-def _profile_for(trt: ModuleType, engine, feeds: dict[str, np.ndarray]) -> int:
-    """The first optimization profile whose ranges hold every fed shape (a cache model's
-    engine has a prefill and a decode profile); 0 when none does (set_input_shape then says why)."""
-    inputs = [
-        engine.get_tensor_name(i)
-        for i in range(engine.num_io_tensors)
-        if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT
-    ]
-    for index in range(engine.num_optimization_profiles):
-        ranges = {name: engine.get_tensor_profile_shape(name, index) for name in inputs if name in feeds}
-        if all(
-            all(lo <= d <= hi for lo, d, hi in zip(low, feeds[name].shape, high, strict=False))
-            for name, (low, _opt, high) in ranges.items()
-        ):
-            return index
-    return 0
-
-
-def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray], logger) -> dict[str, np.ndarray]:
-    """Execute an engine on the GPU through torch CUDA tensors (GPU machines only).
-
-    Not exercised in CI (no GPU there); kept small and on the documented
-    TensorRT 10 tensor-address API so both runtimes share it.
-    """
-    import torch  # torch is the CUDA memory manager here; only imported on GPU machines
-
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise BuildError(f"engine could not be deserialized: {_short(' '.join(logger.errors()))}")
-    context = engine.create_execution_context()
-    stream = torch.cuda.current_stream()
-    profile = _profile_for(trt, engine, feeds)
-    if profile:
-        context.set_optimization_profile_async(profile, stream.cuda_stream)
-    keep: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    for index in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(index)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            if name not in feeds:
-                raise InvalidInputError(f"engine input '{name}' missing from the feeds")
-            wanted = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=wanted)).cuda()
-            if not context.set_input_shape(name, tuple(tensor.shape)):
-                raise InvalidInputError(
-                    f"engine input '{name}': shape {list(tensor.shape)} is outside the engine's optimization profile"
-                )
-            keep[name] = tensor
-            context.set_tensor_address(name, tensor.data_ptr())
-    for index in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(index)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            shape = tuple(context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise UnsupportedError(
-                    f"engine output '{name}' has a data-dependent shape {list(shape)}: not supported"
-                )
-            dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
-            context.set_tensor_address(name, outputs[name].data_ptr())
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise BuildError(f"engine execution failed: {_short(' '.join(logger.errors()))}")
-    stream.synchronize()
-    return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
-
-
-def inspect_engine(trt: ModuleType, engine_bytes: bytes, logger) -> dict[str, Any]:
-    """Per-layer information from the engine inspector (needs a GPU to deserialize)."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise BuildError(f"engine could not be deserialized: {_short(' '.join(logger.errors()))}")
-    inspector = engine.create_engine_inspector()
-    text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    return json.loads(text)
 
 
 class NvinferBackend:

@@ -36,19 +36,13 @@ class TensorRTBackend(NvinferBackend):
         with onnx_for_tensorrt(Path(onnx_path)) as (path, _mode):
             return super().parse(path)
 
-    def build(
-        self,
-        onnx_path: Path,
-        engine_path: Path,
-        config: BuildConfig,
-        verbose: bool = False,
-        source_label=None,
-        progress=None,
-    ):
+    def build(self, onnx_path: Path, engine_path: Path, config: BuildConfig, **options: Any):
+        """NvinferBackend.build on the graph with its custom ops mapped to plugins (or kept inlined)."""
         from plugins_cuda.trt_plugins import onnx_for_tensorrt
 
+        options["source_label"] = options.get("source_label") or str(onnx_path)
         with onnx_for_tensorrt(Path(onnx_path)) as (path, self.plugin_mode):
-            return super().build(path, engine_path, config, verbose, source_label or str(onnx_path), progress)
+            return super().build(path, engine_path, config, **options)
 
     def check_config(self, config: BuildConfig) -> None:
         if any(t.lower() not in ("", "current") for t in config.target_gpus):

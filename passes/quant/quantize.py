@@ -116,10 +116,8 @@ class Quantize(Pass):
             raise ValueError(f"budget_mb must be > 0, got {self.budget_mb}")
         if self.max_cosine_drop is not None and self.max_cosine_drop < 0:
             raise ValueError(f"max_cosine_drop must be >= 0, got {self.max_cosine_drop}")
-        if self.keep_bits not in (8, 16):
-            raise ValueError(f"keep_bits must be 8 or 16, got {self.keep_bits}")
-        if self.keep_bits == 8 and self.mode not in ("int4-wo", "int2-wo"):
-            raise ValueError(f"keep_bits 8 is the int8 tier of a 4/2-bit weight-only budget, not of mode {self.mode}")
+        if self.keep_bits not in (8, 16) or (self.keep_bits == 8 and self.mode not in ("int4-wo", "int2-wo")):
+            raise ValueError(f"keep_bits {self.keep_bits}: 16, or 8 (the int8 tier of mode int4-wo/int2-wo)")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
         if self.cache_dir and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
@@ -181,8 +179,7 @@ class Quantize(Pass):
         return final, result
 
     def _kept_tier(self, model: onnx.ModelProto, kept: list[str], ctx: PassContext):
-        """With keep_bits 8: the layers the budget kept out of 4/2 bits, as int8 weight-only
-        (per-channel, no data needed); (model, that pass's result or None)."""
+        """keep_bits 8: the kept layers as int8 weight-only (no data needed); (model, its result or None)."""
         if self.keep_bits != 8 or not kept:
             return model, None
         tier = Quantize(mode="int8-wo", include_names=list(kept), exclude_ops=list(self.exclude_ops))
