@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from converter.core.model_io import sha256_file
+from converter.core.model_io import atomic_write_text, sha256_file
 from converter.core.profiles import ShapeProfile
 
 SIDECAR_SUFFIX = ".json"
@@ -87,6 +87,11 @@ class EngineArtifact:
 def sidecar_path_for(engine_path: str | Path) -> Path:
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(engine_path: str | Path, sidecar: dict[str, Any]) -> Path:
+    """The engine's sidecar, written atomically beside it."""
+    return atomic_write_text(sidecar_path_for(engine_path), json.dumps(sidecar, indent=1))
 
 
 SIDECAR_FORMAT = "trtforge-engine-sidecar/1"

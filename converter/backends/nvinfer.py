@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +27,13 @@ from converter.backends.base import (
     NetworkSummary,
     ShapeProfile,
     short_message,
-    sidecar_path_for,
+    write_sidecar,
 )
 from converter.backends.build_settings import allow_decomposed_attention, progress_monitor, set_options
 from converter.backends.engine_runtime import inspect_engine, run_engine
 from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError
 from converter.core.gpu import gpu_status
-from converter.core.model_io import atomic_path, atomic_write_text, sha256_file
+from converter.core.model_io import atomic_path, sha256_file
 
 
 def make_logger(trt: ModuleType, verbose: bool = False):
@@ -310,7 +309,7 @@ class NvinferBackend:
             **facts,
             "network": summary.to_dict(),
         }
-        atomic_write_text(sidecar_path_for(engine_path), json.dumps(sidecar, indent=1))
+        write_sidecar(engine_path, sidecar)
         return EngineArtifact(path=engine_path, sidecar=sidecar)
 
     def can_run(self) -> tuple[bool, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from converter.backends import BuildConfig, EngineArtifact, ShapeProfile, get_backend
+from converter.backends.base import write_sidecar
 from converter.core.errors import InvalidInputError
-from converter.core.model_io import atomic_write_text, load_model, opset_of, save_model, weights_precision
+from converter.core.model_io import load_model, opset_of, save_model, weights_precision
 from converter.core.outputs import Outputs
 from converter.pipelines.cached_build import build_engine, open_cache
-from converter.pipelines.generation_check import cache_layout, engine_profiles
+from converter.pipelines.generation_check import engine_shapes
 from converter.pipelines.model_ref import default_profiles
 from passes.base import PassContext
 from passes.manager import PassSpec, run_passes
@@ -69,8 +69,7 @@ def build(
     graph = load_model(onnx_path, load_weights=False)  # one-line error for a broken/missing file
     convert_to = precision if precision in ("fp16", "bf16") and weights_precision(graph) == "fp32" else None
     config = BuildConfig(
-        profiles={**default_profiles(graph), **(shapes or {})},
-        profile_sets=engine_profiles(cache_layout(graph), shapes or {}, list(profiles or [])),
+        **engine_shapes(graph, default_profiles(graph), shapes, profiles),
         target_gpus=list(target_gpus or []),
         timing_cache=str(timing_cache) if timing_cache else None,
         precision=precision or weights_precision(graph),
@@ -86,7 +85,7 @@ def build(
         engine = build_engine(engine_backend, source, outputs.path(out), config, cache, verbose=verbose, progress=log)
         if convert_to:
             engine.sidecar.update(source_onnx=str(onnx_path), precision_pass={"from": "fp32", "to": convert_to})
-            atomic_write_text(engine.sidecar_path, json.dumps(engine.sidecar, indent=1))
+            write_sidecar(engine.path, engine.sidecar)
     return BuildResult(Path(out), engine.sidecar)
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from converter.backends import Backend, BuildConfig, EngineArtifact
-from converter.backends.base import sidecar_path_for
+from converter.backends.base import write_sidecar
 from converter.core.artifact_cache import ArtifactCache, Lookup, cache_key, files_digest
 from converter.core.errors import InvalidInputError
-from converter.core.model_io import atomic_path, atomic_write_text, external_data_files, load_model
+from converter.core.model_io import atomic_path, external_data_files, load_model
 from converter.core.version import __version__
 from converter.pipelines.model_ref import ModelRef
 
@@ -107,13 +107,13 @@ def build_engine(
                 shutil.copyfile(found.path / "engine", tmp)
             label = build_options.get("source_label")
             sidecar.update(cache="hit", cache_key=key, source_onnx=label or str(onnx_path))
-            atomic_write_text(sidecar_path_for(engine_path), json.dumps(sidecar, indent=1))
+            write_sidecar(engine_path, sidecar)
             return EngineArtifact(path=engine_path, sidecar=sidecar)
         except OSError:  # evicted by another process between the lookup and the copy: build it
             found = Lookup(None, "miss")
     artifact = backend.build(onnx_path, engine_path, config, **build_options)
     artifact.sidecar.update(cache=found.status, cache_key=key)  # miss, or a corrupt entry replaced
-    atomic_write_text(artifact.sidecar_path, json.dumps(artifact.sidecar, indent=1))
+    write_sidecar(artifact.path, artifact.sidecar)
     cache.store(key, {"engine": engine_path, "sidecar.json": artifact.sidecar_path}, {"onnx": str(onnx_path)})
     return artifact
 

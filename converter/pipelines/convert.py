@@ -37,7 +37,7 @@ from converter.pipelines.export import export_model
 from converter.pipelines.generation_check import (
     DECODER_PASSES,
     cache_layout,
-    engine_profiles,
+    engine_shapes,
     generation_checks,
     generation_summary,
     is_cache_model,
@@ -293,13 +293,9 @@ class _Run:
     def build(self, source: onnx.ModelProto, opt_path: Path) -> tuple[Backend, EngineArtifact]:
         """3. the engine, with the spec's (or the metadata's) profiles under the recipe's shapes."""
         rec = self.rec
-        profiles = {**default_profiles(source, self.ref.spec, self.trust_model_code), **rec.shapes}
-        config = BuildConfig(
-            profiles=profiles,
-            profile_sets=engine_profiles(cache_layout(source), rec.shapes, rec.profiles),
-            target_gpus=list(rec.target_gpus),
-            precision=rec.precision,
-        )
+        defaults = default_profiles(source, self.ref.spec, self.trust_model_code)
+        shapes = engine_shapes(source, defaults, rec.shapes, rec.profiles)
+        config = BuildConfig(**shapes, target_gpus=list(rec.target_gpus), precision=rec.precision)
         backend = get_backend(rec.backend)
         with self.stage("build", f"building the engine ({backend.name}, {rec.precision})") as entry:
             engine = build_engine(

@@ -30,7 +30,7 @@ from converter.core.profiles import ShapeProfile
 from converter.demos.splits import DEMO_SPLITS, demo_splits
 from converter.pipelines.block_report import bar_chart
 from converter.pipelines.export import export_model
-from converter.pipelines.generation_check import cache_layout, engine_profiles
+from converter.pipelines.generation_check import cache_layout, engine_shapes
 from converter.pipelines.model_ref import feeds_for_source, resolve_model, spec_from_metadata
 from converter.pipelines.report import new_report, write_report
 from converter.pipelines.sample_inputs import load_inputs_file
@@ -181,10 +181,7 @@ def _build_config(path: Path, profiles: dict[str, ShapeProfile], target_gpus: li
     from converter.backends import BuildConfig
 
     graph = load_model(path, load_weights=False)
-    names = {i.name for i in graph.graph.input}
-    own = {name: prof for name, prof in profiles.items() if name in names}
-    sets = engine_profiles(cache_layout(graph), {}, [])
-    return BuildConfig(profiles=own, profile_sets=sets, target_gpus=target_gpus)  # [] = default targets
+    return BuildConfig(**engine_shapes(graph, profiles), target_gpus=target_gpus)  # [] = default targets
 
 
 def _tensorrt(original: Path, pruned: Path, profiles: dict, target_gpus: list[str], build: bool) -> dict[str, Any]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx
@@ -65,6 +66,20 @@ def engine_profiles(
     if layout is not None and not shapes:
         return layout.profiles()
     return []
+
+
+def engine_shapes(
+    graph: onnx.ModelProto,
+    defaults: dict[str, ShapeProfile],
+    shapes: dict[str, ShapeProfile] | None = None,
+    groups: list[dict[str, ShapeProfile]] | None = None,
+) -> dict[str, Any]:
+    """BuildConfig's `profiles` and `profile_sets` for an engine of `graph`: the `defaults` it
+    has inputs for (export's, a spec's) under the user's `shapes`; the user's profile `groups`,
+    else a cache model's prefill + decode, as the sets."""
+    inputs = {value.name for value in graph.graph.input}
+    single = {**{name: prof for name, prof in defaults.items() if name in inputs}, **(shapes or {})}
+    return {"profiles": single, "profile_sets": engine_profiles(cache_layout(graph), shapes or {}, list(groups or []))}
 
 
 def vocab_size(model: onnx.ModelProto) -> int:
