@@ -93,6 +93,12 @@ def small_causal_lm() -> torch.nn.Module:
     return causal_lm(SMALL, 4)
 
 
+def tinyllama4_causal_lm() -> torch.nn.Module:
+    """4 layers of TinyLlama-1.1B's shape (hidden 2048, 32 heads, 4 KV heads), fp16, as the
+    transformers model: the KV-cache export at real widths (`--task text-generation-with-past`)."""
+    return causal_lm(TINYLLAMA, 4, torch.float16)
+
+
 def tiny_fp16() -> torch.nn.Module:
     """`tiny` in fp16: the fp16 LLM's graph (Casts around the norms and the softmax) at test size."""
     return build(TINY, 2, torch.float16)

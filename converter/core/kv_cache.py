@@ -110,10 +110,15 @@ class CacheLayout:
         decode = self._profile((1, 1, 1), (1, max(1, last // 2), last))
         return [prefill, decode]
 
+    @property
+    def numpy_dtype(self) -> type:
+        return _NUMPY_DTYPES[self.dtype]
+
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """The past of a prefill: every cache tensor with length 0."""
-        dtype = _NUMPY_DTYPES[self.dtype]
-        return {name: np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype) for name in self.past_names()}
+        return {
+            name: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.numpy_dtype) for name in self.past_names()
+        }
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -143,9 +148,8 @@ def synthetic_feeds(layout: CacheLayout, batch: int, vocab: int, seed: int, past
     """Seeded random feeds that are consistent as a decode step: one token after `past` cached
     positions (random cache values, mask and positions that agree with its length)."""
     rng = np.random.default_rng(seed)
-    dtype = _NUMPY_DTYPES[layout.dtype]
     cache = {
-        name: rng.standard_normal((batch, layout.kv_heads, past, layout.head_dim)).astype(dtype)
+        name: rng.standard_normal((batch, layout.kv_heads, past, layout.head_dim)).astype(layout.numpy_dtype)
         for name in layout.past_names()
     }
     return step_feeds(rng.integers(0, vocab, (batch, 1)), cache, past)

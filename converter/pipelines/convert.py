@@ -26,7 +26,7 @@ from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfil
 from converter.core.artifact_cache import ArtifactCache
 from converter.core.errors import Interrupted, InvalidInputError
 from converter.core.metadata import TASK, metadata_value
-from converter.core.model_io import load_model, opset_of, save_model
+from converter.core.model_io import load_model, opset_of, save_model, weights_precision
 from converter.core.outputs import check_name_length
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
@@ -188,7 +188,7 @@ class _Run:
         opt_path, optimized = self.optimize(source)
         self.verify_optimized(source, opt_path, optimized)
         backend, engine = self.build(source, opt_path)
-        self.verify_engine(backend, engine)
+        self.verify_engine(source, backend, engine)
         self.verify_generation(source, opt_path, backend, engine)
         self.report["verified"], self.report["passed"] = verdict(
             self.report["verification"], engines=["model.engine"], onnx_files=["model.opt.onnx"]
@@ -228,7 +228,7 @@ class _Run:
             self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
             if spec is not None:
                 self.reference = run_reference(sample, lambda: Reference.of_torch(spec, sample.feeds, sample.count))
-                check = self.reference.compare_onnx(source, "model.onnx", rec.tolerance("fp32"))
+                check = self.reference.compare_onnx(source, "model.onnx", self.tolerance(source, "fp32"))
                 self.report["verification"].append(check.to_dict())
             else:
                 classify = metadata_value(source, TASK) == "classification"
@@ -247,7 +247,7 @@ class _Run:
             nonlocal lowered
             lowered = lowered or not record.exact
             try:
-                tol = rec.tolerance() if lowered else rec.tolerance("fp32")
+                tol = self.tolerance(source) if lowered else self.tolerance(source, "fp32")
                 record.accuracy = pass_accuracy(checks.check(stage_model, record.name, tol))
             except InvalidInputError as exc:
                 record.accuracy = {"skipped": str(exc)}
@@ -270,7 +270,7 @@ class _Run:
 
     def verify_optimized(self, source: onnx.ModelProto, opt_path: Path, optimized: onnx.ModelProto) -> None:
         """model.opt.onnx against the reference, and where along the graph its error entered."""
-        tol = self.rec.tolerance()
+        tol = self.tolerance(source)
         with self.stage("verify", "verifying model.opt.onnx and localizing its error layer by layer") as entry:
             try:
                 final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol)
@@ -324,9 +324,17 @@ class _Run:
         self.report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
         return backend, engine
 
-    def verify_engine(self, backend: Backend, engine: EngineArtifact) -> None:
+    def tolerance(self, source: onnx.ModelProto, precision: str | None = None):
+        """The recipe's tolerances at `precision` (default: the recipe's), but never tighter than
+        the precision the model's own weights compute in: an fp16 model checked against its fp16
+        torch module differs by fp16 rounding however fp32 the recipe is."""
+        wanted = precision or self.rec.precision
+        weights = weights_precision(source)
+        return self.rec.tolerance(weights if wanted == "fp32" and weights != "fp32" else wanted)
+
+    def verify_engine(self, source: onnx.ModelProto, backend: Backend, engine: EngineArtifact) -> None:
         """4. the engine's accuracy, where it can run (a GPU); else skipped with the reason."""
-        tol = self.rec.tolerance()
+        tol = self.tolerance(source)
         ok, why = backend.can_run()
         check = (
             self.reference.compare(EngineRunner(backend, engine.path, "model.engine"), tol)

@@ -49,7 +49,11 @@ def greedy(runner: Runner, layout: CacheLayout, prompts: np.ndarray, steps: int)
         token = last.argmax(-1)
         tokens.append(token)
         logits.append(last)
-        past = {p: out[q] for p, q in zip(layout.past_names(), layout.present_names(), strict=True)}
+        # fed back in the cache's own type: runners hand float outputs back as float32
+        past = {
+            p: np.asarray(out[q]).astype(layout.numpy_dtype, copy=False)
+            for p, q in zip(layout.past_names(), layout.present_names(), strict=True)
+        }
         feeds = step_feeds(token[:, None], past, prompts.shape[1] + step)
     return Generation(np.stack(tokens, axis=1), logits)
 

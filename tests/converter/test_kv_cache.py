@@ -299,3 +299,22 @@ def test_live_layers_keep_their_cache_when_a_cast_sits_before_the_output(decoder
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
     assert types["past_key_values.0.key"] == onnx.TensorProto.FLOAT  # cache_io_fp32 wins over keep_io_types
     assert prune_cache(model) == {} and len(model.graph.output) == 17
+
+
+def test_greedy_feeds_the_cache_back_in_its_own_type():
+    """Runners hand float outputs back as float32; an fp16 model's cache must go back as fp16."""
+    layout = CacheLayout(1, 2, 4, dtype="float16", max_length=16)
+    seen = []
+
+    class Fp16Model:
+        name = "fp16"
+
+        def run(self, feeds):
+            seen.append(feeds["past_key_values.0.key"].dtype)
+            batch, seq = feeds["input_ids"].shape
+            total = feeds["attention_mask"].shape[1]
+            cache = np.zeros((batch, 2, total, 4), np.float32)  # as TorchRunner returns it
+            return {"logits": np.zeros((batch, seq, 8), np.float32), "present.0.key": cache, "present.0.value": cache}
+
+    greedy(Fp16Model(), layout, np.zeros((2, 3), np.int64), 4)
+    assert seen == [np.float16] * 4
