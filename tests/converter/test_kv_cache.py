@@ -303,7 +303,7 @@ def test_live_layers_keep_their_cache_when_a_cast_sits_before_the_output(decoder
 
 def test_greedy_feeds_the_cache_back_in_its_own_type():
     """Runners hand float outputs back as float32; an fp16 model's cache must go back as fp16."""
-    layout = CacheLayout(1, 2, 4, dtype="float16", max_length=16)
+    layout = CacheLayout(1, 2, 4, dtype="float16", max_length=16, max_prompt=8)
     seen = []
 
     class Fp16Model:
