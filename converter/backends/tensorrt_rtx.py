@@ -63,11 +63,13 @@ class TensorRTRTXBackend(NvinferBackend):
                 "--version-compatible / --hardware-compatible are full TensorRT's (its lean runtime and Ampere+ "
                 "engines); a TensorRT-RTX engine names its targets instead (--target); build with --backend tensorrt"
             )
-        if (config.strip_weights or config.refittable) and not gpu_status()[0]:
-            raise UnsupportedError(
-                "--strip-weights / --refit: TensorRT-RTX builds a refittable engine only with a GPU (its refit "
-                f"path compiles on the device), and this machine has none ({gpu_status()[1]})"
-            )
+        if config.strip_weights or config.refittable:
+            has_gpu, why = gpu_status()
+            if not has_gpu:
+                raise UnsupportedError(
+                    "--strip-weights / --refit: TensorRT-RTX builds a refittable engine only with a GPU (its refit "
+                    f"path compiles on the device), and this machine has none ({why})"
+                )
 
     def configure(self, trt: ModuleType, builder, builder_config, config: BuildConfig) -> dict[str, Any]:
         targets, supported = self.targets(trt, config)
