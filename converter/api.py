@@ -11,6 +11,7 @@
     api.build("net.opt.onnx", "net.engine", shapes=profiles, target_gpus=["sm89"])
     check = api.verify("mypkg.models:make_net", ["net.opt.onnx", "net.engine"])
     quantized = api.quantize("minilm", "minilm.int8.onnx", mode="int8", max_cosine_drop=0.005)
+    smallest = api.convert("decoder-lm", out="build/lm", budget=api.BudgetOptions("ppl<=+5%", objective="flops"))
     print(check.report["verified"], quantized.report["accuracy"])
 
 Each function takes paths and plain keyword options, returns a result object whose
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 from converter.core.errors import TrtforgeError
 from converter.core.profiles import ShapeProfile
+from converter.pipelines.budget.choose import BudgetOptions
+from converter.pipelines.budget.spec import Budget
 from converter.pipelines.build import BuildResult, build
 from converter.pipelines.build_matrix import BuildMatrixResult, build_matrix
 from converter.pipelines.convert import ConvertResult, convert
@@ -51,6 +54,8 @@ __all__ = [
     "drop_blocks",
     "list_passes",
     "doctor",
+    "Budget",
+    "BudgetOptions",
     "BuildMatrixResult",
     "BuildResult",
     "ConvertResult",

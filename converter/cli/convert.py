@@ -30,6 +30,7 @@ from converter.cli.options import (
     trust_option,
 )
 from converter.core.profiles import parse_profile_groups, parse_profiles
+from converter.pipelines.budget.spec import OBJECTIVES
 from converter.pipelines.recipe import PRECISIONS
 
 
@@ -49,11 +50,24 @@ from converter.pipelines.recipe import PRECISIONS
 @shapes_option
 @profile_option
 @task_option("text-generation-with-past: a torch decoder exported with its KV cache (default for a graph with one).")
+@click.option(
+    "--budget",
+    help="Search passes and precision for the smallest engine within this accuracy budget: "
+    "cosine>=0.99, top1>=0.98 or ppl<=+5% (vs the source, on validation samples the search did not calibrate on).",
+)
+@choice_option("--objective", OBJECTIVES, "weight-bytes", "What --budget minimises (latency: a roofline estimate).")
+@click.option(
+    "--search-seconds",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Time budget of the --budget search; the best configuration found so far is used.",
+)
 @cache_options
 @trust_option
 @output_options
 @precision_flags
-def convert(model, out, shapes, profiles, as_json, quiet, **options):
+def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, search_seconds, **options):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 
     MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
@@ -68,6 +82,7 @@ def convert(model, out, shapes, profiles, as_json, quiet, **options):
       trtforge convert model.onnx --shapes image:1x3x224x224/8x3x224x224/32x3x224x224 -o out/model
       trtforge convert decoder-lm --task text-generation-with-past -o out/lm   # prefill + decode engine
       trtforge convert minilm --recipe trtforge_out/report.json -o out/again     # reproduce a run
+      trtforge convert decoder-lm --budget 'ppl<=+5%' --objective weight-bytes   # smallest within 5 %
     """
     silent = quiet or as_json
     with status("converting...", silent):
@@ -77,6 +92,7 @@ def convert(model, out, shapes, profiles, as_json, quiet, **options):
             shapes=parse_profiles(shapes),
             profiles=parse_profile_groups(profiles),
             log=progress_log(silent),
+            budget=api.BudgetOptions(budget, objective, search_seconds) if budget else None,
             **options,
         )
     emit(result.report, as_json, quiet, summary)

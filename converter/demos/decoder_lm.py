@@ -140,3 +140,11 @@ def load(path: Path = WEIGHTS, sha256: str | None = WEIGHTS_SHA256) -> DecoderLM
 def held_out_windows(count: int, seq: int, seed: int = 1) -> np.ndarray:
     """Held-out evaluation windows (N, seq + 1) of real text, for perplexity."""
     return windows(corpus()[1], count, seq, seed)
+
+
+def held_out_stream(count: int, seq: int) -> np.ndarray:
+    """The first `count` consecutive windows (N, seq) of the held-out text, none sharing a byte."""
+    array = np.frombuffer(corpus()[1], dtype=np.uint8)
+    if count * seq > len(array):
+        raise InvalidInputError(f"decoder-lm sample data: {count} windows of {seq} bytes exceed its {len(array)} bytes")
+    return array[: count * seq].reshape(count, seq).astype(np.int64)

@@ -124,10 +124,13 @@ def _decoder_lm_module():
 
 
 def decoder_lm_feeds(num_batches: int, batch_size: int, seq: int = 64) -> list[Feeds]:
-    """Windows of held-out real text (bytes), one batch per seeded draw."""
-    from converter.demos.decoder_lm import held_out_windows
+    """Consecutive, non-overlapping windows of held-out real text (bytes): sample i of the stream is
+    the i-th window whatever the batch size, so samples at different positions share no byte (the
+    verification, calibration and budget-search validation sets cut from this stream are disjoint)."""
+    from converter.demos.decoder_lm import held_out_stream
 
-    return [{"input_ids": held_out_windows(batch_size, seq, seed=100 + b)[:, :-1]} for b in range(num_batches)]
+    rows = held_out_stream(num_batches * batch_size, seq)
+    return [{"input_ids": rows[b * batch_size : (b + 1) * batch_size]} for b in range(num_batches)]
 
 
 _TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]

@@ -30,6 +30,8 @@ from converter.core.model_io import load_model, opset_of, save_model, weights_pr
 from converter.core.outputs import check_name_length
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
+from converter.pipelines.budget.check import budget_judge
+from converter.pipelines.budget.choose import BudgetOptions, BudgetSearch, budget_for
 from converter.pipelines.cached_build import ConversionLookup, build_engine, open_cache
 from converter.pipelines.convert_outputs import CONVERT_OUTPUTS, point_at, publish, refuse_overwriting_inputs
 from converter.pipelines.convert_recipe import recipe_for_run
@@ -92,6 +94,7 @@ def convert(
     task: str | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool | None = None,
+    budget: BudgetOptions | str | None = None,
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
@@ -100,7 +103,8 @@ def convert(
     metadata name a `module:factory` whose code is imported for sample data and
     profiles (off: only built-in demos). The cache (`cache_dir`, default per user;
     `use_cache=False` for none; None: on unless TRTFORGE_CACHE=0) returns an identical earlier run's outputs, else the
-    engine of an identical final ONNX (pipelines/cached_build.py).
+    engine of an identical final ONNX (pipelines/cached_build.py). `budget` (BudgetOptions, or its
+    text: "cosine>=0.99") searches the passes and precision first (pipelines/budget/choose.py).
     """
     started = time.perf_counter()
     rec = recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles)
@@ -113,6 +117,7 @@ def convert(
     ref = resolve_model(model or DEFAULT_DEMO, rec.shapes, task=task)
     if recipe is None and is_cache_model(ref):
         rec.passes.append(PassSpec(DECODER_PASSES))  # a decoder engine wants its attention fused
+    search = budget_for(budget, ref, precision or (rec.precision if rec.precision != "fp32" else None))
     refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
     calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
@@ -125,15 +130,16 @@ def convert(
     # A failure or a signal leaves the output folder (and any input inside it) exactly as it
     # was: every file, the reports included, is written into the staging folder first.
     try:
-        cache = open_cache(cache_dir, use_cache)
+        cache = open_cache(cache_dir, False if search and search.uncacheable else use_cache)
         backend_used = get_backend(rec.backend)
-        cached = ConversionLookup.find(cache, ref, rec.to_dict(), task, inputs, backend_used, trust_model_code)
+        key = {**rec.to_dict(), "budget": search.key()} if search else rec.to_dict()
+        cached = ConversionLookup.find(cache, ref, key, task, inputs, backend_used, trust_model_code)
         restored = cached.restore(stage) if cached.hit else None
         if restored is not None:
             log("cache hit: copying the outputs of an identical earlier run")
             result = ConvertResult(report=restored, out_dir=stage)
         else:
-            run = _Run(ref, rec, stage, log, trust_model_code, cache)
+            run = _Run(ref, rec, stage, log, trust_model_code, cache, search)
             run.report["stages"]["load"] = load_stage
             result = run.convert(inputs)
             result.report["cache"] = cached.report()
@@ -164,6 +170,7 @@ class _Run:
     log: Log
     trust_model_code: bool
     cache: ArtifactCache | None = None
+    search: BudgetSearch | None = None
     report: dict[str, Any] = field(default_factory=lambda: new_report("convert"))
     reference: Reference | None = None
 
@@ -185,6 +192,7 @@ class _Run:
         self.report["recipe"] = self.rec.to_dict()
         source_path, source = self.source()
         self.verify_setup(source_path, source, inputs)
+        self.search_recipe(source)
         opt_path, optimized = self.optimize(source)
         self.verify_optimized(source, opt_path, optimized)
         backend, engine = self.build(source, opt_path)
@@ -237,6 +245,14 @@ class _Run:
                 )
             entry["summary"] = f"{what} outputs on {sample.count} samples ({sample.source})"
 
+    def search_recipe(self, source: onnx.ModelProto) -> None:
+        """1b. `--budget`: the passes and precision searched for; then converted like any recipe."""
+        if self.search is not None:
+            with self.stage("search", f"searching for the smallest graph within {self.search.text}") as entry:
+                self.rec, self.report["search"] = self.search.run(source, self.ref.spec, self.rec, self.log)
+                self.report["recipe"] = self.rec.to_dict()
+                entry["summary"] = self.report["search"]["summary"]
+
     def optimize(self, source: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:
         """2. the passes, with accuracy after each one (lossy passes switch to the recipe's tolerance)."""
         rec, reference = self.rec, self.reference
@@ -273,7 +289,7 @@ class _Run:
         tol = self.tolerance(source)
         with self.stage("verify", "verifying model.opt.onnx and localizing its error layer by layer") as entry:
             try:
-                final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol)
+                final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol, self.judge(source))
                 if self.rec.precision != "fp32":
                     final.note = LOW_PRECISION_NOTE
             except InvalidInputError as exc:
@@ -332,12 +348,16 @@ class _Run:
         weights = weights_precision(source)
         return self.rec.tolerance(weights if wanted == "fp32" and weights != "fp32" else wanted)
 
+    def judge(self, source: onnx.ModelProto):
+        """Lossy stages of a recipe with a budget pass by the budget, not elementwise (pipelines/budget/check.py)."""
+        return budget_judge(self.rec.budget, source)
+
     def verify_engine(self, source: onnx.ModelProto, backend: Backend, engine: EngineArtifact) -> None:
         """4. the engine's accuracy, where it can run (a GPU); else skipped with the reason."""
         tol = self.tolerance(source)
         ok, why = backend.can_run()
         check = (
-            self.reference.compare(EngineRunner(backend, engine.path, "model.engine"), tol)
+            self.reference.compare(EngineRunner(backend, engine.path, "model.engine"), tol, self.judge(source))
             if ok
             else self.reference.skipped("model.engine", tol, f"engine not executed: {why}")
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.core.model_io import atomic_write_text
+from converter.pipelines.budget.pareto_html import search_section
 
 
 def error_curve_png(curve: list[dict[str, Any]], divergent: list[dict[str, Any]], title: str) -> bytes:
@@ -168,10 +169,19 @@ def _generation(report: dict[str, Any]) -> list[str]:
     return ["<h2>Greedy generation (KV cache)</h2>", _table(headers, rows)]
 
 
+def _status(comp: dict[str, Any], out: dict[str, Any]) -> str:
+    """pass/FAIL of one output, or the budget's verdict for a stage judged by one."""
+    budget = comp.get("budget")
+    if budget:
+        return f"{'pass' if budget['met'] else 'FAIL'} (budget {budget['budget']}: {budget['value']})"
+    return "pass" if out["passed"] else f"FAIL {out['failure']}"
+
+
 def render(report: dict[str, Any]) -> str:
     """The HTML page for a convert or verify report: the verdict first."""
     parts = [f"<h1>trtforge {html.escape(report.get('command', ''))}</h1>", _verdict(report), *_summary(report)]
     parts += _generation(report)
+    parts += search_section(report, _table)
     if report.get("passes"):
         rows = [
             [
@@ -201,7 +211,7 @@ def render(report: dict[str, Any]) -> str:
                         out["max_abs"],
                         out["cosine"],
                         out["snr_db"],
-                        "pass" if out["passed"] else f"FAIL {out['failure']}",
+                        _status(comp, out),
                     ]
                 )
         parts += [

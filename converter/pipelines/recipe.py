@@ -19,6 +19,7 @@ import yaml
 from converter.core.errors import InvalidInputError
 from converter.core.limits import LIMITS, limit
 from converter.core.profiles import ShapeProfile
+from converter.pipelines.budget.spec import Budget
 from converter.verification.tolerances import TOLERANCE_KEYS, Tolerances
 from passes.registry import PassSpec
 
@@ -50,6 +51,9 @@ class Recipe:
     verify_batch_size: int = 4
     generate_tokens: int = 32  # greedy tokens per prompt in a cache model's generation check (0: none)
     generate_prompts: int = 8
+    # the accuracy contract (`cosine>=0.99`, `ppl<=+5%`, `top1>=0.98`): lossy stages are judged by it
+    # instead of elementwise tolerances (pipelines/budget/check.py); `convert --budget` writes it
+    budget: str | None = None
 
     def effective_passes(self) -> list[PassSpec]:
         """The recipe's passes, plus the precision pass at the end when precision is not fp32."""
@@ -81,6 +85,7 @@ class Recipe:
             "verify_batch_size": self.verify_batch_size,
             "generate_tokens": self.generate_tokens,
             "generate_prompts": self.generate_prompts,
+            "budget": self.budget,
         }
 
     @classmethod
@@ -125,6 +130,11 @@ class Recipe:
             source, "generate_tokens", data.get("generate_tokens", 32), int, 0, MAX_GENERATE_TOKENS
         )
         recipe.generate_prompts = _number(source, "generate_prompts", data.get("generate_prompts", 8), int, 1, 256)
+        if data.get("budget") is not None:
+            try:
+                recipe.budget = Budget.parse(str(data["budget"])).text
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{source}: budget: {exc}") from exc
         return recipe
 
 

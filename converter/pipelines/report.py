@@ -100,9 +100,14 @@ def verification_table(comparisons: list[dict[str, Any]]) -> tuple[Table, list[s
             table.add_row(escape(comp["candidate"]), "-", "-", "-", "-", "-", "-", "[yellow]skipped[/yellow]")
             notes.append(f"{comp['candidate']}: {comp['skipped']}")
             continue
+        budget = comp.get("budget")
+        if budget:
+            verdict = "keeps" if budget["met"] else "MISSES"
+            notes.append(f"{comp['candidate']}: judged by the budget {budget['budget']}: {budget['value']} ({verdict})")
         for out in comp["outputs"]:
-            status = "[green]pass[/green]" if out["passed"] else "[red]FAIL[/red]"
-            if not out["passed"]:
+            passed = budget["met"] if budget else out["passed"]
+            status = "[green]pass[/green]" if passed else "[red]FAIL[/red]"
+            if not out["passed"] and not budget:
                 notes.append(f"{comp['candidate']} / {out['name']}: {out['failure']}")
             table.add_row(
                 escape(comp["candidate"]),

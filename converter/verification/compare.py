@@ -133,9 +133,13 @@ class Comparison:
     skipped: str = ""
     samples: int = 0
     note: str = ""  # caveats on what the numbers mean (e.g. how fp16 was computed)
+    # a lossy stage judged by an accuracy budget ({"budget", "value", "met", "metrics"}), not elementwise
+    budget: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
+        if self.budget is not None:
+            return not self.skipped and bool(self.budget["met"])
         return not self.skipped and all(o.passed for o in self.outputs)
 
     @property

@@ -10,7 +10,7 @@ cannot run here (an engine without a GPU) is recorded as skipped, with the reaso
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from converter.verification.compare import (
 from converter.verification.tolerances import Tolerances
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# (candidate outputs, reference outputs, feeds) -> {"budget", "value", "met", "metrics"}
+Judge = Callable[[dict[str, np.ndarray], dict[str, np.ndarray], list[Feeds]], dict[str, Any]]
 
 
 def is_engine(path: str | Path) -> bool:
@@ -88,13 +90,19 @@ class Reference:
     ) -> Reference:
         return cls.of_runner(OnnxRunner(model, label), feeds, samples, classify)
 
-    def compare(self, runner: Runner, tol: Tolerances) -> Comparison:
-        """Run `runner` on the reference's feeds; its outputs against the reference's."""
+    def compare(self, runner: Runner, tol: Tolerances, judge: Judge | None = None) -> Comparison:
+        """Run `runner` on the reference's feeds; its outputs against the reference's (and, with
+        `judge`, judged by an accuracy budget: the elementwise numbers stay in the report)."""
         outputs = collect(runner, self.feeds)
-        return compare_results(self.label, self.outputs, runner.name, outputs, tol, self.classify, self.samples)
+        found = compare_results(self.label, self.outputs, runner.name, outputs, tol, self.classify, self.samples)
+        if judge is not None:
+            found.budget = judge(outputs, self.outputs, self.feeds)
+        return found
 
-    def compare_onnx(self, model: str | Path | onnx.ModelProto, label: str, tol: Tolerances) -> Comparison:
-        return self.compare(OnnxRunner(model, label), tol)
+    def compare_onnx(
+        self, model: str | Path | onnx.ModelProto, label: str, tol: Tolerances, judge: Judge | None = None
+    ) -> Comparison:
+        return self.compare(OnnxRunner(model, label), tol, judge)
 
     def skipped(self, candidate: str, tol: Tolerances, reason: str) -> Comparison:
         return skipped(self.label, candidate, tol, reason)

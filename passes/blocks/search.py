@@ -236,3 +236,20 @@ def search(ev: Evaluator, costs: Costs, units: list[Unit], config: DropConfig) -
     if not found:  # the goal is out of reach: remove every candidate
         return scorer.trial(u.name for u in units), "every candidate removed", []
     return found[0], "goal reached", steps
+
+
+def greedy_path(scorer: Scorer, units: list[Unit], max_steps: int, max_damage: float) -> list[Trial]:
+    """FinerCut's order: one unit more at a time, each time the one with the least calibration damage per
+    parameter (or FLOP) saved; the set after each step, until `max_steps` units or `max_damage` is passed.
+    Nested sets: a caller walking it (the budget search) tries each size once."""
+    path, trials = scorer.trial(()), []
+    while len(trials) < max_steps:
+        scorer.prefetch(_grown(path, units))
+        options = list(_children(scorer, path, units))
+        if not options:
+            break
+        path = min(options, key=scorer.rank)
+        if path.damage > max_damage:
+            break
+        trials.append(path)
+    return trials

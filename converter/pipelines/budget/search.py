@@ -1,0 +1,242 @@
+"""The joint search: the smallest configuration (drop x quantize x precision) that keeps the budget.
+
+Three cheap orderings steer it, all computed on the calibration data only:
+- the drop ladder: drop-blocks' FinerCut order on the gated twin graph (one unit more at
+  a time, the least damage per parameter or FLOP saved: passes/blocks/search.greedy_path),
+  so "drop k units" is one nested set per k;
+- per quantization format, its layers ranked by sensitivity (the damage with that layer
+  alone quantized: calibration/sensitivity.py), computed only when the format misses
+  the budget with every layer quantized;
+- for int8, the SmoothQuant alpha that keeps the most accuracy with everything quantized.
+
+Then, measured (every point on the rewritten graph, on the validation data):
+1. the precision: fp16 for everything unquantized, unless fp16 alone misses the budget;
+2. each format alone (and each alpha for int8);
+3. a staircase per format, formats in order of their objective alone: at drop level k,
+   the fewest most-sensitive layers kept out of the format (0, 1, 2, 4, 8, ...) that keep
+   the budget; more drops never need fewer keeps, so the count only grows along k. A
+   format stops where no allowed keep count (at most half its layers) keeps the budget,
+   where its objective has grown for two levels running, or at the first level where
+   dropping alone missed the budget (a format only adds error). Dropping alone (no
+   format) is the first staircase.
+The best point is the smallest objective that meets the budget (ties: better accuracy).
+A deadline (`seconds`) stops it before the next measurement; the best so far is returned.
+The points, in order, are the report's table; the non-dominated ones its Pareto front.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import onnx
+
+from calibration.data import CalibrationData
+from calibration.sensitivity import Evaluator as SensitivityEvaluator
+from calibration.sensitivity import layer_sensitivity
+from converter.core.model_io import opset_of
+from converter.pipelines.budget.candidates import Config, Measure, Point
+from converter.pipelines.budget.spec import Budget
+from passes.base import PassContext
+from passes.blocks.config import DropConfig
+from passes.blocks.discovery import find_blocks
+from passes.blocks.evaluator import Evaluator as DropEvaluator
+from passes.blocks.scores import Costs
+from passes.blocks.search import Scorer, greedy_path
+from passes.quant.quantize import Quantize
+
+ALPHAS = (None, 0.5, 0.8)
+LADDER_DAMAGE_FACTOR = 3.0  # the ladder stops at 3x the budget's damage on calibration data
+SENSITIVITY_SAMPLES = 32
+Log = Callable[[str], None]
+
+
+class OutOfTime(Exception):
+    """The search's deadline passed: stop before the next measurement."""
+
+
+def ladder_damage_cap(budget: Budget) -> float:
+    """How much calibration damage (1 - cosine, or relative perplexity) a drop ladder climbs to."""
+    if budget.metric in ("cosine", "top1"):
+        return (1.0 - budget.limit) * LADDER_DAMAGE_FACTOR
+    if budget.metric == "ppl":
+        return budget.limit * LADDER_DAMAGE_FACTOR
+    return float("inf")
+
+
+def drop_ladder(
+    source: onnx.ModelProto, calib: list, budget: Budget, objective: str, flops: dict[str, float]
+) -> tuple[list[tuple[str, ...]], str]:
+    """Nested drop sets, one unit more each (empty first); and what the discovery found."""
+    bg = find_blocks(source)
+    if not bg.found:
+        return [()], bg.message
+    metric = "ppl" if budget.metric == "ppl" else ("cosine" if budget.metric != "task" else "auto")
+    ev = DropEvaluator(source, bg, calib, calib, metric)
+    try:
+        per_flop = objective in ("flops", "latency")
+        goal = DropConfig(target_flops=1.0) if per_flop else DropConfig(target_params=1.0)
+        scorer = Scorer(ev, Costs.of(source, bg, flops if per_flop else None), replace(goal, beam=1, refine=False))
+        units = bg.units("all")
+        path = greedy_path(scorer, units, max(len(bg.blocks) // 2, 1), ladder_damage_cap(budget))
+    finally:
+        ev.close()
+    return [(), *(trial.names for trial in path)], bg.message
+
+
+def rank_layers(source: onnx.ModelProto, calib: CalibrationData, mode: str) -> list[str]:
+    """The layers `mode` quantizes, most sensitive first (each alone quantized, on a calibration subset)."""
+    ctx = PassContext(opset=opset_of(source), calibration=calib)
+    quantize = Quantize(mode=mode, method="minmax")
+    weighted = {n.name for n in source.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    layers = [n for n in dict.fromkeys(quantize.run_model(source, ctx)[1].touched) if n in weighted]
+    feeds, rows = [], 0
+    for batch in calib:
+        feeds.append(batch)
+        rows += len(next(iter(batch.values())))
+        if rows >= SENSITIVITY_SAMPLES:
+            break
+    evaluator = SensitivityEvaluator(source, feeds)
+
+    def build(include: list[str] | None, exclude: list[str]) -> onnx.ModelProto:
+        return replace(quantize, include_names=include, exclude_names=exclude).run_model(source, ctx)[0]
+
+    return [name for name, _ in layer_sensitivity(build, layers, evaluator)]
+
+
+@dataclass
+class SearchResult:
+    points: list[Point]
+    best: Point | None
+    stopped: str
+    seconds: float
+    ladder: list[tuple[str, ...]] = field(default_factory=list)
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+
+    def pareto(self) -> list[Point]:
+        """Points no other point beats on both objective and accuracy (smaller objective first)."""
+        front, best_value = [], None
+        for p in sorted(self.points, key=lambda p: (p.objective, -p.goodness)):
+            if best_value is None or p.goodness > best_value:
+                front.append(p)
+                best_value = p.goodness
+        return front
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "evaluated": [p.to_dict() for p in self.points],
+            "pareto": [p.index for p in self.pareto()],
+            "chosen": self.best.to_dict() if self.best else None,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 2),
+            "drop_ladder": [list(step) for step in self.ladder],
+            "sensitivity_order": self.rankings,
+        }
+
+
+class JointSearch:
+    """See the module docstring; `formats` are quantize modes tried, `precision` fixes the base precision."""
+
+    def __init__(
+        self,
+        measure: Measure,
+        ladder: list[tuple[str, ...]],
+        formats: list[str],
+        precision: str | None,
+        seconds: float,
+        log: Log,
+    ):
+        self.measure, self.ladder, self.formats = measure, ladder, formats
+        self.fixed_precision, self.log = precision, log
+        self.deadline = time.perf_counter() + seconds
+        self.started = time.perf_counter()
+        self.rankings: dict[str, list[str]] = {}
+
+    def point(self, config: Config) -> Point:
+        if config not in self.measure.points and time.perf_counter() > self.deadline:
+            raise OutOfTime
+        known = config in self.measure.points
+        point = self.measure(config)
+        if not known:
+            verdict = "meets" if point.met else "misses"
+            budget, objective = self.measure.budget.metric, self.measure.objective
+            self.log(
+                f"[{point.index}] {config.describe()}: {budget} {point.value:.5f} ({verdict}), "
+                f"{objective} {point.objective:.4g}"
+            )
+        return point
+
+    def run(self) -> SearchResult:
+        stopped = "searched every format"
+        try:
+            base = self._precision()
+            alone = self._alone(base)
+            self._staircase(Config(precision=base))
+            for fmt in sorted(alone, key=lambda f: alone[f].objective):
+                self._staircase(alone[fmt].config)
+        except OutOfTime:
+            stopped = "time budget (--search-seconds) reached: best so far"
+        points = list(self.measure.points.values())
+        met = [p for p in points if p.met]
+        best = min(met, key=lambda p: (p.objective, -p.goodness)) if met else None
+        if best is None:
+            stopped += "; no configuration met the budget"
+        return SearchResult(
+            points, best, stopped, time.perf_counter() - self.started, list(self.ladder), dict(self.rankings)
+        )
+
+    def _precision(self) -> str:
+        """fp16 for what stays unquantized, unless it alone misses the budget (or the caller fixed one)."""
+        if self.fixed_precision:
+            self.point(Config(precision=self.fixed_precision))
+            return self.fixed_precision
+        self.point(Config())  # the source itself: the objective's starting value
+        return "fp16" if self.point(Config(precision="fp16")).met else "fp32"
+
+    def _alone(self, precision: str) -> dict[str, Point]:
+        """Each format with every layer quantized; int8/fp8 at the SmoothQuant alpha that keeps most accuracy."""
+        alone = {}
+        for fmt in self.formats:
+            alphas = ALPHAS if fmt in ("int8", "fp8") else (None,)
+            tried = [self.point(Config(quant=fmt, alpha=a, precision=precision)) for a in alphas]
+            alone[fmt] = max(tried, key=lambda p: p.goodness)
+        return alone
+
+    def _staircase(self, start: Config) -> None:
+        """Drop levels along the ladder, each with the fewest kept layers that keep the budget."""
+        keep_count, previous, grew = 0, None, 0
+        for drop in self.ladder:
+            if start.quant and not self._drop_alone_met(drop, start.precision):
+                return  # quantizing adds error: where dropping alone misses, so does dropping plus a format
+            while True:
+                ranked = self._ranking(start.quant) if keep_count else []
+                config = replace(start, drop=drop, keep=tuple(ranked[:keep_count]))
+                point = self.point(config)
+                if point.met:
+                    break
+                if not start.quant:
+                    return
+                ranked = self._ranking(start.quant)
+                keep_count = 1 if keep_count == 0 else keep_count * 2
+                if keep_count > len(ranked) // 2:
+                    return
+            grew = grew + 1 if previous is not None and point.objective >= previous else 0
+            if grew >= 2:
+                return
+            previous = point.objective
+
+    def _drop_alone_met(self, drop: tuple[str, ...], precision: str) -> bool:
+        point = self.measure.points.get(Config(drop=drop, precision=precision))
+        return point is not None and point.met
+
+    def _ranking(self, fmt: str | None) -> list[str]:
+        if fmt is None:
+            return []
+        if fmt not in self.rankings:
+            if time.perf_counter() > self.deadline:
+                raise OutOfTime
+            self.log(f"ranking the layers {fmt} quantizes by sensitivity (calibration data)")
+            self.rankings[fmt] = rank_layers(self.measure.source, self.measure.calib, fmt)
+        return self.rankings[fmt]
