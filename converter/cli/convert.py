@@ -17,6 +17,7 @@ from converter.cli.options import (
     emit,
     fail_on_accuracy,
     load_inputs_option,
+    names,
     out_option,
     output_options,
     precision_flags,
@@ -57,6 +58,10 @@ from converter.pipelines.recipe import PRECISIONS
 )
 @choice_option("--objective", OBJECTIVES, "weight-bytes", "What --budget minimises (latency: a roofline estimate).")
 @click.option(
+    "--search-formats",
+    help="Quantization formats --budget tries, comma-separated (int8, fp8, int4-wo, int8-wo); default per objective.",
+)
+@click.option(
     "--search-seconds",
     type=float,
     default=1800.0,
@@ -67,7 +72,7 @@ from converter.pipelines.recipe import PRECISIONS
 @trust_option
 @output_options
 @precision_flags
-def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, search_seconds, **options):
+def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, search_formats, search_seconds, **options):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 
     MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
@@ -92,7 +97,9 @@ def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, sea
             shapes=parse_profiles(shapes),
             profiles=parse_profile_groups(profiles),
             log=progress_log(silent),
-            budget=api.BudgetOptions(budget, objective, search_seconds) if budget else None,
+            budget=api.BudgetOptions(budget, objective, search_seconds, names(search_formats) or None)
+            if budget
+            else None,
             **options,
         )
     emit(result.report, as_json, quiet, summary)

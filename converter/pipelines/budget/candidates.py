@@ -29,6 +29,7 @@ from passes.manager import run_passes
 from passes.registry import PassSpec
 
 FORMATS = ("int8", "fp8", "int4-wo", "int8-wo")
+FOUR_BIT = ("int4-wo",)
 INT4_ALGORITHM = "awq"  # calibrated, and cheaper than GPTQ's sequential pass per candidate
 
 
@@ -36,7 +37,7 @@ INT4_ALGORITHM = "awq"  # calibrated, and cheaper than GPTQ's sequential pass pe
 class Config:
     drop: tuple[str, ...] = ()
     quant: str | None = None  # a FORMATS mode, or None
-    keep: tuple[str, ...] = ()  # layers the format leaves out (they run in `precision`)
+    keep: tuple[str, ...] = ()  # layers the format leaves out: int8 weight-only under a 4-bit format, else `precision`
     alpha: float | None = None  # SmoothQuant, W8A8 formats
     precision: str = "fp32"  # of everything not quantized
 
@@ -52,13 +53,16 @@ class Config:
             if self.keep:
                 options["exclude_names"] = list(self.keep)
             specs.append(PassSpec("quantize", options))
+            if self.keep and self.quant in FOUR_BIT:  # the layers 4 bits cannot hold: int8 weight-only, not fp16
+                specs.append(PassSpec("quantize", {"mode": "int8-wo", "include_names": list(self.keep)}))
         return specs
 
     def describe(self) -> str:
         parts = [f"drop {len(self.drop)}" if self.drop else "no drop"]
         if self.quant:
             alpha = f" sq{self.alpha:g}" if self.alpha is not None else ""
-            parts.append(f"{self.quant}{alpha}" + (f" keep {len(self.keep)}" if self.keep else ""))
+            tier = " as int8-wo" if self.quant in FOUR_BIT else ""
+            parts.append(f"{self.quant}{alpha}" + (f" keep {len(self.keep)}{tier}" if self.keep else ""))
         parts.append(self.precision)
         return ", ".join(parts)
 

@@ -155,8 +155,9 @@ class JointSearch:
         self.rankings: dict[str, list[str]] = {}
 
     def point(self, config: Config) -> Point:
-        if config not in self.measure.points and time.perf_counter() > self.deadline:
-            raise OutOfTime
+        measured = self.measure.points
+        if config not in measured and measured and time.perf_counter() > self.deadline:
+            raise OutOfTime  # the first point (the source) is always measured: a best-so-far exists
         known = config in self.measure.points
         point = self.measure(config)
         if not known:
