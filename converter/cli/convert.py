@@ -87,7 +87,7 @@ def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, sea
       trtforge convert model.onnx --shapes image:1x3x224x224/8x3x224x224/32x3x224x224 -o out/model
       trtforge convert decoder-lm --task text-generation-with-past -o out/lm   # prefill + decode engine
       trtforge convert minilm --recipe trtforge_out/report.json -o out/again     # reproduce a run
-      trtforge convert decoder-lm --budget 'ppl<=+5%' --objective weight-bytes   # smallest within 5 %
+      trtforge convert decoder-lm --budget 'ppl<=+5%' -o out/lm-small   # smallest graph within +5 % perplexity
     """
     silent = quiet or as_json
     with status("converting...", silent):

@@ -4,9 +4,10 @@ Three cheap orderings steer it, all computed on the calibration data only:
 - the drop ladder: drop-blocks' FinerCut order on the gated twin graph (one unit more at
   a time, the least damage per parameter or FLOP saved: passes/blocks/search.greedy_path),
   so "drop k units" is one nested set per k;
-- per quantization format, its layers ranked by sensitivity (the damage with that layer
-  alone quantized: calibration/sensitivity.py), computed only when the format misses
-  the budget with every layer quantized;
+- per quantization format, its layers ranked by sensitivity, computed only when the
+  format misses the budget with every layer quantized: for W8A8 formats the damage with
+  that layer alone quantized (calibration/sensitivity.py), for weight-only formats each
+  layer's relative output error as the quantize pass reports it (one quantization);
 - for int8, the SmoothQuant alpha that keeps the most accuracy with everything quantized.
 
 Then, measured (every point on the rewritten graph, on the validation data):
@@ -37,7 +38,7 @@ from calibration.data import CalibrationData
 from calibration.sensitivity import Evaluator as SensitivityEvaluator
 from calibration.sensitivity import layer_sensitivity
 from converter.core.model_io import opset_of
-from converter.pipelines.budget.candidates import Config, Measure, Point
+from converter.pipelines.budget.candidates import FOUR_BIT, INT4_ALGORITHM, Config, Measure, Point
 from converter.pipelines.budget.spec import Budget
 from passes.base import PassContext
 from passes.blocks.config import DropConfig
@@ -45,7 +46,7 @@ from passes.blocks.discovery import find_blocks
 from passes.blocks.evaluator import Evaluator as DropEvaluator
 from passes.blocks.scores import Costs
 from passes.blocks.search import Scorer, greedy_path
-from passes.quant.quantize import Quantize
+from passes.quant.quantize import WEIGHT_ONLY, Quantize
 
 ALPHAS = (None, 0.5, 0.8)
 LADDER_DAMAGE_FACTOR = 3.0  # the ladder stops at 3x the budget's damage on calibration data
@@ -87,11 +88,20 @@ def drop_ladder(
 
 
 def rank_layers(source: onnx.ModelProto, calib: CalibrationData, mode: str) -> list[str]:
-    """The layers `mode` quantizes, most sensitive first (each alone quantized, on a calibration subset)."""
+    """The layers `mode` quantizes, most sensitive first, on calibration data.
+
+    Weight-only formats: by each layer's relative output error (the quantize pass's own report,
+    on the calibration inputs' Gram matrix for calibrated rounding), from one quantization. W8A8
+    formats: by the final outputs' damage with that layer alone quantized (one model per layer).
+    """
     ctx = PassContext(opset=opset_of(source), calibration=calib)
-    quantize = Quantize(mode=mode, method="minmax")
+    quantize = Quantize(mode=mode, method="minmax", algorithm=INT4_ALGORITHM if mode in FOUR_BIT else "rtn")
+    result = quantize.run_model(source, ctx)[1]
+    if mode in WEIGHT_ONLY:
+        errors = result.details.get("weight_only", {})
+        return sorted(errors, key=lambda name: -errors[name]["error"])
     weighted = {n.name for n in source.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-    layers = [n for n in dict.fromkeys(quantize.run_model(source, ctx)[1].touched) if n in weighted]
+    layers = [n for n in dict.fromkeys(result.touched) if n in weighted]
     feeds, rows = [], 0
     for batch in calib:
         feeds.append(batch)
