@@ -89,6 +89,18 @@ def _rows(feeds: Feeds) -> int:
     return int(next(iter(feeds.values())).shape[0]) if feeds else 0
 
 
+def first_samples(batches: Iterable[Feeds], count: int) -> list[Feeds]:
+    """The first batches holding at least `count` samples (all of them when there are fewer): a subset
+    to score on, e.g. a search's candidates."""
+    feeds, rows = [], 0
+    for batch in batches:
+        feeds.append(batch)
+        rows += _rows(batch)
+        if rows >= count:
+            break
+    return feeds
+
+
 def from_feeds(feeds_list: Iterable[Feeds], source: str = "memory") -> CalibrationData:
     """Batches already in memory (e.g. a demo's `sample_feeds`)."""
     batches = list(feeds_list)

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from calibration.cache import write_trt_table
-from calibration.data import CalibrationData, from_feeds
+from calibration.data import CalibrationData, first_samples, from_feeds
 from calibration.sensitivity import Evaluator, Metric, run_outputs, sample_cosines, top1_agreement
 from converter.core.errors import InvalidInputError
 from converter.core.external_data import to_array
@@ -135,16 +134,6 @@ def _source_model(ref: ModelRef, work: Path, log: Log) -> Path:
     return save_model(folded, work / "model.opt.onnx")
 
 
-def _subset(data: CalibrationData, samples: int) -> list[dict[str, np.ndarray]]:
-    feeds, rows = [], 0
-    for batch in data:
-        feeds.append(batch)
-        rows += len(next(iter(batch.values())))
-        if rows >= samples:
-            break
-    return feeds
-
-
 def _passes(mode: str, alpha: float | None, method: str, options: dict[str, Any]) -> list[PassSpec]:
     specs = [PassSpec("smoothquant", {"alpha": alpha, "cache_dir": options.get("cache_dir")})] if alpha else []
     return specs + [PassSpec("quantize", {"mode": mode, "method": method, **options})]
@@ -189,7 +178,7 @@ def _choose(
         return alphas[0], method, None
     start = time.perf_counter()
     metric = opts.metric or (classification_drop if metadata_value(source, TASK) == "classification" else None)
-    evaluator = Evaluator(source, _subset(data, opts.search_samples), metric)
+    evaluator = Evaluator(source, first_samples(data, opts.search_samples), metric)
     alpha, method, table = _search(source, opts.mode, data, evaluator, alphas, methods, opts.pass_options(), log)
     report["search"] = {
         "table": table,
@@ -209,7 +198,7 @@ def _choose_algorithm(
     if data is None or opts.mode != "int4-wo":
         return dataclasses.replace(opts, algorithm="rtn"), None
     start = time.perf_counter()
-    evaluator = Evaluator(source, _subset(data, opts.search_samples), opts.metric)
+    evaluator = Evaluator(source, first_samples(data, opts.search_samples), opts.metric)
     subset = from_feeds(evaluator.feeds, f"{data.source} (subset)")
     table = []
     for algorithm in ALGORITHMS:
@@ -301,7 +290,9 @@ def quantize(
         evaluator = search_evaluator or evaluator
         quantized = _quantize(source, data, opts, (alpha, method), report, log)
         val = opts.data(opts.validation, source, ref) if opts.validation else None
-        subset = evaluator.feeds if evaluator else (_subset(data, opts.search_samples) if data is not None else None)
+        subset = (
+            evaluator.feeds if evaluator else (first_samples(data, opts.search_samples) if data is not None else None)
+        )
         report["accuracy"] = measure(
             source, quantized, list(val) if val is not None else subset, "validation" if val else "calibration subset"
         )

@@ -7,16 +7,13 @@ block_size). Placement follows TensorRT's rules (passes/quant/rules.py), the num
 formats are in passes/quant/formats.py, activation ranges come from calibration/
 (streamed statistics, one observer per `method`, cached by model and data).
 
-Options: mode (int8 | fp8 | int4-wo | int2-wo | int8-wo: per-channel int8 weights with
-float activations, W8A16), algorithm for int4-wo (rtn | awq |
-gptq | awq-gptq: round-to-nearest, or calibrated: passes/quant/awq.py,
-passes/quant/gptq.py, AWQ's scales with GPTQ's rounding; act_order for the GPTQ ones,
-on by default: its block scales are fixed up front, so it costs nothing at inference),
-method (minmax | percentile |
-entropy | mse), percentile, exclude_ops, exclude_names (fnmatch patterns),
-include_names, block_size (int4 default 128, int2 default 64), quantize_bmm,
-residual, pooling, cache_dir. Lossy (`exact = False`): the verifier measures what
-it cost.
+Options: mode (int8 | fp8 | int4-wo | int2-wo | int8-wo: per-channel int8 weights with float
+activations, W8A16), algorithm for int4-wo (rtn | awq | gptq | awq-gptq: round-to-nearest, or
+calibrated: awq.py, gptq.py, AWQ's scales with GPTQ's rounding; act_order for the GPTQ ones, on
+by default: its block scales are fixed up front, so it costs nothing at inference), method
+(minmax | percentile | entropy | mse), percentile, exclude_ops, exclude_names (fnmatch
+patterns), include_names, block_size (int4 default 128, int2 default 64), quantize_bmm,
+residual, pooling, cache_dir. Lossy (`exact = False`): the verifier measures what it cost.
 
 Mixed precision: with `max_cosine_drop`, the pass scores every quantized layer
 alone on the first `sensitivity_samples` calibration samples
@@ -39,7 +36,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from calibration.cache import calibrate
-from calibration.sensitivity import Evaluator, choose_high_precision
+from calibration.data import first_samples
+from calibration.sensitivity import Evaluator, choose_high_precision, layer_sensitivity
 from converter.core.model_io import opset_of
 from passes.base import Pass, PassContext, PassResult
 from passes.fold.upgrade_opset import UpgradeOpset
@@ -139,24 +137,10 @@ class Quantize(Pass):
 
     def _mixed(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         full, result = replace(self, max_cosine_drop=None)._quantize(model, ctx)
-        weighted = set(_weighted_names(model))
-        layers = [name for name in dict.fromkeys(result.touched) if name in weighted]
-        if ctx.calibration is None or not layers:
+        setup = self._sensitivity_setup(model, ctx, result)
+        if setup is None:
             return full, result
-        feeds, rows = [], 0
-        for batch in ctx.calibration:
-            feeds.append(batch)
-            rows += len(next(iter(batch.values())))
-            if rows >= self.sensitivity_samples:
-                break
-        evaluator = Evaluator(model, feeds)
-
-        def build(include: list[str] | None, exclude: list[str]) -> onnx.ModelProto:
-            variant = replace(
-                self, max_cosine_drop=None, include_names=include, exclude_names=list(self.exclude_names) + exclude
-            )
-            return self._kept_tier(variant._quantize(model, ctx)[0], exclude, ctx)[0]
-
+        build, layers, evaluator = setup
         mixed = choose_high_precision(build, layers, evaluator, float(self.max_cosine_drop))
         if not mixed.kept:
             result.notes.append(f"budget {self.max_cosine_drop}: met with every layer quantized")
@@ -177,6 +161,25 @@ class Quantize(Pass):
         )
         result.details["mixed_precision"] = mixed.to_dict()
         return final, result
+
+    def ranked_layers(self, model: onnx.ModelProto, ctx: PassContext) -> list[str]:
+        """The layers this pass quantizes, most sensitive first: the final outputs' damage with each alone quantized."""
+        setup = self._sensitivity_setup(model, ctx, replace(self, max_cosine_drop=None)._quantize(model, ctx)[1])
+        return [name for name, _ in layer_sensitivity(*setup)] if setup else []
+
+    def _sensitivity_setup(self, model: onnx.ModelProto, ctx: PassContext, result: PassResult):
+        """(build(include, exclude), the quantized layers, an evaluator on the first samples), or None."""
+        weighted = set(_weighted_names(model))
+        layers = [name for name in dict.fromkeys(result.touched) if name in weighted]
+        if ctx.calibration is None or not layers:
+            return None
+
+        def build(include: list[str] | None, exclude: list[str]) -> onnx.ModelProto:
+            names = list(self.exclude_names) + exclude
+            variant = replace(self, max_cosine_drop=None, include_names=include, exclude_names=names)
+            return self._kept_tier(variant._quantize(model, ctx)[0], exclude, ctx)[0]
+
+        return build, layers, Evaluator(model, first_samples(ctx.calibration, self.sensitivity_samples))
 
     def _kept_tier(self, model: onnx.ModelProto, kept: list[str], ctx: PassContext):
         """keep_bits 8: the kept layers as int8 weight-only (no data needed); (model, its result or None)."""
@@ -247,7 +250,6 @@ class Quantize(Pass):
             f"{time.perf_counter() - start:.2f} s"
         )
 
-    # ------------------------------------------------------------------ calibration
     def _calibrate(self, model, plan: Placement, ctx: PassContext, result: PassResult):
         """Activation ranges (W8A8) or layer-input Gram matrices (int2, AWQ, GPTQ); None when no data."""
         data = ctx.calibration
@@ -299,7 +301,6 @@ class Quantize(Pass):
                 del plan.activations[tensor]
         plan.weights = [w for w in plan.weights if w.node.name not in dropped]
 
-    # ------------------------------------------------------------------ rewrites
     def _rewrite_activations(
         self, graph: gs.Graph, plan: Placement, ranges: dict[str, float], result: PassResult
     ) -> None:

@@ -56,16 +56,20 @@ def search_section(report: dict[str, Any], table: Table) -> list[str]:
             ("★ " if p["index"] == chosen.get("index") else "") + p["label"],
             p["value"],
             "yes" if p["meets_budget"] else "no",
-            p["objective"],
             p["weight_bytes"],
-            p["flops"],
+            p["weighted_flops"],
+            p["latency_ms_estimate"],
         ]
         for p in front
     ]
+    searched = "weight-bytes" if search["objective"] == "engine-size" else search["objective"]  # engine size: by bytes
+    columns = {"weight-bytes": "weight bytes", "flops": "FLOPs, fp16-equivalent", "latency": "latency estimate, ms"}
+    headers = ["configuration", f"{search['metric']} on validation", "meets"]
+    headers += [text + (" (objective)" if key == searched else "") for key, text in columns.items()]
     return [
         "<h2>Budget search</h2>",
         f"<p>{html.escape(search.get('summary', ''))}; stopped: {html.escape(search['stopped'])}</p>",
         f'<img alt="Pareto front" src="data:image/png;base64,{png}">',
         "<h3>Pareto front (accuracy vs objective)</h3>",
-        table(["configuration", search["metric"], "meets", search["objective"], "weight bytes", "FLOPs"], rows),
+        table(headers, rows),
     ]

@@ -35,8 +35,6 @@ from typing import Any
 import onnx
 
 from calibration.data import CalibrationData
-from calibration.sensitivity import Evaluator as SensitivityEvaluator
-from calibration.sensitivity import layer_sensitivity
 from converter.core.model_io import opset_of
 from converter.pipelines.budget.candidates import FOUR_BIT, INT4_ALGORITHM, Config, Measure, Point
 from converter.pipelines.budget.spec import Budget
@@ -95,25 +93,12 @@ def rank_layers(source: onnx.ModelProto, calib: CalibrationData, mode: str) -> l
     formats: by the final outputs' damage with that layer alone quantized (one model per layer).
     """
     ctx = PassContext(opset=opset_of(source), calibration=calib)
-    quantize = Quantize(mode=mode, method="minmax", algorithm=INT4_ALGORITHM if mode in FOUR_BIT else "rtn")
-    result = quantize.run_model(source, ctx)[1]
-    if mode in WEIGHT_ONLY:
-        errors = result.details.get("weight_only", {})
-        return sorted(errors, key=lambda name: -errors[name]["error"])
-    weighted = {n.name for n in source.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-    layers = [n for n in dict.fromkeys(result.touched) if n in weighted]
-    feeds, rows = [], 0
-    for batch in calib:
-        feeds.append(batch)
-        rows += len(next(iter(batch.values())))
-        if rows >= SENSITIVITY_SAMPLES:
-            break
-    evaluator = SensitivityEvaluator(source, feeds)
-
-    def build(include: list[str] | None, exclude: list[str]) -> onnx.ModelProto:
-        return replace(quantize, include_names=include, exclude_names=exclude).run_model(source, ctx)[0]
-
-    return [name for name, _ in layer_sensitivity(build, layers, evaluator)]
+    algorithm = INT4_ALGORITHM if mode in FOUR_BIT else "rtn"
+    quantize = Quantize(mode=mode, method="minmax", algorithm=algorithm, sensitivity_samples=SENSITIVITY_SAMPLES)
+    if mode not in WEIGHT_ONLY:
+        return quantize.ranked_layers(source, ctx)
+    errors = quantize.run_model(source, ctx)[1].details.get("weight_only", {})
+    return sorted(errors, key=lambda name: -errors[name]["error"])
 
 
 @dataclass
