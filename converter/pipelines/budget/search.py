@@ -14,8 +14,8 @@ Then, measured (every point on the rewritten graph, on the validation data):
 1. the precision: fp16 for everything unquantized, unless fp16 alone misses the budget;
 2. each format alone (and each alpha for int8);
 3. a staircase per format, formats in order of their objective alone: at drop level k,
-   the fewest most-sensitive layers kept out of the format (0, 1, 2, 4, 8, ...) that keep
-   the budget; more drops never need fewer keeps, so the count only grows along k. A
+   the fewest most-sensitive layers kept out of the format that keep the budget (counts
+   0, 1, 2, 4, 8, ..., then a bisection of the last gap); more drops never need fewer keeps, so the count only grows along k. A
    format stops where no allowed keep count (at most half its layers) keeps the budget,
    where its objective has grown for two levels running, or at the first level where
    dropping alone missed the budget (a format only adds error). Dropping alone (no
@@ -206,22 +206,37 @@ class JointSearch:
         for drop in self.ladder:
             if start.quant and not self._drop_alone_met(drop, start.precision):
                 return  # quantizing adds error: where dropping alone misses, so does dropping plus a format
-            while True:
-                ranked = self._ranking(start.quant) if keep_count else []
-                config = replace(start, drop=drop, keep=tuple(ranked[:keep_count]))
-                point = self.point(config)
-                if point.met:
-                    break
-                if not start.quant:
-                    return
-                ranked = self._ranking(start.quant)
-                keep_count = 1 if keep_count == 0 else keep_count * 2
-                if keep_count > len(ranked) // 2:
-                    return
+            found = self._fewest_keeps(replace(start, drop=drop), keep_count)
+            if found is None:
+                return
+            keep_count, point = found
             grew = grew + 1 if previous is not None and point.objective >= previous else 0
             if grew >= 2:
                 return
             previous = point.objective
+
+    def _fewest_keeps(self, config: Config, start: int) -> tuple[int, Point] | None:
+        """(count, point): the fewest most-sensitive layers kept out of the format, at least `start`,
+        that keep the budget: doubling (0, 1, 2, 4, ...: at most half the layers), then halving the
+        last gap; None when no allowed count keeps it."""
+
+        def measured(count: int) -> Point:
+            ranked = self._ranking(config.quant) if count else []
+            return self.point(replace(config, keep=tuple(ranked[:count])))
+
+        count, failed, point = start, None, measured(start)
+        while not point.met:
+            if not config.quant:
+                return None
+            failed, count = count, (1 if count == 0 else count * 2)
+            if count > len(self._ranking(config.quant)) // 2:
+                return None
+            point = measured(count)
+        while failed is not None and count - failed > 1:  # the fewest in (failed, count]
+            middle = (failed + count) // 2
+            trial = measured(middle)
+            count, point, failed = (middle, trial, failed) if trial.met else (count, point, middle)
+        return count, point
 
     def _drop_alone_met(self, drop: tuple[str, ...], precision: str) -> bool:
         point = self.measure.points.get(Config(drop=drop, precision=precision))
