@@ -107,6 +107,11 @@ def _did_you_mean(word: str, known: list[str]) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
+def pass_count(specs: list[PassSpec]) -> int:
+    """How many passes `specs` run, groups expanded (a progress bar's total)."""
+    return len(expand_groups([(s.name, s.options) for s in specs]))
+
+
 def expand_groups(names_and_options: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """Replace group names by their passes (groups take no options)."""
     expanded = []

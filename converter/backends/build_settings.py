@@ -8,6 +8,7 @@ from types import ModuleType
 
 from converter.backends.base import BuildConfig
 from converter.core.errors import UnsupportedError
+from converter.core.progress import Step
 
 
 def allow_decomposed_attention(trt: ModuleType, network) -> int:
@@ -54,8 +55,9 @@ def set_options(trt: ModuleType, builder_config, config: BuildConfig) -> None:
 
 
 def progress_monitor(trt: ModuleType, report):
-    """TensorRT's IProgressMonitor as lines through `report`: each top-level phase's start and
-    end, and its steps at every tenth (a build of a large model sits minutes in one phase)."""
+    """TensorRT's IProgressMonitor as progress Steps through `report`: each top-level phase's start,
+    steps at every tenth and end (a build of a large model sits minutes in one phase; a terminal
+    draws a bar: converter/cli/progress.py)."""
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
@@ -66,16 +68,17 @@ def progress_monitor(trt: ModuleType, report):
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None:
                 self.steps[phase_name], self.started[phase_name] = num_steps, time.perf_counter()
-                report(f"engine build: {phase_name} ({num_steps} steps)")
+                report(Step(f"engine build: {phase_name}", 0, num_steps))
 
         def step_complete(self, phase_name, step):
             total = self.steps.get(phase_name)
-            if total and total >= 10 and (step + 1) % max(1, total // 10) == 0:
-                report(f"engine build: {phase_name} {step + 1}/{total}")
+            if total and (step + 1) % max(1, total // 10) == 0:  # tenths: a plain log stays short
+                report(Step(f"engine build: {phase_name}", step + 1, total))
             return True  # never cancel
 
         def phase_finish(self, phase_name):
             if phase_name in self.started:
-                report(f"engine build: {phase_name} done in {time.perf_counter() - self.started.pop(phase_name):.1f} s")
+                total, seconds = self.steps[phase_name], time.perf_counter() - self.started.pop(phase_name)
+                report(Step(f"engine build: {phase_name}", total, total, f"done in {seconds:.1f} s"))
 
     return Monitor()

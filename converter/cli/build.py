@@ -17,7 +17,7 @@ from converter.cli.options import (
     output_options,
     precision_flags,
     profile_option,
-    progress_log,
+    progress,
     shapes_option,
     target_gpu_option,
     trtexec_shapes_options,
@@ -84,9 +84,9 @@ def build(onnx_file, out, shapes, min_shapes, opt_shapes, max_shapes, profiles, 
       trtforge build lm.onnx -o lm.engine --profile input_ids:1x1/1x32/4x64 --profile input_ids:1x1/1x1/16x1
       trtforge build model.onnx --save-engine m.engine --min-shapes image:1x3x224x224 --opt-shapes image:4x3x224x224 --max-shapes image:8x3x224x224
     """
-    log = progress_log(quiet or as_json)
     items = [*shapes, *trtexec_shapes(min_shapes, opt_shapes, max_shapes)]
-    engine = api.build(
-        onnx_file, out, shapes=parse_profiles(items), profiles=parse_profile_groups(profiles), log=log, **options
-    )
+    with progress("building the engine...", quiet or as_json) as log:
+        engine = api.build(
+            onnx_file, out, shapes=parse_profiles(items), profiles=parse_profile_groups(profiles), log=log, **options
+        )
     emit(engine.report, as_json, quiet, print_build)

@@ -17,8 +17,7 @@ from converter.cli.options import (
     emit,
     out_option,
     output_options,
-    progress_log,
-    status,
+    progress,
 )
 from converter.core.errors import AccuracyError
 
@@ -86,10 +85,8 @@ def build_matrix(manifest, out, executor, address, jobs, as_json, quiet):
     when any job did not pass.
     """
     silent = quiet or as_json
-    with status("building the matrix...", silent):
-        result = api.build_matrix(
-            manifest, out, executor=executor, address=address, jobs=jobs, log=progress_log(silent)
-        )
+    with progress("building the matrix...", silent) as log:
+        result = api.build_matrix(manifest, out, executor=executor, address=address, jobs=jobs, log=log)
     emit(result.report, as_json, quiet, _print_summary)
     if not silent:
         console.print(f"summary: {escape(str(result.summary))}", highlight=False)

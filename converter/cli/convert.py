@@ -22,9 +22,8 @@ from converter.cli.options import (
     output_options,
     precision_flags,
     profile_option,
-    progress_log,
+    progress,
     shapes_option,
-    status,
     summary,
     target_gpu_option,
     task_option,
@@ -90,13 +89,13 @@ def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, sea
       trtforge convert decoder-lm --budget 'ppl<=+5%' -o out/lm-small   # smallest graph within +5 % perplexity
     """
     silent = quiet or as_json
-    with status("converting...", silent):
+    with progress("converting...", silent) as log:
         result = api.convert(
             model,
             out,
             shapes=parse_profiles(shapes),
             profiles=parse_profile_groups(profiles),
-            log=progress_log(silent),
+            log=log,
             budget=api.BudgetOptions(budget, objective, search_seconds, names(search_formats) or None)
             if budget
             else None,

@@ -13,7 +13,7 @@ from converter.cli.options import (
     onnx_out_option,
     output_options,
     precision_flags,
-    progress_log,
+    progress,
     summary,
 )
 from converter.pipelines.recipe import PRECISIONS
@@ -35,6 +35,6 @@ def optimize(onnx_file, out, passes, as_json, quiet, **options):
       trtforge optimize model.onnx -o model.opt.onnx
       trtforge optimize model.onnx -o model.fp16.onnx --precision fp16
     """
-    log = progress_log(quiet or as_json)
-    result = api.optimize(onnx_file, out, passes=names(passes), log=log, **options)
+    with progress("optimizing...", quiet or as_json) as log:
+        result = api.optimize(onnx_file, out, passes=names(passes), log=log, **options)
     emit(result.report, as_json, quiet, summary)

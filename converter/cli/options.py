@@ -6,19 +6,18 @@ arguments of one converter.api function, calls it and prints the report it retur
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from converter.backends import BACKEND_CHOICES
+from converter.cli.progress import ProgressDisplay
 from converter.core.errors import AccuracyError, UsageError
 from converter.pipelines.report import print_summary, to_json
 
@@ -182,18 +181,10 @@ trust_option = click.option(
 )
 
 
-def progress_log(silent: bool) -> Callable[[str], None]:
-    """Where a use case's progress messages go: dim lines on stderr, or nowhere with --quiet/--json."""
-    if silent:
-        return lambda _msg: None
-    return lambda msg: err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
-
-
-@contextlib.contextmanager
-def status(message: str, silent: bool) -> Iterator[None]:
-    """A spinner on the console while a long step runs (none with --quiet/--json)."""
-    with console.status(message) if not silent else contextlib.nullcontext():
-        yield
+def progress(message: str | None, silent: bool) -> ProgressDisplay:
+    """Where a use case's progress goes (use as `with progress(...) as log:`): bars and a spinner on a
+    terminal, plain lines in a CI log, nothing with --quiet/--json (converter/cli/progress.py)."""
+    return ProgressDisplay(message, silent, err_console)
 
 
 def emit(result: dict[str, Any], as_json: bool, quiet: bool, summary=None) -> None:

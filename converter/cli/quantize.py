@@ -17,7 +17,7 @@ from converter.cli.options import (
     emit,
     onnx_out_option,
     output_options,
-    progress_log,
+    progress,
     shapes_option,
 )
 from converter.core.profiles import parse_profiles
@@ -131,13 +131,14 @@ def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **option
       trtforge quantize decoder-lm -o lm.w4.onnx --mode int4-wo --algorithm gptq
       trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
-    result = api.quantize(
-        model,
-        out,
-        block_size=int(block_size) if block_size else None,
-        keep_bits=int(keep_bits),
-        shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
-        log=progress_log(quiet or as_json),
-        **options,
-    )
+    with progress("quantizing...", quiet or as_json) as log:
+        result = api.quantize(
+            model,
+            out,
+            block_size=int(block_size) if block_size else None,
+            keep_bits=int(keep_bits),
+            shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
+            log=log,
+            **options,
+        )
     emit(result.report, as_json, quiet, print_quantize)

@@ -28,6 +28,7 @@ from converter.core.errors import Interrupted, InvalidInputError
 from converter.core.metadata import TASK, metadata_value
 from converter.core.model_io import load_model, opset_of, save_model, weights_precision
 from converter.core.outputs import check_name_length
+from converter.core.progress import Step
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
 from converter.pipelines.budget.check import budget_judge
@@ -56,7 +57,7 @@ from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
-from passes.registry import PassSpec
+from passes.registry import PassSpec, pass_count
 
 Log = Callable[[str], None]
 
@@ -267,9 +268,10 @@ class _Run:
                 record.accuracy = pass_accuracy(checks.check(stage_model, record.name, tol))
             except InvalidInputError as exc:
                 record.accuracy = {"skipped": str(exc)}
-            self.log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes")
+            done.append(record.name)
+            self.log(Step("passes", len(done), pass_count(specs), f"{record.name}: {record.nodes_after} nodes"))
 
-        specs = rec.effective_passes()
+        specs, done = rec.effective_passes(), []
         with self.stage(
             "optimize", f"running passes {', '.join(s.name for s in specs)}, each checked against the reference"
         ) as entry:

@@ -18,12 +18,13 @@ import onnx
 
 from converter.core.model_io import load_model, opset_of, save_model, weights_nbytes
 from converter.core.outputs import Outputs
+from converter.core.progress import Step
 from converter.pipelines import calibration_source
 from converter.pipelines.recipe import Recipe
 from converter.pipelines.report import new_report, write_report
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
-from passes.registry import PassSpec, build_passes
+from passes.registry import PassSpec, build_passes, pass_count
 
 OnStage = Callable[[PassRecord, onnx.ModelProto], None]
 
@@ -75,8 +76,12 @@ def optimize(
     seconds = time.perf_counter() - started
     log(f"loaded {onnx_path}: {nodes_before} nodes, {weights_nbytes(model) / 1e6:,.1f} MB of weights ({seconds:.2f} s)")
 
+    done: list[str] = []
+
     def progress(record: PassRecord) -> None:
-        log(f"pass {record.name}: {record.nodes_before} -> {record.nodes_after} nodes ({record.seconds:.2f} s)")
+        done.append(record.name)
+        text = f"{record.name}: {record.nodes_before} -> {record.nodes_after} nodes ({record.seconds:.2f} s)"
+        log(Step("passes", len(done), pass_count(specs), text))
 
     ctx = PassContext(opset=opset_of(model), calibration=calibration_source.for_optimize(specs, model))
     result, records = run_passes(model, specs, ctx, on_stage, on_record=progress)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx
 
+from converter.core.progress import Step
 from passes.blocks.config import DropConfig
 from passes.blocks.discovery import BlockGraph
 from passes.blocks.rewiring import canonical
@@ -93,7 +94,7 @@ class Evaluator:
         now = time.perf_counter()
         if self.progress is not None and now - self._last_progress >= self.PROGRESS_EVERY_S:
             self._last_progress = now
-            self.progress(f"measured {self.runs} removal sets ({now - self.started:.0f} s)")
+            self.progress(Step("scoring removal sets", self.runs, None, f"({now - self.started:.0f} s)"))
 
     def measure(self, run: Callable[[Feeds], dict[str, np.ndarray]], split: str = "val") -> dict[str, float]:
         """Output metrics of any model (`run`: feeds -> outputs, e.g. the written ONNX) against the original."""

@@ -36,6 +36,7 @@ import onnx
 
 from calibration.data import CalibrationData
 from converter.core.model_io import opset_of
+from converter.core.progress import Step
 from converter.pipelines.budget.candidates import FOUR_BIT, INT4_ALGORITHM, Config, Measure, Point
 from converter.pipelines.budget.spec import Budget
 from passes.base import PassContext
@@ -158,10 +159,8 @@ class JointSearch:
         if not known:
             verdict = "meets" if point.met else "misses"
             budget, objective = self.measure.budget.metric, self.measure.objective
-            self.log(
-                f"[{point.index}] {config.describe()}: {budget} {point.value:.5f} ({verdict}), "
-                f"{objective} {point.objective:.4g}"
-            )
+            text = f"{config.describe()}: {budget} {point.value:.5f} ({verdict}), {objective} {point.objective:.4g}"
+            self.log(Step("budget search", point.index + 1, None, text))
         return point
 
     def run(self) -> SearchResult:
