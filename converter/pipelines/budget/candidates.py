@@ -14,7 +14,7 @@ validation batches (data.py). Every point the search reports went through it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -89,7 +89,6 @@ class Point:
     seconds: float
     index: int = 0
     higher_is_better: bool = True  # cosine / top-1; a perplexity increase or a task drop is better smaller
-    label: str = field(default="")
 
     @property
     def goodness(self) -> float:
@@ -99,7 +98,7 @@ class Point:
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
-            "label": self.label or self.config.describe(),
+            "label": self.config.describe(),
             "config": self.config.to_dict(),
             "value": round(self.value, 6),
             "meets_budget": self.met,
