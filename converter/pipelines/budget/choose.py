@@ -120,7 +120,7 @@ def search_recipe(
     target = _target(rec)
     measure = Measure(base, calib, validator, flops, budget, options.objective, target)
     log("ordering blocks and sub-layers for dropping (calibration data, gated graph)")
-    ladder, blocks = drop_ladder(base, data.calib, budget, options.objective, flops)
+    ladder, blocks = drop_ladder(base, (data.calib, data.val), budget, options.objective, flops)
     formats = list(options.formats or DEFAULT_FORMATS[options.objective])
     result = JointSearch(measure, ladder, formats, fixed_precision, options.search_seconds, log).run()
     section = {

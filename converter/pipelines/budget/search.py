@@ -1,9 +1,11 @@
 """The joint search: the smallest configuration (drop x quantize x precision) that keeps the budget.
 
-Three cheap orderings steer it, all computed on the calibration data only:
-- the drop ladder: drop-blocks' FinerCut order on the gated twin graph (one unit more at
-  a time, the least damage per parameter or FLOP saved: passes/blocks/search.greedy_path),
-  so "drop k units" is one nested set per k;
+Three cheap orderings steer it, computed on the calibration data:
+- the drop ladder, on the gated twin graph: for a cosine or perplexity budget the sets
+  drop-blocks' own budget mode accepts, one size level after another (each also kept
+  within the budget on the validation data, as `drop-blocks --min-cosine` does), so the
+  joint search drops at least what dropping alone can; otherwise FinerCut's greedy order
+  (passes/blocks/search.greedy_path);
 - per quantization format, its layers ranked by sensitivity, computed only when the
   format misses the budget with every layer quantized: for W8A8 formats the damage with
   that layer alone quantized (calibration/sensitivity.py), for weight-only formats each
@@ -44,7 +46,7 @@ from passes.blocks.config import DropConfig
 from passes.blocks.discovery import find_blocks
 from passes.blocks.evaluator import Evaluator as DropEvaluator
 from passes.blocks.scores import Costs
-from passes.blocks.search import Scorer, greedy_path
+from passes.blocks.search import Scorer, budget_search, greedy_path
 from passes.quant.quantize import WEIGHT_ONLY, Quantize
 
 ALPHAS = (None, 0.5, 0.8)
@@ -67,19 +69,31 @@ def ladder_damage_cap(budget: Budget) -> float:
 
 
 def drop_ladder(
-    source: onnx.ModelProto, calib: list, budget: Budget, objective: str, flops: dict[str, float]
+    source: onnx.ModelProto, data: tuple[list, list], budget: Budget, objective: str, flops: dict[str, float]
 ) -> tuple[list[tuple[str, ...]], str]:
-    """Nested drop sets, one unit more each (empty first); and what the discovery found."""
+    """Drop sets of growing size (the empty set first); and what the block discovery found.
+
+    A cosine or perplexity budget: the sets drop-blocks' own budget mode accepts, one size level
+    after another (chosen on the calibration data, each kept within the budget on the validation
+    data), so the joint search can drop at least what dropping alone can. Other budgets: FinerCut's
+    greedy order on the calibration data, up to 3x the budget's damage.
+    """
     bg = find_blocks(source)
     if not bg.found:
         return [()], bg.message
+    calib, val = data
     metric = "ppl" if budget.metric == "ppl" else ("cosine" if budget.metric != "task" else "auto")
-    ev = DropEvaluator(source, bg, calib, calib, metric)
+    ev = DropEvaluator(source, bg, calib, val, metric)
     try:
         per_flop = objective in ("flops", "latency")
+        costs, units = Costs.of(source, bg, flops if per_flop else None), bg.units("all")
+        if budget.metric in ("cosine", "ppl"):
+            limit = {"min_cosine": budget.limit} if budget.metric == "cosine" else {"max_ppl_increase": budget.limit}
+            config = DropConfig(**limit, target_flops=1.0 if per_flop else None)  # levels in FLOPs or parameters
+            _, _, steps = budget_search(ev, costs, units, config)
+            return [(), *(tuple(step["removed"]) for step in steps)], bg.message
         goal = DropConfig(target_flops=1.0) if per_flop else DropConfig(target_params=1.0)
-        scorer = Scorer(ev, Costs.of(source, bg, flops if per_flop else None), replace(goal, beam=1, refine=False))
-        units = bg.units("all")
+        scorer = Scorer(ev, costs, replace(goal, beam=1, refine=False))
         path = greedy_path(scorer, units, max(len(bg.blocks) // 2, 1), ladder_damage_cap(budget))
     finally:
         ev.close()
