@@ -269,9 +269,10 @@ class _Run:
             except InvalidInputError as exc:
                 record.accuracy = {"skipped": str(exc)}
             done.append(record.name)
-            self.log(Step("passes", len(done), pass_count(specs), f"{record.name}: {record.nodes_after} nodes"))
+            self.log(Step("passes", len(done), total, f"{record.name}: {record.nodes_after} nodes"))
 
         specs, done = rec.effective_passes(), []
+        total = pass_count(specs)
         with self.stage(
             "optimize", f"running passes {', '.join(s.name for s in specs)}, each checked against the reference"
         ) as entry:
@@ -351,8 +352,9 @@ class _Run:
         return self.rec.tolerance(weights if wanted == "fp32" and weights != "fp32" else wanted)
 
     def judge(self, source: onnx.ModelProto):
-        """Lossy stages of a recipe with a budget pass by the budget, not elementwise (pipelines/budget/check.py)."""
-        return budget_judge(self.rec.budget, source)
+        """Lossy stages of a recipe with a budget (or of a budget search) pass by the budget, not
+        elementwise (pipelines/budget/check.py)."""
+        return budget_judge(self.search.options.parsed() if self.search else self.rec.budget, source)
 
     def verify_engine(self, source: onnx.ModelProto, backend: Backend, engine: EngineArtifact) -> None:
         """4. the engine's accuracy, where it can run (a GPU); else skipped with the reason."""

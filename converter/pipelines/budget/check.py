@@ -3,8 +3,8 @@
 A recipe chosen by `convert --budget` records its budget (`budget: cosine>=0.99`), and a
 hand-written recipe may state one: its lossy ONNX and engine stages then pass when the
 budgeted metric, measured on convert's verification samples against the reference, keeps
-the budget (the elementwise numbers stay in the report). A task-metric budget (API) is
-code, not recipe text: its runs keep the recipe's tolerances.
+the budget (the elementwise numbers stay in the report). A task-metric budget (API) is code,
+not recipe text: the run that searched with it is judged by it, a replay of its recipe is not.
 """
 
 from __future__ import annotations
@@ -21,19 +21,33 @@ from converter.verification.reference import Judge
 from passes.blocks.scores import language_model_io
 
 
-def budget_judge(text: str | None, model: onnx.ModelProto) -> Judge | None:
-    """The judge of recipe budget `text` for `model`'s outputs (None without a budget)."""
-    if not text:
+def _batches(outputs: dict[str, np.ndarray], feeds: list[Feeds]) -> list[dict[str, np.ndarray]]:
+    """Concatenated outputs cut back into the feeds' batches (a task metric takes them batch by batch)."""
+    rows = [len(next(iter(f.values()))) for f in feeds]
+    cuts = np.cumsum(rows)[:-1]
+    split = [np.split(v, cuts) for v in outputs.values()]
+    return [dict(zip(outputs, parts, strict=True)) for parts in zip(*split, strict=True)]
+
+
+def budget_judge(budget: Budget | str | None, model: onnx.ModelProto) -> Judge | None:
+    """The judge of `budget` (or a recipe's budget text) for `model`'s outputs; None without one."""
+    if not budget:
         return None
-    budget, lm = Budget.parse(text), language_model_io(model)
+    budget, lm = (budget if isinstance(budget, Budget) else Budget.parse(budget)), language_model_io(model)
+
+    def metrics(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], feeds: list[Feeds]) -> dict[str, float]:
+        joined = {lm.tokens: np.concatenate([f[lm.tokens] for f in feeds])} if lm else {}
+        found = Metrics(lm)
+        found.add(out, ref, joined)
+        values = found.result()
+        if budget.task is not None:
+            values["task"] = float(budget.task(_batches(out, feeds), feeds))
+        return values
 
     def judge(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], feeds: list[Feeds]) -> dict[str, Any]:
-        joined = {lm.tokens: np.concatenate([f[lm.tokens] for f in feeds])} if lm else {}
-        metrics, base = Metrics(lm), Metrics(lm)
-        metrics.add(out, ref, joined)
-        base.add(ref, ref, joined)
-        value = budget.value(metrics.result(), base.result())
-        found = {k: round(v, 6) for k, v in metrics.result().items()}
-        return {"budget": budget.text, "value": round(value, 6), "met": budget.met(value), "metrics": found}
+        found = metrics(out, ref, feeds)
+        value = budget.value(found, metrics(ref, ref, feeds))
+        rounded = {k: round(v, 6) for k, v in found.items()}
+        return {"budget": budget.text, "value": round(value, 6), "met": budget.met(value), "metrics": rounded}
 
     return judge

@@ -14,7 +14,7 @@ from converter.cli.main import main as cli
 from converter.core.model_io import load_model, opset_of
 from converter.core.ort_session import cpu_session
 from converter.demos.models import DEMOS
-from converter.pipelines.budget.choose import BudgetOptions, search_recipe
+from converter.pipelines.budget.choose import BudgetOptions, BudgetSearch, search_recipe
 from converter.pipelines.budget.data import search_data
 from converter.pipelines.export import export_model
 from converter.pipelines.recipe import Recipe
@@ -145,3 +145,27 @@ def test_a_recipe_with_its_own_lossy_pass_is_refused(tmp_path):
         cli, ["convert", "decoder-lm", "--recipe", str(recipe), "--budget", BUDGET, "-o", str(tmp_path / "o")]
     )
     assert result.exit_code == 4 and "already has ['quantize']" in result.output
+
+
+def _next_byte_accuracy(outputs, feeds) -> float:
+    """A user's task metric: how often the arg-max logit is the next byte of the text."""
+    hits = total = 0
+    for out, batch in zip(outputs, feeds, strict=True):
+        predicted = out["logits"][:, :-1].argmax(-1)
+        hits += int((predicted == batch["input_ids"][:, 1:]).sum())
+        total += predicted.size
+    return hits / total
+
+
+def test_a_task_metric_budget_chooses_and_judges_the_run(tmp_path):
+    from converter import api
+
+    budget = api.Budget.task_metric(_next_byte_accuracy, 0.01, "next-byte accuracy")
+    options = api.BudgetOptions(budget, "weight-bytes", 600, ("int8-wo",), val_samples=32)
+    result = api.convert("decoder-lm", tmp_path / "o", budget=options)
+    search = result.report["search"]
+    assert search["metric"] == "task" and search["chosen"]["value"] <= 0.01 and result.passed
+    assert result.report["recipe"]["budget"] is None  # code is not recipe text
+    judged = next(v for v in result.report["verification"] if v["candidate"] == "model.opt.onnx")
+    assert judged["budget"]["budget"] == "next-byte accuracy drop<=0.01" and "task" in judged["budget"]["metrics"]
+    assert BudgetSearch(options, None).uncacheable  # the artifact cache cannot key code: such runs are not cached
