@@ -57,6 +57,13 @@ from converter.pipelines.recipe import PRECISIONS
 )
 @choice_option("--objective", OBJECTIVES, "weight-bytes", "What --budget minimises (latency: a roofline estimate).")
 @click.option(
+    "--calib",
+    type=PATH,
+    help="Calibration data for the passes that need it and for --budget (a folder of .npz/.npy, images or .txt, "
+    "or one .npz); recorded in the recipe. Default: the model's own sample data.",
+)
+@click.option("--validation", type=PATH, help="--budget: validation data, disjoint from the calibration data.")
+@click.option(
     "--search-formats",
     help="Quantization formats --budget tries, comma-separated (int8, fp8, int4-wo, int8-wo); default per objective.",
 )
@@ -71,7 +78,20 @@ from converter.pipelines.recipe import PRECISIONS
 @trust_option
 @output_options
 @precision_flags
-def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, search_formats, search_seconds, **options):
+def convert(
+    model,
+    out,
+    shapes,
+    profiles,
+    as_json,
+    quiet,
+    budget,
+    objective,
+    validation,
+    search_formats,
+    search_seconds,
+    **options,
+):
     """Convert MODEL (default: minilm) to a verified TensorRT engine.
 
     MODEL is a file path (.onnx), a demo name (minilm, efficientnet-lite0) or a
@@ -88,6 +108,8 @@ def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, sea
       trtforge convert minilm --recipe trtforge_out/report.json -o out/again     # reproduce a run
       trtforge convert decoder-lm --budget 'ppl<=+5%' -o out/lm-small   # smallest graph within +5 % perplexity
     """
+    if validation and not budget:
+        raise click.UsageError("--validation is the --budget search's data: give --budget too")
     silent = quiet or as_json
     with progress("converting...", silent) as log:
         result = api.convert(
@@ -96,7 +118,9 @@ def convert(model, out, shapes, profiles, as_json, quiet, budget, objective, sea
             shapes=parse_profiles(shapes),
             profiles=parse_profile_groups(profiles),
             log=log,
-            budget=api.BudgetOptions(budget, objective, search_seconds, names(search_formats) or None)
+            budget=api.BudgetOptions(
+                budget, objective, search_seconds, names(search_formats) or None, validation=validation
+            )
             if budget
             else None,
             **options,

@@ -68,6 +68,20 @@ def files_digest(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def data_digest(path: str | Path) -> str | None:
+    """A digest of a data file or of every file under a data folder (names and contents); None when
+    there is nothing to read (the run itself then says what is wrong with the path)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not files or not all(p.is_file() for p in files):
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class Lookup:
     """What a lookup found: the entry folder on a hit, else why there was none."""

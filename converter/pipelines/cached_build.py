@@ -27,7 +27,7 @@ from typing import Any
 
 from converter.backends import Backend, BuildConfig, EngineArtifact
 from converter.backends.base import write_sidecar
-from converter.core.artifact_cache import ArtifactCache, Lookup, cache_key, files_digest
+from converter.core.artifact_cache import ArtifactCache, Lookup, cache_key, data_digest, files_digest
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import atomic_path, external_data_files, load_model
 from converter.core.version import __version__
@@ -134,6 +134,9 @@ def conversion_key(
     if inputs and not Path(inputs).is_file():
         return None  # the run itself says what is wrong with it
     given = files_digest([Path(inputs)]) if inputs else None
+    calibration = recipe.get("calibration") and data_digest(recipe["calibration"])
+    if recipe.get("calibration") and calibration is None:
+        return None
     runs_engines = backend.can_run()[0]  # whether the report could check the engine here
     return cache_key(
         "convert",
@@ -141,6 +144,7 @@ def conversion_key(
         recipe,
         task,
         given,
+        calibration,
         trust,
         backend.name,
         backend.version(),

@@ -78,10 +78,13 @@ def for_passes(
     return data
 
 
-def require_own_samples(passes: list[PassSpec], metadata: dict[str, str], spec: ModelSpec | None) -> None:
-    """Before any work: refuse passes that would change nothing without data when the model
-    has no real sample data of its own (the spec's, or a built-in demo its ONNX `metadata` names)."""
-    if spec is not None and spec.sample_source != "synthetic":
+def require_own_samples(
+    passes: list[PassSpec], metadata: dict[str, str], spec: ModelSpec | None, given: str | None = None
+) -> None:
+    """Before any work: refuse passes that would change nothing without data when the model has no
+    real sample data of its own (the spec's, or a built-in demo its ONNX `metadata` names) and none
+    is `given` (a recipe's `calibration`)."""
+    if given or (spec is not None and spec.sample_source != "synthetic"):
         return
     if metadata.get(SAMPLE_DATA):
         return
@@ -101,9 +104,17 @@ def _refuse_without_data(required: list[str]) -> None:
 
 
 def for_convert(
-    passes: list[PassSpec], model: onnx.ModelProto, spec: ModelSpec | None, skip_batches: int, batch_size: int
+    passes: list[PassSpec],
+    model: onnx.ModelProto,
+    spec: ModelSpec | None,
+    skip_batches: int,
+    batch_size: int,
+    given: str | None = None,
 ) -> CalibrationData | None:
-    """convert: real calibration data disjoint from the verification batches, for passes that need it."""
+    """convert: the recipe's `calibration` data (`given`), else real calibration data disjoint from the
+    verification batches, for passes that need it."""
+    if given and needs_calibration([p.name for p in passes]):
+        return load(given, model)
     return for_passes(passes, model, CONVERT_BATCHES, batch_size, skip_batches, spec)
 
 

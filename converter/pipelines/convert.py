@@ -96,6 +96,7 @@ def convert(
     cache_dir: str | Path | None = None,
     use_cache: bool | None = None,
     budget: BudgetOptions | str | None = None,
+    calib: str | Path | None = None,
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
@@ -105,10 +106,11 @@ def convert(
     profiles (off: only built-in demos). The cache (`cache_dir`, default per user;
     `use_cache=False` for none; None: on unless TRTFORGE_CACHE=0) returns an identical earlier run's outputs, else the
     engine of an identical final ONNX (pipelines/cached_build.py). `budget` (BudgetOptions, or its
-    text: "cosine>=0.99") searches the passes and precision first (pipelines/budget/choose.py).
+    text: "cosine>=0.99") searches the passes and precision first (pipelines/budget/choose.py);
+    `calib` is the recipe's `calibration` data for passes that need it.
     """
     started = time.perf_counter()
-    rec = recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles)
+    rec = recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles, calib)
     out_dir = check_name_length(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir}: exists and is not a folder")
@@ -120,7 +122,7 @@ def convert(
         rec.passes.append(PassSpec(DECODER_PASSES))  # a decoder engine wants its attention fused
     search = budget_for(budget, ref, precision or (rec.precision if rec.precision != "fp32" else None))
     refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
-    calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec)
+    calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec, rec.calibration)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
     parent = out_dir.resolve().parent
     try:
@@ -277,7 +279,7 @@ class _Run:
             "optimize", f"running passes {', '.join(s.name for s in specs)}, each checked against the reference"
         ) as entry:
             calib = calibration_source.for_convert(
-                specs, source, self.ref.spec, rec.verify_batches, rec.verify_batch_size
+                specs, source, self.ref.spec, rec.verify_batches, rec.verify_batch_size, rec.calibration
             )
             ctx = PassContext(opset=opset_of(source), calibration=calib)
             optimized, records = run_passes(source, specs, ctx, measure)
@@ -352,8 +354,7 @@ class _Run:
         return self.rec.tolerance(weights if wanted == "fp32" and weights != "fp32" else wanted)
 
     def judge(self, source: onnx.ModelProto):
-        """Lossy stages of a recipe with a budget (or of a budget search) pass by the budget, not
-        elementwise (pipelines/budget/check.py)."""
+        """Lossy stages of a budget recipe or search pass by the budget, not elementwise (budget/check.py)."""
         return budget_judge(self.search.options.parsed() if self.search else self.rec.budget, source)
 
     def verify_engine(self, source: onnx.ModelProto, backend: Backend, engine: EngineArtifact) -> None:

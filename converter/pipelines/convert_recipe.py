@@ -23,6 +23,7 @@ def recipe_for_run(
     target_gpus: list[str] | None = None,
     shapes: dict[str, ShapeProfile] | None = None,
     profiles: list[dict[str, ShapeProfile]] | None = None,
+    calibration: str | Path | None = None,
 ) -> Recipe:
     """A copy of the recipe (a Recipe, a file, or the default) with the flags merged in, validated."""
     if recipe is None:
@@ -38,6 +39,8 @@ def recipe_for_run(
         rec.shapes.update(shapes)
     if profiles:
         rec.profiles = list(profiles)
+    if calibration:
+        rec.calibration = str(calibration)
     Recipe.from_dict(rec.to_dict())  # validates the merged recipe
     check_passes(rec.effective_passes())  # a bad pass name or option fails before the export
     config = BuildConfig(profiles={}, target_gpus=list(rec.target_gpus), precision=rec.precision)

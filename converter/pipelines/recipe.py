@@ -54,6 +54,9 @@ class Recipe:
     # the accuracy contract (`cosine>=0.99`, `ppl<=+5%`, `top1>=0.98`): lossy stages are judged by it
     # instead of elementwise tolerances (pipelines/budget/check.py); `convert --budget` writes it
     budget: str | None = None
+    # calibration data for the passes that need it (a folder of .npz/.npy, images or .txt, or one .npz), as
+    # given (relative to the working folder); None: the model's own sample data
+    calibration: str | None = None
 
     def effective_passes(self) -> list[PassSpec]:
         """The recipe's passes, plus the precision pass at the end when precision is not fp32."""
@@ -86,6 +89,7 @@ class Recipe:
             "generate_tokens": self.generate_tokens,
             "generate_prompts": self.generate_prompts,
             "budget": self.budget,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -130,6 +134,8 @@ class Recipe:
             source, "generate_tokens", data.get("generate_tokens", 32), int, 0, MAX_GENERATE_TOKENS
         )
         recipe.generate_prompts = _number(source, "generate_prompts", data.get("generate_prompts", 8), int, 1, 256)
+        if data.get("calibration") is not None:
+            recipe.calibration = str(data["calibration"])
         if data.get("budget") is not None:
             try:
                 recipe.budget = Budget.parse(str(data["budget"])).text

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
 
 from calibration.data import from_feeds
+from converter.core.artifact_cache import data_digest
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import opset_of
 from converter.core.model_spec import ModelSpec
@@ -54,6 +56,7 @@ class BudgetOptions:
     search_seconds: float = 1800.0
     formats: tuple[str, ...] | None = None  # quantize modes to try; default per objective (DEFAULT_FORMATS)
     val_samples: int = 128
+    validation: str | Path | None = None  # validation data files; default: the model's own stream
 
     def parsed(self) -> Budget:
         return self.budget if isinstance(self.budget, Budget) else Budget.parse(self.budget)
@@ -74,6 +77,7 @@ class BudgetOptions:
             "search_seconds": self.search_seconds,
             "formats": list(self.formats or DEFAULT_FORMATS[self.objective]),
             "validation_samples": self.val_samples,
+            "validation": str(self.validation) if self.validation else None,
         }
 
 
@@ -111,7 +115,15 @@ def search_recipe(
             f"--budget {budget.text}: perplexity needs a language model (trtforge.task=language-model)"
         )
     _refuse_lossy(rec)
-    data = search_data(source, spec, rec.verify_batches, rec.verify_batch_size, options.val_samples)
+    data = search_data(
+        source,
+        spec,
+        rec.verify_batches,
+        rec.verify_batch_size,
+        options.val_samples,
+        rec.calibration,
+        options.validation,
+    )
     calib = from_feeds(data.calib, data.source)
     log(f"budget search: {budget.text}, objective {options.objective}; {data.describe()}")
     base = run_passes(source, list(rec.passes), PassContext(opset=opset_of(source), calibration=calib))[0]
@@ -159,7 +171,9 @@ class BudgetSearch:
         return self.options.parsed().task is not None
 
     def key(self) -> dict[str, Any]:
-        return {**self.options.to_dict(), "fixed_precision": self.fixed_precision}
+        """What the artifact cache keys a search run by (the validation files by their contents)."""
+        validation = self.options.validation and data_digest(self.options.validation)
+        return {**self.options.to_dict(), "fixed_precision": self.fixed_precision, "validation_data": validation}
 
     def run(self, source: onnx.ModelProto, spec: ModelSpec | None, rec: Recipe, log: Log):
         chosen, section = search_recipe(source, spec, rec, self.options, self.fixed_precision, log)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,7 +27,7 @@ import onnx
 from converter.core.errors import InvalidInputError
 from converter.core.model_spec import Feeds, ModelSpec
 from converter.core.ort_session import cpu_session
-from converter.pipelines.calibration_source import CONVERT_BATCHES, sample_calibration
+from converter.pipelines.calibration_source import CONVERT_BATCHES, load, sample_calibration
 from passes.blocks.scores import LanguageModelIO, OutputMetrics
 
 MAX_VALIDATION_SAMPLES = 4096
@@ -64,26 +65,37 @@ def disjoint(calib: list[Feeds], val: list[Feeds]) -> bool:
 
 
 def search_data(
-    model: onnx.ModelProto, spec: ModelSpec | None, verify_batches: int, batch_size: int, val_samples: int
+    model: onnx.ModelProto,
+    spec: ModelSpec | None,
+    verify_batches: int,
+    batch_size: int,
+    val_samples: int,
+    calibration: str | Path | None = None,
+    validation: str | Path | None = None,
 ) -> SearchData:
-    """Calibration = convert's calibration batches; validation = the `val_samples` after them."""
+    """Calibration = convert's calibration data (the recipe's `calibration` files, else its batches of
+    the model's own stream); validation = the `validation` files, else the `val_samples` after them."""
     if not 1 <= val_samples <= MAX_VALIDATION_SAMPLES:
         raise InvalidInputError(f"validation samples {val_samples}: give 1 to {MAX_VALIDATION_SAMPLES}")
-    calib = sample_calibration(model, CONVERT_BATCHES, batch_size, verify_batches, spec)
-    val = sample_calibration(
-        model, math.ceil(val_samples / batch_size), batch_size, verify_batches + CONVERT_BATCHES, spec
-    )
+    if calibration:
+        calib = load(calibration, model)
+    else:
+        calib = sample_calibration(model, CONVERT_BATCHES, batch_size, verify_batches, spec)
+    if validation:
+        val = load(validation, model)
+    else:
+        skip, batches = verify_batches + CONVERT_BATCHES, math.ceil(val_samples / batch_size)
+        val = sample_calibration(model, batches, batch_size, skip, spec)
     if calib is None or val is None:
         raise InvalidInputError(
-            "--budget needs the model's own real sample data (a demo, or a factory returning a ModelSpec with "
-            "real data) to calibrate on and validate against: this model has none"
+            "--budget needs real data to calibrate on and validate against: this model has no sample data of "
+            "its own (a demo, or a factory returning a ModelSpec with real data); give --calib and --validation"
         )
     calib_feeds, val_feeds = list(calib), list(val)
     if not disjoint(calib_feeds, val_feeds):
-        raise InvalidInputError(
-            f"{calib.source}: its sample stream repeats samples; calibration and validation overlap"
-        )
-    return SearchData(calib_feeds, val_feeds, calib.source)
+        where = f"{calibration} and {validation}" if calibration or validation else f"{calib.source}: its samples"
+        raise InvalidInputError(f"{where}: calibration and validation share samples; give disjoint data")
+    return SearchData(calib_feeds, val_feeds, f"calibration {calib.source}, validation {val.source}")
 
 
 class Metrics:

@@ -169,3 +169,27 @@ def test_a_task_metric_budget_chooses_and_judges_the_run(tmp_path):
     judged = next(v for v in result.report["verification"] if v["candidate"] == "model.opt.onnx")
     assert judged["budget"]["budget"] == "next-byte accuracy drop<=0.01" and "task" in judged["budget"]["metrics"]
     assert BudgetSearch(options, None).uncacheable  # the artifact cache cannot key code: such runs are not cached
+
+
+def test_user_calibration_and_validation_files_are_used_recorded_and_replayed(tmp_path, monkeypatch):
+    from converter.demos.splits import lm_windows
+
+    monkeypatch.chdir(tmp_path)  # the recipe records the paths as given
+    np.savez("calib.npz", input_ids=lm_windows("held-out-a", 32, 64, seed=0))
+    np.savez("val.npz", input_ids=lm_windows("held-out-b", 32, 64, seed=1))
+    runner = CliRunner()
+    args = ["convert", "decoder-lm", "--budget", BUDGET, "--search-formats", "int8-wo", "--no-cache", "--quiet"]
+    first = runner.invoke(cli, [*args, "--calib", "calib.npz", "--validation", "val.npz", "-o", "a"])
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["recipe"]["calibration"] == "calib.npz" and report["search"]["validation"] == "val.npz"
+    assert "calib.npz" in report["search"]["data"]["source"] and report["search"]["data"]["validation_samples"] == 32
+    second = runner.invoke(
+        cli, ["convert", "decoder-lm", "--recipe", "a/report.json", "--no-cache", "--quiet", "-o", "b"]
+    )
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / "a" / "model.opt.onnx").read_bytes() == (tmp_path / "b" / "model.opt.onnx").read_bytes()
+    same = runner.invoke(cli, [*args, "--calib", "calib.npz", "--validation", "calib.npz", "-o", "c"])
+    assert same.exit_code == 4 and "share samples" in same.output and not (tmp_path / "c").exists()
+    alone = runner.invoke(cli, ["convert", "decoder-lm", "--validation", "val.npz", "-o", "d"])
+    assert alone.exit_code == 2 and "--budget" in alone.output
