@@ -3,9 +3,9 @@
 A use case reports through one `log(message)` callable; a `converter.core.progress.Step`
 message carries how far its stage is. On a terminal (stderr is a TTY) a rich progress
 display shows a spinner with the latest message (or count) and a bar per stage that reports
-steps toward a known total, removed when it completes;
-elsewhere (a CI log, a pipe) every message is a plain line, and a stage's steps only at
-each tenth and at its end, so a log is not flooded. `TRTFORGE_PROGRESS=plain|bars` overrides
+steps toward a known total, removed when it completes; elsewhere (a CI log, a pipe) every
+message is a plain line. A stage with many small steps reports only some (an engine build
+phase: each tenth), so a log is not flooded. `TRTFORGE_PROGRESS=plain|bars` overrides
 the detection.
 """
 
@@ -30,7 +30,6 @@ class ProgressDisplay:
         self.bars = not silent and (mode == "bars" or (mode != "plain" and console.is_terminal))
         self.progress: Progress | None = None
         self.tasks: dict[str, int] = {}
-        self.printed: dict[str, int] = {}  # plain mode: the tenth of each stage last printed
 
     def __enter__(self) -> ProgressDisplay:
         if self.bars:
@@ -64,10 +63,7 @@ class ProgressDisplay:
 
     def _step(self, step: Step) -> None:
         if self.progress is None:
-            tenth = int(10 * step.done / step.total) if step.total else step.done
-            if self.printed.get(step.stage) != tenth or step.finished:
-                self.printed[step.stage] = tenth
-                self.console.print(f"[dim]{escape(str(step))}[/dim]", highlight=False)
+            self.console.print(f"[dim]{escape(str(step))}[/dim]", highlight=False)
             return
         if step.total is None:  # a count without an end: the spinner's line, not a bar that would linger
             self.progress.update(self.main, description=escape(str(step)[:100]))

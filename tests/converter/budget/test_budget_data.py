@@ -44,7 +44,7 @@ def test_overlap_is_detected_and_padding_ignored():
 def test_a_model_without_sample_data_is_refused(tmp_path):
     from tests.quant_graphs import mlp_stack
 
-    with pytest.raises(InvalidInputError, match="own real sample data"):
+    with pytest.raises(InvalidInputError, match="no sample data of its own"):
         search_data(mlp_stack(), None, 2, 4, 16)
     with pytest.raises(InvalidInputError, match="validation samples"):
         search_data(mlp_stack(), None, 2, 4, 0)
