@@ -191,6 +191,11 @@ def budget_for(budget: BudgetOptions | str | Budget | None, ref, fixed_precision
         return None
     options = budget if isinstance(budget, BudgetOptions) else BudgetOptions(budget)
     options.check()
+    if fixed_precision == "bf16":
+        raise InvalidInputError(
+            "--budget measures every configuration in onnxruntime on the CPU, which cannot run bf16 graphs: "
+            "leave --precision out (the search picks fp16 or fp32) or give fp16"
+        )
     if is_cache_model(ref):
         raise InvalidInputError(
             "--budget on a decoder with a KV cache is not supported yet: search on the model without "

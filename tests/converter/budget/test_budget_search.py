@@ -130,6 +130,7 @@ def test_convert_budget_then_recipe_reproduces_the_graph_byte_for_byte(tmp_path)
         (["decoder-lm", "--budget", "ppl<=+5%", "--search-seconds", "0"], "--search-seconds"),
         (["minilm", "--budget", "ppl<=+5%"], "language model"),
         (["decoder-lm", "--task", "text-generation-with-past", "--budget", "ppl<=+5%"], "KV cache"),
+        (["decoder-lm", "--bf16", "--budget", "ppl<=+5%"], "bf16"),
     ],
 )
 def test_bad_budget_options_exit_4_with_one_line(tmp_path, args, message):
