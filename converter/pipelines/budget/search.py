@@ -1,6 +1,6 @@
 """The joint search: the smallest configuration (drop x quantize x precision) that keeps the budget.
 
-Three cheap orderings steer it, computed on the calibration data:
+Two orderings steer it, computed on the calibration data:
 - the drop ladder, on the gated twin graph: for a cosine or perplexity budget the sets
   drop-blocks' own budget mode accepts, one size level after another (each also kept
   within the budget on the validation data, as `drop-blocks --min-cosine` does), so the
@@ -9,19 +9,18 @@ Three cheap orderings steer it, computed on the calibration data:
 - per quantization format, its layers ranked by sensitivity, computed only when the
   format misses the budget with every layer quantized: for W8A8 formats the damage with
   that layer alone quantized (calibration/sensitivity.py), for weight-only formats each
-  layer's relative output error as the quantize pass reports it (one quantization);
-- for int8, the SmoothQuant alpha that keeps the most accuracy with everything quantized.
+  layer's relative output error as the quantize pass reports it (one quantization).
 
 Then, measured (every point on the rewritten graph, on the validation data):
 1. the precision: fp16 for everything unquantized, unless fp16 alone misses the budget;
-2. each format alone (and each alpha for int8);
+2. each format alone; int8/fp8 at each SmoothQuant alpha, the most accurate one kept;
 3. a staircase per format, formats in order of their objective alone: at drop level k,
    the fewest most-sensitive layers kept out of the format that keep the budget (counts
-   0, 1, 2, 4, 8, ..., then a bisection of the last gap); more drops never need fewer keeps, so the count only grows along k. A
-   format stops where no allowed keep count (at most half its layers) keeps the budget,
-   where its objective has grown for two levels running, or at the first level where
-   dropping alone missed the budget (a format only adds error). Dropping alone (no
-   format) is the first staircase.
+   0, 1, 2, 4, 8, ..., then a bisection of the last gap); more drops never need fewer
+   keeps, so the count only grows along k. A format stops where no allowed keep count (at
+   most half its layers) keeps the budget, where its objective has grown for two levels
+   running, or at the first level where dropping alone missed the budget (a format only
+   adds error). Dropping alone (no format) is the first staircase.
 The best point is the smallest objective that meets the budget (ties: better accuracy).
 A deadline (`seconds`) stops it before the next measurement; the best so far is returned.
 The points, in order, are the report's table; the non-dominated ones its Pareto front.
