@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from calibration.sensitivity import run_outputs
 from converter.core.errors import InvalidInputError
 from converter.core.model_spec import Feeds, ModelSpec
-from converter.core.ort_session import cpu_session
 from converter.pipelines.calibration_source import CONVERT_BATCHES, load, sample_calibration
 from passes.blocks.scores import LanguageModelIO, OutputMetrics
 
@@ -124,17 +124,8 @@ class Validator:
 
     def __init__(self, source: onnx.ModelProto, val: list[Feeds], lm: LanguageModelIO | None, task=None):
         self.val, self.lm, self.task = val, lm, task
-        self.reference = self.outputs(source)
+        self.reference = run_outputs(source, val)
         self.base = self.metrics_of(self.reference)
-
-    def outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        session = cpu_session(model)
-        names = [o.name for o in session.get_outputs()]
-        inputs = {i.name for i in session.get_inputs()}
-        return [
-            dict(zip(names, session.run(None, {k: v for k, v in f.items() if k in inputs}), strict=True))
-            for f in self.val
-        ]
 
     def metrics_of(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         acc = Metrics(self.lm)
@@ -146,4 +137,4 @@ class Validator:
         return metrics
 
     def metrics(self, model: onnx.ModelProto) -> dict[str, float]:
-        return self.metrics_of(self.outputs(model))
+        return self.metrics_of(run_outputs(model, self.val))
