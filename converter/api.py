@@ -38,6 +38,7 @@ from converter.pipelines.optimize import OptimizeResult, optimize
 from converter.pipelines.optimize import pass_catalogue as list_passes
 from converter.pipelines.quantize import QuantizeOptions, QuantizeResult, quantize
 from converter.pipelines.recipe import Recipe
+from converter.pipelines.refit import RefitResult, refit
 from converter.pipelines.verify import VerifyResult, verify
 from converter.verification.tolerances import Tolerances
 from passes.blocks.config import DropConfig
@@ -54,6 +55,7 @@ __all__ = [
     "drop_blocks",
     "list_passes",
     "doctor",
+    "refit",
     "Budget",
     "BudgetOptions",
     "BuildMatrixResult",
@@ -66,6 +68,7 @@ __all__ = [
     "QuantizeOptions",
     "QuantizeResult",
     "Recipe",
+    "RefitResult",
     "ShapeProfile",
     "Tolerances",
     "TrtforgeError",

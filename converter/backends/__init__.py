@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from converter.backends.base import Backend, BuildConfig, EngineArtifact, ShapeProfile, load_sidecar
+from converter.backends.runtime_cache import RuntimeCache
 from converter.backends.tensorrt import TensorRTBackend
 from converter.backends.tensorrt_rtx import TensorRTRTXBackend
-from converter.core.errors import BackendUnavailableError, InvalidInputError
+from converter.core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
 from converter.core.gpu import gpu_available
 
 BACKENDS = {"tensorrt": TensorRTBackend, "tensorrt-rtx": TensorRTRTXBackend}
@@ -17,6 +20,7 @@ __all__ = [
     "EngineArtifact",
     "ShapeProfile",
     "get_backend",
+    "runtime_cache_for",
     "load_sidecar",
     "BACKEND_CHOICES",
 ]
@@ -41,3 +45,16 @@ def get_backend(name: str = "auto") -> Backend:
     backend = BACKENDS[name]()
     backend.module()  # raises BackendUnavailableError with the import failure
     return backend
+
+
+def runtime_cache_for(backend_name: str, path: str | Path | None) -> RuntimeCache | None:
+    """`--runtime-cache PATH` checked before any work: the backend that would run engines keeps one."""
+    if path is None:
+        return None
+    backend = get_backend(backend_name)
+    if not backend.supports_runtime_cache:
+        raise UnsupportedError(
+            f"--runtime-cache: backend '{backend.name}' has no runtime cache (TensorRT-RTX's JIT kernel cache); "
+            "full TensorRT tunes at build time (--timing-cache)"
+        )
+    return RuntimeCache.at(path)

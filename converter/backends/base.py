@@ -187,8 +187,13 @@ class Backend(Protocol):
     def can_run(self) -> tuple[bool, str]:
         """(True, "") when engines can be deserialised and run here, else (False, why)."""
 
-    def run(self, engine_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute the engine (needs a GPU)."""
+    supports_runtime_cache: bool  # keeps JIT-compiled kernels in a file between runs (TensorRT-RTX)
+
+    def run(self, engine_path: Path, feeds: dict[str, np.ndarray], runtime_cache=None) -> dict[str, np.ndarray]:
+        """Execute the engine (needs a GPU); `runtime_cache` a backends.runtime_cache.RuntimeCache."""
+
+    def refit(self, engine_path: Path, onnx_path: Path) -> bytes:
+        """A refittable or weight-stripped engine with the ONNX's weights, serialized (needs a GPU)."""
 
     def inspect(self, engine_path: Path) -> dict[str, Any]:
         """Per-layer engine information from the engine inspector (needs a GPU)."""

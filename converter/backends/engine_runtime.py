@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from converter.backends.base import short_message
+from converter.backends.runtime_cache import RuntimeCache
 from converter.core.errors import BuildError, InvalidInputError, UnsupportedError
 
 
@@ -34,11 +35,18 @@ def _profile_for(trt: ModuleType, engine, feeds: dict[str, np.ndarray]) -> int:
     return 0
 
 
-def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray], logger) -> dict[str, np.ndarray]:
+def run_engine(
+    trt: ModuleType,
+    engine_bytes: bytes,
+    feeds: dict[str, np.ndarray],
+    logger,
+    runtime_cache: RuntimeCache | None = None,
+) -> dict[str, np.ndarray]:
     """Execute an engine on the GPU through torch CUDA tensors (GPU machines only).
 
     Not exercised in CI (no GPU there); kept small and on the documented
-    TensorRT 10 tensor-address API so both runtimes share it.
+    TensorRT 10 tensor-address API so both runtimes share it. `runtime_cache` (TensorRT-RTX
+    only) reaches the execution context through an `IRuntimeConfig` and is saved after the run.
     """
     import torch  # torch is the CUDA memory manager here; only imported on GPU machines
 
@@ -46,7 +54,10 @@ def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
-    context = engine.create_execution_context()
+    if runtime_cache is None:
+        context = engine.create_execution_context()
+    else:
+        context = engine.create_execution_context(runtime_config=runtime_cache.runtime_config(engine))
     stream = torch.cuda.current_stream()
     profile = _profile_for(trt, engine, feeds)
     if profile:
@@ -80,6 +91,8 @@ def run_engine(trt: ModuleType, engine_bytes: bytes, feeds: dict[str, np.ndarray
     if not context.execute_async_v3(stream.cuda_stream):
         raise BuildError(f"engine execution failed: {short_message(' '.join(logger.errors()))}")
     stream.synchronize()
+    if runtime_cache is not None:
+        runtime_cache.save()
     return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
 
 
@@ -92,3 +105,34 @@ def inspect_engine(trt: ModuleType, engine_bytes: bytes, logger) -> dict[str, An
     inspector = engine.create_engine_inspector()
     text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     return json.loads(text)
+
+
+def refit_engine(trt: ModuleType, engine_bytes: bytes, onnx_path: str, logger) -> bytes:
+    """The weights of the ONNX at `onnx_path` put into a refittable or weight-stripped engine, and
+    the engine serialized with them (needs a GPU: the engine is deserialized on the device).
+
+    Not exercised in CI (no GPU there); on TensorRT 10's refit API (Refitter +
+    OnnxParserRefitter), which TensorRT-RTX shares. The ONNX must be the graph the engine was
+    built from; its weights may differ (fine-tuned, another checkpoint of the same model).
+    """
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
+    if not engine.refittable:
+        raise InvalidInputError("the engine was built without --refit / --strip-weights: it cannot take new weights")
+    refitter = trt.Refitter(engine, logger)
+    parser = trt.OnnxParserRefitter(refitter, logger)
+    if not parser.refit_from_file(onnx_path):
+        errors = [f"{parser.get_error(i).node_name()}: {parser.get_error(i).desc()}" for i in range(parser.num_errors)]
+        raise InvalidInputError(f"{onnx_path}: its weights do not fit the engine ({short_message('; '.join(errors))})")
+    missing = [name or "(unnamed)" for name in refitter.get_missing_weights()]
+    if missing:
+        raise InvalidInputError(
+            f"{onnx_path}: no weights for {', '.join(missing[:5])} (is it the graph the engine was built from?)"
+        )
+    if not refitter.refit_cuda_engine():
+        raise BuildError(f"refit failed: {short_message(' '.join(logger.errors()))}")
+    config = engine.create_serialization_config()
+    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)  # a stripped engine is saved whole from now on
+    return bytes(engine.serialize_with_config(config))

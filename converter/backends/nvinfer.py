@@ -30,8 +30,9 @@ from converter.backends.base import (
     write_sidecar,
 )
 from converter.backends.build_settings import allow_decomposed_attention, progress_monitor, set_options
-from converter.backends.engine_runtime import inspect_engine, run_engine
-from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError
+from converter.backends.engine_runtime import inspect_engine, refit_engine, run_engine
+from converter.backends.runtime_cache import RuntimeCache
+from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
 from converter.core.gpu import gpu_status
 from converter.core.model_io import atomic_path, sha256_file
 
@@ -223,6 +224,7 @@ class NvinferBackend:
 
     name = ""
     module_name = ""
+    supports_runtime_cache = False  # TensorRT-RTX's JIT kernel cache (backends/runtime_cache.py)
 
     def module(self) -> ModuleType:
         try:
@@ -324,9 +326,18 @@ class NvinferBackend:
             raise BackendUnavailableError(f"cannot run engines with backend '{self.name}': {why}")
         return self.module()
 
-    def run(self, engine_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(
+        self, engine_path: Path, feeds: dict[str, np.ndarray], runtime_cache: RuntimeCache | None = None
+    ) -> dict[str, np.ndarray]:
         trt = self._require_runtime()
-        return run_engine(trt, Path(engine_path).read_bytes(), feeds, make_logger(trt))
+        if runtime_cache is not None and not self.supports_runtime_cache:
+            raise UnsupportedError(f"--runtime-cache: backend '{self.name}' has no runtime cache (TensorRT-RTX has)")
+        return run_engine(trt, Path(engine_path).read_bytes(), feeds, make_logger(trt), runtime_cache)
+
+    def refit(self, engine_path: Path, onnx_path: Path) -> bytes:
+        """The engine's bytes with the ONNX's weights in it (needs a GPU)."""
+        trt = self._require_runtime()
+        return refit_engine(trt, Path(engine_path).read_bytes(), str(onnx_path), make_logger(trt))
 
     def inspect(self, engine_path: Path) -> dict[str, Any]:
         trt = self._require_runtime()

@@ -41,6 +41,7 @@ class TensorRTRTXBackend(NvinferBackend):
     name = "tensorrt-rtx"
     module_name = "tensorrt_rtx"
     supports_plugins = False  # runs trtforge's CUDA plugins (passes with `needs_plugins` pay off)
+    supports_runtime_cache = True
 
     def targets(self, trt: ModuleType, config: BuildConfig) -> tuple[list[str], dict[str, str]]:
         """The normalized targets of `config` and the module's name for each; unsupported ones refused."""

@@ -23,6 +23,7 @@ from converter.cli.options import (
     precision_flags,
     profile_option,
     progress,
+    runtime_cache_option,
     shapes_option,
     summary,
     target_gpu_option,
@@ -47,6 +48,7 @@ from converter.pipelines.recipe import PRECISIONS
 @backend_option(None, "Engine backend (default: auto).")
 @target_gpu_option
 @load_inputs_option(".npz of inputs to verify with.")
+@runtime_cache_option()
 @shapes_option
 @profile_option
 @task_option("text-generation-with-past: a torch decoder exported with its KV cache (default for a graph with one).")

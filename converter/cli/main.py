@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) "
         "with calibrated Q/DQ.",
     ),
+    "refit": (
+        "converter.cli.refit:refit",
+        "Put ONNX_FILE's weights into ENGINE (built with --strip-weights or --refit); needs a GPU.",
+    ),
     "doctor": (
         "converter.cli.doctor:doctor",
         "Report backends, GPUs, CUDA, onnxruntime and the targets this machine can build engines for.",

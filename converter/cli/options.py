@@ -85,6 +85,16 @@ def backend_option(default: str | None = "auto", help: str | None = None) -> Dec
     return choice_option("--backend", BACKEND_CHOICES, default, help)
 
 
+def runtime_cache_option() -> Decorator:
+    """--runtime-cache: TensorRT-RTX's JIT kernel cache in a file, loaded before engines run, saved after."""
+    return click.option(
+        "--runtime-cache",
+        type=PATH,
+        help="TensorRT-RTX: keep the kernels engines JIT-compile on the GPU in this file between runs "
+        "(loaded when compatible, written after the run; a file the runtime rejects is left as it is).",
+    )
+
+
 def load_inputs_option(help: str, dest: str = "inputs") -> Decorator:
     """--load-inputs: an .npz of inputs (one array per input name)."""
     return click.option("--load-inputs", dest, type=PATH, help=help)

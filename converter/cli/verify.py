@@ -17,6 +17,7 @@ from converter.cli.options import (
     names,
     out_option,
     output_options,
+    runtime_cache_option,
     shapes_option,
     summary,
     task_option,
@@ -91,6 +92,7 @@ def _tolerance_option(name: str, what: str):
 )
 @task_option("text-generation-with-past: a torch reference with its KV cache (needed for --generate).")
 @backend_option()
+@runtime_cache_option()
 @out_option("Write the JSON report here.", required=False)
 @shapes_option
 @trust_option

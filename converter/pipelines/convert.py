@@ -22,38 +22,30 @@ from typing import Any
 
 import onnx
 
-from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend
+from converter.backends import Backend, BuildConfig, EngineArtifact, ShapeProfile, get_backend, runtime_cache_for
+from converter.backends.runtime_cache import RuntimeCache
 from converter.core.artifact_cache import ArtifactCache
 from converter.core.errors import Interrupted, InvalidInputError
-from converter.core.metadata import TASK, metadata_value
-from converter.core.model_io import load_model, opset_of, save_model, weights_precision
+from converter.core.model_io import load_model, opset_of, save_model
 from converter.core.outputs import check_name_length
 from converter.core.progress import Step
 from converter.demos.models import DEFAULT_DEMO
 from converter.pipelines import calibration_source
-from converter.pipelines.budget.check import budget_judge
 from converter.pipelines.budget.choose import BudgetOptions, BudgetSearch, budget_for
 from converter.pipelines.cached_build import ConversionLookup, build_engine, open_cache
+from converter.pipelines.convert_checks import VerificationStages
 from converter.pipelines.convert_outputs import CONVERT_OUTPUTS, point_at, publish, refuse_overwriting_inputs
 from converter.pipelines.convert_recipe import recipe_for_run
 from converter.pipelines.export import export_model
 from converter.pipelines.generation_check import (
     DECODER_PASSES,
-    cache_layout,
     engine_shapes,
-    generation_checks,
-    generation_summary,
     is_cache_model,
-    torch_reference,
-    vocab_size,
 )
 from converter.pipelines.html_report import write_html
 from converter.pipelines.model_ref import ModelRef, default_profiles, is_torch_spec, resolve_model
 from converter.pipelines.recipe import Recipe
 from converter.pipelines.report import artifact, new_report, write_report
-from converter.pipelines.sample_inputs import check_against_graph, resolve_inputs, run_reference
-from converter.verification.compare import EngineRunner, OnnxRunner
-from converter.verification.localize import localize as localize_layers
 from converter.verification.reference import Reference, StageChecks, pass_accuracy, verdict
 from passes.base import PassContext
 from passes.manager import PassRecord, run_passes
@@ -97,6 +89,7 @@ def convert(
     use_cache: bool | None = None,
     budget: BudgetOptions | str | None = None,
     calib: str | Path | None = None,
+    runtime_cache: str | Path | None = None,
 ) -> ConvertResult:
     """Model (demo, 'module:factory' or .onnx) -> optimized ONNX -> engine, verified at every stage.
 
@@ -107,7 +100,8 @@ def convert(
     `use_cache=False` for none; None: on unless TRTFORGE_CACHE=0) returns an identical earlier run's outputs, else the
     engine of an identical final ONNX (pipelines/cached_build.py). `budget` (BudgetOptions, or its
     text: "cosine>=0.99") searches the passes and precision first (pipelines/budget/choose.py);
-    `calib` is the recipe's `calibration` data for passes that need it.
+    `calib` is the recipe's `calibration` data for passes that need it. `runtime_cache`
+    (TensorRT-RTX, where a GPU runs the engine): the file keeping its JIT-compiled kernels.
     """
     started = time.perf_counter()
     rec = recipe_for_run(recipe, precision, backend, target_gpus, shapes, profiles, calib)
@@ -121,6 +115,7 @@ def convert(
     if recipe is None and is_cache_model(ref):
         rec.passes.append(PassSpec(DECODER_PASSES))  # a decoder engine wants its attention fused
     search = budget_for(budget, ref, precision or (rec.precision if rec.precision != "fp32" else None))
+    kernels = runtime_cache_for(rec.backend, runtime_cache)
     refuse_overwriting_inputs(out_dir, [p for p in (ref.path, inputs, recipe) if isinstance(p, (str, Path))])
     calibration_source.require_own_samples(rec.effective_passes(), ref.metadata, ref.spec, rec.calibration)
     load_stage = {"seconds": round(time.perf_counter() - loaded, 3), "summary": f"{ref.kind} model"}
@@ -142,7 +137,7 @@ def convert(
             log("cache hit: copying the outputs of an identical earlier run")
             result = ConvertResult(report=restored, out_dir=stage)
         else:
-            run = _Run(ref, rec, stage, log, trust_model_code, cache, search)
+            run = _Run(ref, rec, stage, log, trust_model_code, cache, search, runtime_cache=kernels)
             run.report["stages"]["load"] = load_stage
             result = run.convert(inputs)
             result.report["cache"] = cached.report()
@@ -164,8 +159,9 @@ def convert(
 
 
 @dataclass
-class _Run:
-    """One conversion into a staging folder: the stages, in order, and what they share."""
+class _Run(VerificationStages):
+    """One conversion into a staging folder: the stages, in order, and what they share
+    (the verification stages are in convert_checks.py)."""
 
     ref: ModelRef
     rec: Recipe
@@ -176,6 +172,7 @@ class _Run:
     search: BudgetSearch | None = None
     report: dict[str, Any] = field(default_factory=lambda: new_report("convert"))
     reference: Reference | None = None
+    runtime_cache: RuntimeCache | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[dict[str, Any]]:
@@ -201,6 +198,8 @@ class _Run:
         backend, engine = self.build(source, opt_path)
         self.verify_engine(source, backend, engine)
         self.verify_generation(source, opt_path, backend, engine)
+        if self.runtime_cache is not None:
+            self.report["runtime_cache"] = self.runtime_cache.status()
         self.report["verified"], self.report["passed"] = verdict(
             self.report["verification"], engines=["model.engine"], onnx_files=["model.opt.onnx"]
         )
@@ -226,27 +225,6 @@ class _Run:
             self.report["artifacts"].append(artifact(source_path, "onnx"))
         self.report["input"] = {"model": self.ref.text, "kind": self.ref.kind}
         return source_path, load_model(source_path)
-
-    def verify_setup(self, source_path: Path, source: onnx.ModelProto, inputs: str | Path | None) -> None:
-        """The sample inputs and the reference's outputs on them; the exported model.onnx checked."""
-        spec, rec = self.ref.spec, self.rec
-        what = "torch" if spec is not None else source_path.name
-        with self.stage("reference", f"reading sample inputs and running the reference ({what})") as entry:
-            sample = resolve_inputs(
-                source, spec, inputs, rec.verify_batches, rec.verify_batch_size, rec.shapes, self.trust_model_code
-            )
-            check_against_graph(sample, source, str(source_path))
-            self.report["input"]["samples"] = {"source": sample.source, "count": sample.count}
-            if spec is not None:
-                self.reference = run_reference(sample, lambda: Reference.of_torch(spec, sample.feeds, sample.count))
-                check = self.reference.compare_onnx(source, "model.onnx", self.tolerance(source, "fp32"))
-                self.report["verification"].append(check.to_dict())
-            else:
-                classify = metadata_value(source, TASK) == "classification"
-                self.reference = run_reference(
-                    sample, lambda: Reference.of_onnx(source, "source.onnx", sample.feeds, sample.count, classify)
-                )
-            entry["summary"] = f"{what} outputs on {sample.count} samples ({sample.source})"
 
     def search_recipe(self, source: onnx.ModelProto) -> None:
         """1b. `--budget`: the passes and precision searched for; then converted like any recipe."""
@@ -289,28 +267,6 @@ class _Run:
         self.report["artifacts"].append(artifact(opt_path, "onnx"))
         return opt_path, optimized
 
-    def verify_optimized(self, source: onnx.ModelProto, opt_path: Path, optimized: onnx.ModelProto) -> None:
-        """model.opt.onnx against the reference, and where along the graph its error entered."""
-        tol = self.tolerance(source)
-        with self.stage("verify", "verifying model.opt.onnx and localizing its error layer by layer") as entry:
-            try:
-                final = self.reference.compare_onnx(opt_path, "model.opt.onnx", tol, self.judge(source))
-                if self.rec.precision != "fp32":
-                    final.note = LOW_PRECISION_NOTE
-            except InvalidInputError as exc:
-                final = self.reference.skipped("model.opt.onnx", tol, f"onnxruntime CPU cannot run it: {exc}")
-            self.report["verification"].append(final.to_dict())
-            entry["summary"] = "skipped" if final.skipped else ("pass" if final.passed else "FAIL")
-            if not final.skipped:
-                self.localize(source, optimized, tol)
-
-    def localize(self, source: onnx.ModelProto, optimized: onnx.ModelProto, tol) -> None:
-        """Where along the graph model.opt.onnx's error entered (the report's localization)."""
-        found = localize_layers(source, optimized, self.reference.feeds, tol)
-        source_name = "model.onnx" if self.ref.is_torch else self.ref.path.name
-        self.report["localization"] = {**found.to_dict(), "title": f"model.opt.onnx vs {source_name}"}
-        self.report["divergent_layers"] = self.report["localization"]["divergent_layers"]
-
     def build(self, source: onnx.ModelProto, opt_path: Path) -> tuple[Backend, EngineArtifact]:
         """3. the engine, with the spec's (or the metadata's) profiles under the recipe's shapes."""
         rec = self.rec
@@ -344,57 +300,3 @@ class _Run:
         self.report["network"] = {k: network[k] for k in keys}
         self.report["artifacts"] += [artifact(engine.path, "engine"), artifact(engine.sidecar_path, "sidecar")]
         return backend, engine
-
-    def tolerance(self, source: onnx.ModelProto, precision: str | None = None):
-        """The recipe's tolerances at `precision` (default: the recipe's), but never tighter than
-        the precision the model's own weights compute in: an fp16 model checked against its fp16
-        torch module differs by fp16 rounding however fp32 the recipe is."""
-        wanted = precision or self.rec.precision
-        weights = weights_precision(source)
-        return self.rec.tolerance(weights if wanted == "fp32" and weights != "fp32" else wanted)
-
-    def judge(self, source: onnx.ModelProto):
-        """Lossy stages of a budget recipe or search pass by the budget, not elementwise (budget/check.py)."""
-        return budget_judge(self.search.options.parsed() if self.search else self.rec.budget, source)
-
-    def verify_engine(self, source: onnx.ModelProto, backend: Backend, engine: EngineArtifact) -> None:
-        """4. the engine's accuracy, where it can run (a GPU); else skipped with the reason."""
-        tol = self.tolerance(source)
-        ok, why = backend.can_run()
-        check = (
-            self.reference.compare(EngineRunner(backend, engine.path, "model.engine"), tol, self.judge(source))
-            if ok
-            else self.reference.skipped("model.engine", tol, f"engine not executed: {why}")
-        )
-        self.report["verification"].append(check.to_dict())
-
-    def verify_generation(self, source: onnx.ModelProto, opt_path: Path, backend: Backend, engine) -> None:
-        """5. a decoder with a KV cache: greedy generation by the reference and by every stage
-        (model.onnx, model.opt.onnx, the engine where a GPU runs it), token by token."""
-        layout, rec = cache_layout(source), self.rec
-        if layout is None or rec.generate_tokens == 0:
-            return
-        message = f"generating {rec.generate_tokens} tokens for {rec.generate_prompts} prompts with each stage"
-        with self.stage("generate", message) as entry:
-            spec = self.ref.spec
-            source_name = "model.onnx" if spec is not None else self.ref.path.name
-            reference = torch_reference(spec) if spec is not None else OnnxRunner(source, name=source_name)
-            candidates = [OnnxRunner(opt_path, name="model.opt.onnx")]
-            if spec is not None:
-                candidates.insert(0, OnnxRunner(source, name="model.onnx"))
-            ok, why = backend.can_run()
-            if ok:
-                candidates.append(EngineRunner(backend, engine.path, "model.engine"))
-            found = generation_checks(
-                reference, candidates, layout, vocab_size(source), rec.generate_prompts, rec.generate_tokens
-            )
-            self.report["generation"] = generation_summary(found)
-            if not ok:
-                self.report["generation"]["engine"] = f"not executed: {why}"
-            entry["summary"] = self.report["generation"]["summary"]
-
-
-LOW_PRECISION_NOTE = (
-    "onnxruntime CPU computes some fp16/bf16 ops in fp32: this measures the rounding of weights and "
-    "casts, not low-precision arithmetic; the engine's own accuracy needs a GPU"
-)

@@ -167,6 +167,9 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         )
     for item in report.get("artifacts", []):
         console.print(f"{item['kind']:>8}: {escape(item['path'])} ({item['bytes'] / 1e6:.1f} MB)", highlight=False)
+    kernels = report.get("runtime_cache")
+    if kernels:
+        console.print(f"runtime cache: {escape(kernels['path'])}: {escape(kernels['status'])}", highlight=False)
     generation = report.get("generation")
     if generation:
         colour = "green" if generation["identical"] else "yellow"

@@ -17,6 +17,8 @@ from typing import Any
 
 import onnx
 
+from converter.backends import runtime_cache_for
+from converter.backends.runtime_cache import RuntimeCache
 from converter.core.errors import InvalidInputError
 from converter.core.model_io import load_model, opset_of
 from converter.pipelines import calibration_source
@@ -142,7 +144,14 @@ def _localize(ref: ModelRef, candidates: list[Path], sample: SampleInputs, tol: 
 
 
 def _generation(
-    report: dict[str, Any], ref: ModelRef, files: list[Path], backend: str, steps: int, prompts: int, minimum: float
+    report: dict[str, Any],
+    ref: ModelRef,
+    files: list[Path],
+    backend: str,
+    steps: int,
+    prompts: int,
+    minimum: float,
+    runtime_cache: RuntimeCache | None,
 ) -> None:
     """`--generate`: greedy generation by the reference and every candidate that runs here, compared."""
     layout = ref.spec.cache if ref.spec is not None else cache_layout(load_model(ref.path, load_weights=False))
@@ -153,7 +162,7 @@ def _generation(
     reference = torch_reference(ref.spec) if ref.spec is not None else OnnxRunner(ref.path, name=ref.path.name)
     runners, skipped = [], []
     for path in files:
-        runner, why = candidate_runner(path, backend)
+        runner, why = candidate_runner(path, backend, runtime_cache)
         if runner is None:
             skipped.append(f"{path.name}: {why}")
         else:
@@ -188,6 +197,7 @@ def verify(
     generate: int = 0,
     generate_prompts: int = 8,
     min_token_agreement: float = 1.0,
+    runtime_cache: str | Path | None = None,
 ) -> VerifyResult:
     """Compare each candidate against the reference (see module docstring); writes the requested files.
 
@@ -196,6 +206,8 @@ def verify(
     each candidate also decodes N greedy tokens for `generate_prompts` real prompts, its
     cache fed back, and passes only if at least `min_token_agreement` of the prompts
     agree with the reference's tokens at every step (report key `generation`).
+    `runtime_cache` (TensorRT-RTX): a file keeping the kernels the engines JIT-compile on the
+    GPU between runs (report key `runtime_cache`).
     """
     passes = list(passes or [])
     _check_arguments(reference, candidates, passes)
@@ -205,12 +217,13 @@ def verify(
         raise InvalidInputError(f"{flag} needs an ONNX reference (export the torch model first)")
     specs = [PassSpec(name) for name in passes]
     check_passes(specs)
+    kernels = runtime_cache_for(backend, runtime_cache) if any(is_engine(c) for c in candidates) else None
     tol = tolerances or Tolerances.for_precision("fp32")
     sample = _sample(ref, candidates, inputs, num_batches, batch_size, trust_model_code)
     compared = _reference(ref, sample)
     compared.check_tolerances(tol)
     files = [Path(c) for c in candidates]
-    comparisons = [compared.compare_file(cand, tol, backend) for cand in files]
+    comparisons = [compared.compare_file(cand, tol, backend, kernels) for cand in files]
     result = VerifyResult(comparisons, sample)
     if specs:
         result.pass_records = _after_each_pass(ref, compared, specs, tolerances, comparisons)
@@ -218,7 +231,9 @@ def verify(
         result.localizations = _localize(ref, files, sample, tol)
     result.report = verify_report(result, reference, candidates, engines=[f.name for f in files if is_engine(f)])
     if generate:
-        _generation(result.report, ref, files, backend, generate, generate_prompts, min_token_agreement)
+        _generation(result.report, ref, files, backend, generate, generate_prompts, min_token_agreement, kernels)
+    if kernels is not None:
+        result.report["runtime_cache"] = kernels.status()
     if report_path:
         write_report(result.report, report_path)
     if html:

@@ -103,11 +103,13 @@ class OnnxRunner:
 class EngineRunner:
     """A TensorRT engine through a backend's runtime (needs a GPU)."""
 
-    def __init__(self, backend, engine_path: Path, name: str = "engine"):
+    def __init__(self, backend, engine_path: Path, name: str = "engine", runtime_cache=None):
         self.backend, self.engine_path, self.name = backend, Path(engine_path), name
+        self.runtime_cache = runtime_cache  # a backends.runtime_cache.RuntimeCache, or None
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        return {k: v.astype(np.float32) for k, v in self.backend.run(self.engine_path, feeds).items()}
+        outputs = self.backend.run(self.engine_path, feeds, runtime_cache=self.runtime_cache)
+        return {k: v.astype(np.float32) for k, v in outputs.items()}
 
 
 @dataclass

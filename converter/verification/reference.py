@@ -42,8 +42,9 @@ def is_engine(path: str | Path) -> bool:
     return Path(path).suffix in ENGINE_SUFFIXES
 
 
-def candidate_runner(path: Path, backend_name: str) -> tuple[Runner | None, str]:
-    """(runner, "") for an ONNX file or an engine file, or (None, why it cannot run here)."""
+def candidate_runner(path: Path, backend_name: str, runtime_cache=None) -> tuple[Runner | None, str]:
+    """(runner, "") for an ONNX file or an engine file, or (None, why it cannot run here);
+    `runtime_cache` (backends.runtime_cache.RuntimeCache) is shared by the engines that run."""
     if is_engine(path):
         if not path.is_file():
             raise InvalidInputError(f"{path}: no such engine file")
@@ -51,7 +52,8 @@ def candidate_runner(path: Path, backend_name: str) -> tuple[Runner | None, str]
 
         backend = get_backend(backend_name)
         ok, why = backend.can_run()
-        return (EngineRunner(backend, path, name=path.name), "") if ok else (None, f"engine not executed: {why}")
+        runner = EngineRunner(backend, path, name=path.name, runtime_cache=runtime_cache)
+        return (runner, "") if ok else (None, f"engine not executed: {why}")
     load_model(path, load_weights=False)  # one-line error for a missing or broken file
     return OnnxRunner(path, name=path.name), ""
 
@@ -107,9 +109,9 @@ class Reference:
     def skipped(self, candidate: str, tol: Tolerances, reason: str) -> Comparison:
         return skipped(self.label, candidate, tol, reason)
 
-    def compare_file(self, path: Path, tol: Tolerances, backend_name: str) -> Comparison:
+    def compare_file(self, path: Path, tol: Tolerances, backend_name: str, runtime_cache=None) -> Comparison:
         """An ONNX or engine file against the reference (skipped, with the reason, where it cannot run)."""
-        runner, why = candidate_runner(path, backend_name)
+        runner, why = candidate_runner(path, backend_name, runtime_cache)
         return self.skipped(path.name, tol, why) if runner is None else self.compare(runner, tol)
 
 
