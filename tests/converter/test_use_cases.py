@@ -151,5 +151,6 @@ def test_python_m_converter_cli_lists_every_command():
         "drop-blocks",
         "doctor",
         "build-matrix",
+        "refit",
     }
     assert expected <= set(commands) and set(main.list_commands(click.Context(main))) == expected
