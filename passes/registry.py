@@ -38,6 +38,7 @@ from passes.fold.reparam import Reparam
 from passes.fold.upgrade_opset import UpgradeOpset
 from passes.precision.precision import Precision
 from passes.quant.quantize import Quantize
+from passes.quant.quantize_embeddings import QuantizeEmbeddings
 from passes.quant.smoothquant import SmoothQuant
 
 # fmt: off
@@ -62,6 +63,7 @@ REGISTERED: list[tuple[type[Pass], str]] = [
     (DropBlocks, "remove redundant transformer blocks/sub-layers scored on calibration data (lossy)"),
     (SmoothQuant, "SmoothQuant scale migration X.W = (X/s).(sW) from calibration (option alpha; exact)"),
     (Quantize, "calibrated Q/DQ for TensorRT: int8/fp8 W8A8, int4/int2 weight-only, mixed precision (lossy)"),
+    (QuantizeEmbeddings, "embedding tables (Gather data) stored int8 per row or int4 per block behind a DequantizeLinear (lossy)"),
 ]
 # fmt: on
 

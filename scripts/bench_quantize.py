@@ -326,6 +326,7 @@ def main() -> None:
         "--mode",
         "--alpha",
         "--block",
+        "--embeddings",
     ):  # a worker
         parser.add_argument(flag, help=argparse.SUPPRESS)
     args = parser.parse_args()

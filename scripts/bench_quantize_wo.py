@@ -3,7 +3,8 @@
 On MiniLM (mean embedding cosine on validation sentences it was not calibrated on) and the
 trained decoder-lm demo (perplexity on held-out text, and its increase over fp32):
 - trtforge int4-wo with `--algorithm rtn | awq | gptq | awq-gptq` at blocks 32 and 128, and int2-wo
-  (decoupleQ with GPTQ rounding) at block 32;
+  (decoupleQ with GPTQ rounding) at block 32; on MiniLM also gptq block 128 with its embedding
+  tables in int8 / int4 (`--embeddings`);
 - onnxruntime's MatMulNBitsQuantizer, 4 bits, blocks 32 and 128: its default (blockwise
   round-to-nearest, asymmetric with zero points: its best RTN) and GPTQ (its bundled
   implementation, fed the same calibration data); its MatMulNBits graphs run in
@@ -63,7 +64,10 @@ def quantize_worker(args) -> dict:
         options = {"mode": args.mode, "block_size": args.block}
         if args.mode == "int4-wo":
             options["algorithm"] = args.method
-        quantized, _ = run_passes(model, [PassSpec("quantize", options)], PassContext(20, calibration=data))
+        specs = [PassSpec("quantize", options)]
+        if args.embeddings:  # the embedding tables too (quantize-embeddings)
+            specs.append(PassSpec("quantize-embeddings", {"bits": int(args.embeddings), "block_size": args.block}))
+        quantized, _ = run_passes(model, specs, PassContext(20, calibration=data))
         save_model(quantized, args.quantized)
     else:
         from onnxruntime.quantization import CalibrationDataReader
@@ -213,6 +217,14 @@ def bench_weight_only(name: str, work: Path, tools: set[str], quick: bool, log, 
             run_worker("trtforge-wo", fp32, calib, path, "gptq", mode="int2-wo", block=32),
         )
         made["W2A16 block 32"] = path
+    for bits in (8, 4) if "trtforge" in tools and name == "minilm" else []:  # its 23 MB word-embedding table
+        path = folder / f"trtforge_int4_gptq_128_emb{bits}.onnx"
+        add(
+            f"trtforge int4-wo gptq block 128 + embeddings int{bits}",
+            path,
+            run_worker("trtforge-wo", fp32, calib, path, "gptq", mode="int4-wo", block=128, embeddings=bits),
+        )
+        made[f"W4A16 gptq block 128 + embeddings int{bits}"] = path
     for method, block in (ORT[:1] if quick else ORT) if "ort" in tools else []:
         path = folder / f"ort_nbits_{method}_{block}.onnx"
         label = "RTN (default, asymmetric)" if method == "default" else "GPTQ"
@@ -227,4 +239,5 @@ def bench_weight_only(name: str, work: Path, tools: set[str], quick: bool, log, 
     if quick or "trtforge" not in tools:
         return results, []
     keep = ("W4A16 gptq block 128", "W4A16 awq-gptq block 128", "W2A16 block 32")
+    keep += tuple(f"W4A16 gptq block 128 + embeddings int{bits}" for bits in (8, 4))
     return results, engines(name, folder, fp32, {k: v for k, v in made.items() if k in keep and v.exists()})

@@ -61,6 +61,13 @@ def print_quantize(report: dict) -> None:
             f"{mixed['quantized_layers']} quantized; met={mixed['met']} ({mixed['evaluations']} evaluations, "
             f"{mixed['seconds']} s)"
         )
+    for table in report.get("embeddings") or []:
+        block = f", block {table['block']}" if table["block"] else ", per row"
+        console.print(
+            f"embedding {escape(table['table'])} {table['shape'][0]}x{table['shape'][1]}: int{table['bits']}{block}, "
+            f"relative error {table['error']:.4f}",
+            highlight=False,
+        )
     size = report["weight_bytes"]
     console.print(f"weights {size['before'] / 1e6:.1f} MB -> {size['after'] / 1e6:.1f} MB")
 
@@ -95,6 +102,11 @@ def print_quantize(report: dict) -> None:
 @choice_option("--block-size", ["32", "64", "128"], None, "Weight-only block size (int4 128, int2 64).")
 @choice_option("--algorithm", ALGORITHM_CHOICES, "rtn", ALGORITHM_HELP)
 @click.option(
+    "--embeddings",
+    type=click.Choice(["int8", "int4"]),
+    help="Also store embedding tables (Gather data) in 8 bits per row or 4 bits per block (--block-size).",
+)
+@click.option(
     "--act-order/--no-act-order",
     default=True,
     show_default=True,
@@ -118,7 +130,7 @@ def print_quantize(report: dict) -> None:
 @click.option("--save-report", "report_path", type=PATH, help="Write the JSON report here.")
 @shapes_option
 @output_options(what="report")
-def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **options):
+def quantize(model, out, block_size, keep_bits, embeddings, shapes, as_json, quiet, **options):
     """Quantize MODEL (.onnx, or a torch model: a demo or module:factory, exported and folded first) with calibrated Q/DQ.
 
     \b
@@ -129,6 +141,7 @@ def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **option
       trtforge quantize efficientnet-lite0 -o effnet.fp8.onnx --mode fp8
       trtforge quantize model.onnx -o model.w4.onnx --mode int4-wo --block-size 64
       trtforge quantize decoder-lm -o lm.w4.onnx --mode int4-wo --algorithm gptq
+      trtforge quantize minilm -o minilm.w4e8.onnx --mode int4-wo --embeddings int8
       trtforge quantize mypkg.models:make_net --shapes image:1x3x224x224 -o net.int8.onnx --calib calib_npz/
     """
     with progress("quantizing...", quiet or as_json) as log:
@@ -137,6 +150,7 @@ def quantize(model, out, block_size, keep_bits, shapes, as_json, quiet, **option
             out,
             block_size=int(block_size) if block_size else None,
             keep_bits=int(keep_bits),
+            embeddings=int(embeddings[3:]) if embeddings else None,
             shapes={name: prof.opt for name, prof in parse_profiles(shapes).items()},
             log=log,
             **options,

@@ -77,6 +77,7 @@ class QuantizeOptions:
     search_samples: int = 64
     metric: Metric | None = None  # search metric; default: cosine, or top-1 + cosine for classifiers
     precision: str = "fp32"  # what stays unquantized
+    embeddings: int | None = None  # also store embedding tables (Gather data) in 8 or 4 bits (quantize-embeddings)
     shapes: dict[str, tuple[int, ...]] | None = None  # input shapes of a bare nn.Module factory
 
     def check(self) -> None:
@@ -92,6 +93,8 @@ class QuantizeOptions:
             raise InvalidInputError(f"--keep-bits {self.keep_bits}: 8 or 16")
         if self.keep_bits == 8 and (self.mode not in ("int4-wo", "int2-wo") or self.max_cosine_drop is None):
             raise InvalidInputError("--keep-bits 8 is the int8 tier of --mode int4-wo/int2-wo with --budget")
+        if self.embeddings not in (None, 8, 4):
+            raise InvalidInputError(f"--embeddings {self.embeddings}: int8 or int4")
         if self.precision not in HIGH_PRECISIONS:
             raise InvalidInputError(f"--precision '{self.precision}' not in {', '.join(HIGH_PRECISIONS)}")
         if self.cache_dir and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
@@ -231,6 +234,9 @@ def _quantize(
     log(f"quantizing ({opts.mode}, method {method}, smoothquant alpha {alpha})")
     start = time.perf_counter()
     specs = _passes(opts.mode, alpha, method, options)
+    if opts.embeddings:  # tables read by Gathers: the quantize pass leaves them float
+        block = opts.block_size if opts.block_size and opts.embeddings == 4 else 128
+        specs.append(PassSpec("quantize-embeddings", {"bits": opts.embeddings, "block_size": block}))
     if opts.precision != "fp32":  # what stays unquantized runs in fp16/bf16 (strongly typed engines)
         specs.append(PassSpec("precision", {"target": opts.precision}))
     quantized, records = run_passes(source, specs, PassContext(opset_of(source), calibration=data))
@@ -242,6 +248,7 @@ def _quantize(
         calibration={"source": data.source, "samples": data.count} if data is not None else None,
         algorithm=opts.algorithm if opts.mode == "int4-wo" else None,
         weight_only_layers=next((r.details["weight_only"] for r in records if "weight_only" in r.details), None),
+        embeddings=next((r.details["embeddings"] for r in records if "embeddings" in r.details), None),
         passes=[r.to_dict() for r in records],
         qdq=count_qdq(quantized),
         # weights from dims and types: a lazily loaded model's ByteSize() leaves its mapped weights out
