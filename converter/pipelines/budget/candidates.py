@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
 
 from calibration.data import CalibrationData
@@ -26,6 +27,7 @@ from converter.pipelines.budget.data import Validator
 from converter.pipelines.budget.spec import Budget
 from passes.base import PassContext
 from passes.manager import run_passes
+from passes.quant.quantize_embeddings import QuantizeEmbeddings
 from passes.registry import PassSpec
 
 FORMATS = ("int8", "fp8", "int4-wo", "int8-wo")
@@ -40,6 +42,7 @@ class Config:
     keep: tuple[str, ...] = ()  # layers the format leaves out: int8 weight-only under a 4-bit format, else `precision`
     alpha: float | None = None  # SmoothQuant, W8A8 formats
     precision: str = "fp32"  # of everything not quantized
+    embeddings: int | None = None  # embedding tables (Gather data) in 8 or 4 bits (quantize-embeddings)
 
     def passes(self) -> list[PassSpec]:
         """The configuration as pass specs (after the recipe's own); the precision pass is the recipe's."""
@@ -55,6 +58,8 @@ class Config:
             specs.append(PassSpec("quantize", options))
             if self.keep and self.quant in FOUR_BIT:  # the layers 4 bits cannot hold: int8 weight-only, not fp16
                 specs.append(PassSpec("quantize", {"mode": "int8-wo", "include_names": list(self.keep)}))
+        if self.embeddings:
+            specs.append(PassSpec("quantize-embeddings", {"bits": self.embeddings}))
         return specs
 
     def describe(self) -> str:
@@ -63,6 +68,8 @@ class Config:
             alpha = f" sq{self.alpha:g}" if self.alpha is not None else ""
             tier = " as int8-wo" if self.quant in FOUR_BIT else ""
             parts.append(f"{self.quant}{alpha}" + (f" keep {len(self.keep)}{tier}" if self.keep else ""))
+        if self.embeddings:
+            parts.append(f"embeddings int{self.embeddings}")
         parts.append(self.precision)
         return ", ".join(parts)
 
@@ -73,7 +80,15 @@ class Config:
             "keep": list(self.keep),
             "smoothquant_alpha": self.alpha,
             "precision": self.precision,
+            "embeddings": self.embeddings,
         }
+
+
+def has_embedding_tables(model: onnx.ModelProto) -> bool:
+    """Whether a Gather reads an initializer as large as quantize-embeddings takes (its min_elements)."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    least = QuantizeEmbeddings().min_elements
+    return any(n.op_type == "Gather" and sizes.get(n.input[0], 0) >= least for n in model.graph.node)
 
 
 @dataclass

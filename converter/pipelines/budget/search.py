@@ -38,7 +38,14 @@ import onnx
 from calibration.data import CalibrationData
 from converter.core.model_io import opset_of
 from converter.core.progress import Step
-from converter.pipelines.budget.candidates import FOUR_BIT, INT4_ALGORITHM, Config, Measure, Point
+from converter.pipelines.budget.candidates import (
+    FOUR_BIT,
+    INT4_ALGORITHM,
+    Config,
+    Measure,
+    Point,
+    has_embedding_tables,
+)
 from converter.pipelines.budget.spec import Budget
 from passes.base import PassContext
 from passes.blocks.config import DropConfig
@@ -51,6 +58,7 @@ from passes.quant.quantize import WEIGHT_ONLY, Quantize
 ALPHAS = (None, 0.5, 0.8)
 LADDER_DAMAGE_FACTOR = 3.0  # the ladder stops at 3x the budget's damage on calibration data
 SENSITIVITY_SAMPLES = 32
+EMBEDDING_TRIES = 3  # best configurations that also get their embedding tables quantized
 Log = Callable[[str], None]
 
 
@@ -184,6 +192,7 @@ class JointSearch:
             self._staircase(Config(precision=base))
             for fmt in sorted(alone, key=lambda f: alone[f].objective):
                 self._staircase(alone[fmt].config)
+            self._embeddings()
         except OutOfTime:
             stopped = "time budget (--search-seconds) reached: best so far"
         points = list(self.measure.points.values())
@@ -194,6 +203,19 @@ class JointSearch:
         return SearchResult(
             points, best, stopped, time.perf_counter() - self.started, list(self.ladder), dict(self.rankings)
         )
+
+    def _embeddings(self) -> None:
+        """The best configurations with their embedding tables in 8, then 4 bits: the tables hold weight
+        bytes only (a Gather reads a few rows), so only those objectives ask, and only where tables exist."""
+        if self.measure.objective not in ("weight-bytes", "engine-size") or not has_embedding_tables(
+            self.measure.source
+        ):
+            return
+        met = sorted((p for p in self.measure.points.values() if p.met), key=lambda p: (p.objective, -p.goodness))
+        for base in [p.config for p in met[:EMBEDDING_TRIES]]:  # the best sits at the budget's edge: a few
+            for bits in (8, 4):
+                if not self.point(replace(base, embeddings=bits)).met:
+                    break
 
     def _precision(self) -> str:
         """fp16 for what stays unquantized, unless it alone misses the budget (or the caller fixed one)."""

@@ -2,33 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+from onnx import TensorProto, helper
+
 from converter.pipelines.budget.candidates import Config, Point
 from converter.pipelines.budget.costs import GraphCost
 from converter.pipelines.budget.search import JointSearch
 from converter.pipelines.budget.spec import Budget
+from tests.onnx_helpers import make_model
 
 LAYERS = [f"layer{i}" for i in range(16)]  # most sensitive first
 LADDER = [(), ("mlp1",), ("mlp1", "attn2"), ("mlp1", "attn2", "block3")]
 DAMAGE = {"int4-wo": 0.016, "int8": 0.004, None: 0.0}
+EMBEDDINGS = {None: (0.0, 0.0), 8: (0.0005, 20.0), 4: (0.02, 30.0)}  # (damage, bytes saved) of the tables
+
+
+def _source(tables: bool):
+    """A graph with (or without) an embedding table as large as quantize-embeddings takes."""
+    nodes = (
+        [helper.make_node("Gather", ["table", "ids"], ["y"])] if tables else [helper.make_node("Relu", ["x"], ["y"])]
+    )
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])] if tables else {"x": [4]}
+    inits = {"table": np.zeros((1024, 64), np.float32)} if tables else {}
+    return make_model(nodes, inputs, {"y": [4, 64] if tables else [4]}, inits)
 
 
 class FakeMeasure:
     """damage = 0.003 per dropped unit + the format's damage, spread over the layers by sensitivity
     (layer i carries weight 2^-i of it); bytes = 100 per layer (fp32), 50 in fp16, 12.5 in int4, 25 in int8."""
 
-    def __init__(self, budget: Budget):
+    def __init__(self, budget: Budget, tables: bool = False):
         self.budget, self.objective, self.points = budget, "weight-bytes", {}
-        self.source = self.calib = None
+        self.source, self.calib = _source(tables), None
 
     def __call__(self, config: Config) -> Point:
         if config not in self.points:
             weights = [2.0**-i for i in range(len(LAYERS))]
             quantized = [w for name, w in zip(LAYERS, weights, strict=True) if name not in config.keep]
             damage = 0.003 * len(config.drop) + DAMAGE[config.quant] * sum(quantized) / sum(weights)
+            damage += EMBEDDINGS[config.embeddings][0]
             per_layer = {"fp32": 100.0, "fp16": 50.0}[config.precision]
             low = {"int4-wo": 12.5, "int8": 25.0, None: per_layer}[config.quant]
             kept = 25.0 if config.quant == "int4-wo" else per_layer  # 4-bit keeps go to int8 weight-only
             size = (len(LAYERS) - 2 * len(config.drop)) * low + len(config.keep) * (kept - low)
+            size -= EMBEDDINGS[config.embeddings][1]
             cost = GraphCost(int(size), 0.0, 0.0, 0.0, {})
             value = 1.0 - damage
             self.points[config] = Point(
@@ -37,8 +56,8 @@ class FakeMeasure:
         return self.points[config]
 
 
-def _search(budget: str, seconds: float = 60.0) -> tuple[JointSearch, object]:
-    measure = FakeMeasure(Budget.parse(budget))
+def _search(budget: str, seconds: float = 60.0, tables: bool = False) -> tuple[JointSearch, object]:
+    measure = FakeMeasure(Budget.parse(budget), tables)
     search = JointSearch(measure, LADDER, ["int4-wo", "int8"], None, seconds, lambda _m: None)
     search.rankings = {"int4-wo": LAYERS, "int8": LAYERS}
     return search, search.run()
@@ -99,3 +118,19 @@ def test_a_tiny_time_budget_returns_the_source():
     _, result = _search("cosine>=0.99", seconds=1e-9)
     assert [p.config for p in result.points] == [Config()] and result.best.config == Config()
     assert result.stopped.startswith("time budget")
+
+
+def test_embedding_tables_are_tried_on_the_best_configuration_only_where_there_are_some():
+    _, without = _search("cosine>=0.99")
+    assert all(p.config.embeddings is None for p in without.points)
+    _, found = _search("cosine>=0.99", tables=True)
+    tried = [p for p in found.points if p.config.embeddings]
+    ranked = sorted((p for p in without.points if p.met), key=lambda p: (p.objective, -p.goodness))
+    bases = list(dict.fromkeys(replace(p.config, embeddings=None) for p in tried))
+    assert bases == [p.config for p in ranked[:3]]  # the three best, each 8 bits first, 4 only if 8 met
+    for base in bases:
+        with8 = found.points[[p.config for p in found.points].index(replace(base, embeddings=8))]
+        assert (replace(base, embeddings=4) in [p.config for p in tried]) == with8.met
+    # the two best sit at the budget's edge and miss with tables in 8 bits; the third keeps it in 8, not 4
+    assert [p.met for p in tried] == [False, False, True, False]
+    assert found.best.met and found.best.objective == min(p.objective for p in found.points if p.met)
