@@ -21,7 +21,6 @@ from converter.backends.base import write_sidecar
 from converter.core.errors import BackendUnavailableError, InvalidInputError
 from converter.core.model_io import load_model, sha256_file
 from converter.core.outputs import Outputs
-from converter.pipelines.inspection import inspect_path
 from converter.verification.reference import is_engine
 
 
@@ -47,7 +46,10 @@ def refit(engine: str | Path, onnx_path: str | Path, out: str | Path, *, backend
     engine, onnx_path, out = Path(engine), Path(onnx_path), Path(out)
     if not is_engine(engine):
         raise InvalidInputError(f"{engine}: expected an engine file (.engine, .plan, .trt)")
-    inspect_path(engine)  # exists, a regular file
+    if not engine.is_file():  # missing, a folder, a device or a FIFO
+        raise InvalidInputError(
+            f"{engine}: no such engine file" if not engine.exists() else f"{engine}: not a regular file"
+        )
     if not is_engine(out):
         raise InvalidInputError(f"{out}: the refitted engine's name should end in .engine, .plan or .trt")
     load_model(onnx_path, load_weights=False)  # a broken or hostile ONNX: one line, before TensorRT reads it
