@@ -19,7 +19,7 @@ import onnx
 
 from converter.backends import runtime_cache_for
 from converter.backends.runtime_cache import RuntimeCache
-from converter.core.errors import InvalidInputError
+from converter.core.errors import InvalidInputError, UsageError
 from converter.core.model_io import load_model, opset_of
 from converter.pipelines import calibration_source
 from converter.pipelines.generation_check import (
@@ -217,7 +217,9 @@ def verify(
         raise InvalidInputError(f"{flag} needs an ONNX reference (export the torch model first)")
     specs = [PassSpec(name) for name in passes]
     check_passes(specs)
-    kernels = runtime_cache_for(backend, runtime_cache) if any(is_engine(c) for c in candidates) else None
+    if runtime_cache is not None and not any(is_engine(c) for c in candidates):
+        raise UsageError("--runtime-cache keeps an engine's kernels: no engine among the candidates")
+    kernels = runtime_cache_for(backend, runtime_cache)
     tol = tolerances or Tolerances.for_precision("fp32")
     sample = _sample(ref, candidates, inputs, num_batches, batch_size, trust_model_code)
     compared = _reference(ref, sample)

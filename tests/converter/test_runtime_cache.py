@@ -20,7 +20,7 @@ from converter import api
 from converter.backends import get_backend, runtime_cache_for
 from converter.backends.runtime_cache import RuntimeCache
 from converter.cli.main import main
-from converter.core.errors import ExitCode, InvalidInputError, UnsupportedError
+from converter.core.errors import ExitCode, InvalidInputError, UnsupportedError, UsageError
 from converter.verification.compare import EngineRunner
 
 
@@ -146,6 +146,11 @@ def test_verify_reports_the_cache_unused_without_a_gpu(tmp_path, tiny_onnx, tiny
     assert result.report["runtime_cache"]["status"] == "not used (no engine ran)"
     assert not (tmp_path / "k.rtxcache").exists()
     json.dumps(result.report)
+
+
+def test_verify_without_an_engine_says_the_cache_has_nothing_to_keep(tmp_path, tiny_onnx):
+    with pytest.raises(UsageError, match="no engine among the candidates"):
+        api.verify(str(tiny_onnx), [str(tiny_onnx)], runtime_cache=tmp_path / "k.rtxcache")
 
 
 def test_cli_refuses_a_folder_as_runtime_cache(tmp_path, tiny_onnx, tiny_engine):
