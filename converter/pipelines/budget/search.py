@@ -59,6 +59,7 @@ ALPHAS = (None, 0.5, 0.8)
 LADDER_DAMAGE_FACTOR = 3.0  # the ladder stops at 3x the budget's damage on calibration data
 SENSITIVITY_SAMPLES = 32
 EMBEDDING_TRIES = 3  # best configurations that also get their embedding tables quantized
+EMBEDDING_TIME_SHARE = 0.2  # of --search-seconds, kept for that step when the model has tables
 Log = Callable[[str], None]
 
 
@@ -186,13 +187,21 @@ class JointSearch:
 
     def run(self) -> SearchResult:
         stopped = "searched every format"
+        tables, deadline = self._searches_tables(), self.deadline
+        if tables:  # the walk leaves the tables step its share of the time
+            self.deadline = self.started + (deadline - self.started) * (1.0 - EMBEDDING_TIME_SHARE)
         try:
             base = self._precision()
             alone = self._alone(base)
             self._staircase(Config(precision=base))
             for fmt in sorted(alone, key=lambda f: alone[f].objective):
                 self._staircase(alone[fmt].config)
-            self._embeddings()
+        except OutOfTime:
+            stopped = "time budget (--search-seconds) reached: best so far"
+        self.deadline = deadline
+        try:
+            if tables:
+                self._embeddings()
         except OutOfTime:
             stopped = "time budget (--search-seconds) reached: best so far"
         points = list(self.measure.points.values())
@@ -204,13 +213,13 @@ class JointSearch:
             points, best, stopped, time.perf_counter() - self.started, list(self.ladder), dict(self.rankings)
         )
 
+    def _searches_tables(self) -> bool:
+        """Whether embedding tables are searched: the tables hold weight bytes only (a Gather reads a
+        few rows), so only the bytes objectives ask, and only where there are tables."""
+        return self.measure.objective in ("weight-bytes", "engine-size") and has_embedding_tables(self.measure.source)
+
     def _embeddings(self) -> None:
-        """The best configurations with their embedding tables in 8, then 4 bits: the tables hold weight
-        bytes only (a Gather reads a few rows), so only those objectives ask, and only where tables exist."""
-        if self.measure.objective not in ("weight-bytes", "engine-size") or not has_embedding_tables(
-            self.measure.source
-        ):
-            return
+        """The best configurations found with their embedding tables in 8, then 4 bits."""
         met = sorted((p for p in self.measure.points.values() if p.met), key=lambda p: (p.objective, -p.goodness))
         for base in [p.config for p in met[:EMBEDDING_TRIES]]:  # the best sits at the budget's edge: a few
             for bits in (8, 4):
