@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -36,6 +37,7 @@ from passes.quant.formats import block_int4, per_channel_int8, weight_dq
 
 BLOCK_OPSET = 21  # DequantizeLinear with block_size (int4)
 PER_ROW_OPSET = 13  # DequantizeLinear with axis
+ROWS = 8192  # table rows quantized at a time
 
 
 def _table_readers(table: gs.Constant) -> str | None:
@@ -46,24 +48,27 @@ def _table_readers(table: gs.Constant) -> str | None:
     return None
 
 
-def quantize_table(table: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, int, int | None]:
-    """(codes, scale, axis, block_size or None) of a [V, H] table; scales in the table's float type."""
+def quantize_table(table: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, int | None, float]:
+    """(codes, scale, block_size or None, relative RMS error) of a [V, H] table, a slice of rows at a
+    time (a 128K-token table is never copied whole in float32); scales in the table's float type."""
     dtype = np.float16 if table.dtype == np.float16 else np.float32
-    if bits == 8:
-        codes, scale = per_channel_int8(np.asarray(table, np.float32), axis=0, scale_dtype=dtype)
-        return codes, scale, 0, None
-    codes, scale = block_int4(np.asarray(table, np.float32).T, block, scale_dtype=dtype)  # blocks along H
-    return codes.T, np.ascontiguousarray(scale.T), 1, block
-
-
-def reconstruction_error(
-    table: np.ndarray, codes: np.ndarray, scale: np.ndarray, axis: int, block: int | None
-) -> float:
-    """||table - dequantized|| / ||table|| (relative RMS)."""
-    steps = np.repeat(scale.astype(np.float32), block, axis=1) if block else np.expand_dims(scale.astype(np.float32), 1)
-    restored = codes.astype(np.float32) * steps
-    norm = float(np.linalg.norm(np.asarray(table, np.float32)))
-    return float(np.linalg.norm(np.asarray(table, np.float32) - restored)) / norm if norm else 0.0
+    vocab, hidden = table.shape
+    codes = np.empty((vocab, hidden), np.int8 if bits == 8 else ml_dtypes.int4)
+    scale = np.empty((vocab,) if bits == 8 else (vocab, hidden // block), dtype)
+    error = norm = 0.0
+    for start in range(0, vocab, ROWS):
+        rows = np.asarray(table[start : start + ROWS], np.float32)
+        if bits == 8:
+            q, s = per_channel_int8(rows, axis=0, scale_dtype=dtype)
+            steps = s.astype(np.float32)[:, None]
+        else:
+            q, s = block_int4(rows.T, block, scale_dtype=dtype)  # blocks along the row (H)
+            q, s = q.T, s.T
+            steps = np.repeat(s.astype(np.float32), block, axis=1)
+        codes[start : start + len(rows)], scale[start : start + len(rows)] = q, s
+        error += float(np.sum(np.square(rows - q.astype(np.float32) * steps)))
+        norm += float(np.sum(np.square(rows)))
+    return codes, scale, None if bits == 8 else block, (error / norm) ** 0.5 if norm else 0.0
 
 
 @dataclass
@@ -101,11 +106,10 @@ class QuantizeEmbeddings(Pass):
             tables = self._tables(graph, PassResult())
         report = []
         for table in tables:
-            values = np.asarray(table.values)
-            codes, scale, axis, block = quantize_table(values, self.bits, self.block_size)
-            error = reconstruction_error(values, codes, scale, axis, block)
+            shape = list(table.shape)
+            codes, scale, block, error = quantize_table(np.asarray(table.values), self.bits, self.block_size)
             release_values(table)
-            node, out = weight_dq(table.name, codes, scale, axis, block)
+            node, out = weight_dq(table.name, codes, scale, 0 if block is None else 1, block)
             for reader in list(table.outputs):
                 reader.inputs[0] = out
             graph.nodes.append(node)
@@ -113,7 +117,7 @@ class QuantizeEmbeddings(Pass):
             report.append(
                 {
                     "table": table.name,
-                    "shape": list(values.shape),
+                    "shape": shape,
                     "bits": self.bits,
                     "block": block,
                     "error": round(error, 6),

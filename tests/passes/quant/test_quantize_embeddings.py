@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from passes.base import PassContext
 from passes.manager import run_passes
-from passes.quant.quantize_embeddings import QuantizeEmbeddings, quantize_table, reconstruction_error
+from passes.quant.quantize_embeddings import QuantizeEmbeddings, quantize_table
 from passes.registry import PassSpec
 from tests.onnx_helpers import first_output, make_model
 
@@ -53,18 +53,23 @@ def _quantize(model, **options):
 
 def test_int8_per_row_is_within_half_a_step_per_row():
     table = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    codes, scale, axis, block = quantize_table(table, 8, 128)
-    assert codes.dtype == np.int8 and scale.shape == (64,) and axis == 0 and block is None
+    codes, scale, block, error = quantize_table(table, 8, 128)
+    assert codes.dtype == np.int8 and scale.shape == (64,) and block is None
     restored = codes * scale[:, None]
     assert np.all(np.abs(restored - table) <= scale[:, None] / 2 + 1e-7)
-    assert reconstruction_error(table, codes, scale, axis, block) < 0.01
+    assert error == pytest.approx(np.linalg.norm(restored - table) / np.linalg.norm(table), rel=1e-5)
+    assert error < 0.01
 
 
-def test_int4_blocks_run_along_the_row():
-    table = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float16)
-    codes, scale, axis, block = quantize_table(table, 4, 64)
-    assert codes.shape == (16, 256) and scale.shape == (16, 4) and scale.dtype == np.float16
-    assert axis == 1 and block == 64
+def test_int4_blocks_run_along_the_row_in_slices_of_rows(monkeypatch):
+    from passes.quant import quantize_embeddings
+
+    table = np.random.default_rng(0).standard_normal((20, 256)).astype(np.float16)
+    whole = quantize_table(table, 4, 64)
+    monkeypatch.setattr(quantize_embeddings, "ROWS", 7)  # three slices, the last one short
+    codes, scale, block, error = quantize_table(table, 4, 64)
+    assert codes.shape == (20, 256) and scale.shape == (20, 4) and scale.dtype == np.float16 and block == 64
+    assert np.array_equal(codes, whole[0]) and np.array_equal(scale, whole[1]) and error == pytest.approx(whole[3])
     steps = np.repeat(scale.astype(np.float32), 64, axis=1)
     assert np.all(np.abs(codes.astype(np.float32) * steps - table.astype(np.float32)) <= steps / 2 + 1e-3)
 
