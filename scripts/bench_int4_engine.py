@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from bench_quantize_wo import weight_bytes  # beside this script
 from onnx import TensorProto, helper, numpy_helper
 
 TARGET = "sm89"
@@ -66,12 +67,6 @@ def engine_bytes(path: Path, profiles) -> int:
         path, path.with_suffix(".engine"), BuildConfig(profiles=profiles, target_gpus=[TARGET])
     )
     return built.sidecar["engine_bytes"]
-
-
-def weight_bytes(path: Path) -> int:
-    from converter.core.model_io import weights_nbytes
-
-    return weights_nbytes(onnx.load(str(path)))
 
 
 def stacks(work: Path) -> list[dict]:

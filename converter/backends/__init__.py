@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from converter.backends.base import Backend, BuildConfig, EngineArtifact, ShapeProfile, load_sidecar
-from converter.backends.runtime_cache import RuntimeCache
+from converter.backends.runtime_cache import RuntimeCache, require_support
 from converter.backends.tensorrt import TensorRTBackend
 from converter.backends.tensorrt_rtx import TensorRTRTXBackend
-from converter.core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
+from converter.core.errors import BackendUnavailableError, InvalidInputError
 from converter.core.gpu import gpu_available
 
 BACKENDS = {"tensorrt": TensorRTBackend, "tensorrt-rtx": TensorRTRTXBackend}
@@ -51,10 +51,5 @@ def runtime_cache_for(backend_name: str, path: str | Path | None) -> RuntimeCach
     """`--runtime-cache PATH` checked before any work: the backend that would run engines keeps one."""
     if path is None:
         return None
-    backend = get_backend(backend_name)
-    if not backend.supports_runtime_cache:
-        raise UnsupportedError(
-            f"--runtime-cache: backend '{backend.name}' has no runtime cache (TensorRT-RTX's JIT kernel cache); "
-            "full TensorRT tunes at build time (--timing-cache)"
-        )
+    require_support(get_backend(backend_name))
     return RuntimeCache.at(path)

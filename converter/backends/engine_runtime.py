@@ -35,6 +35,16 @@ def _profile_for(trt: ModuleType, engine, feeds: dict[str, np.ndarray]) -> int:
     return 0
 
 
+def _deserialize(trt: ModuleType, engine_bytes: bytes, logger):
+    """(runtime, engine) on the device (needs a GPU); a one-line error with TensorRT's reason when it
+    will not load. The runtime is handed back so the caller keeps it alive as long as the engine."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
+    return runtime, engine
+
+
 def run_engine(
     trt: ModuleType,
     engine_bytes: bytes,
@@ -50,10 +60,7 @@ def run_engine(
     """
     import torch  # torch is the CUDA memory manager here; only imported on GPU machines
 
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
+    _runtime, engine = _deserialize(trt, engine_bytes, logger)
     if runtime_cache is None:
         context = engine.create_execution_context()
     else:
@@ -98,10 +105,7 @@ def run_engine(
 
 def inspect_engine(trt: ModuleType, engine_bytes: bytes, logger) -> dict[str, Any]:
     """Per-layer information from the engine inspector (needs a GPU to deserialize)."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
+    _runtime, engine = _deserialize(trt, engine_bytes, logger)
     inspector = engine.create_engine_inspector()
     text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     return json.loads(text)
@@ -115,10 +119,7 @@ def refit_engine(trt: ModuleType, engine_bytes: bytes, onnx_path: str, logger) -
     OnnxParserRefitter), which TensorRT-RTX shares. The ONNX must be the graph the engine was
     built from; its weights may differ (fine-tuned, another checkpoint of the same model).
     """
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise BuildError(f"engine could not be deserialized: {short_message(' '.join(logger.errors()))}")
+    _runtime, engine = _deserialize(trt, engine_bytes, logger)
     if not engine.refittable:
         raise InvalidInputError("the engine was built without --refit / --strip-weights: it cannot take new weights")
     refitter = trt.Refitter(engine, logger)

@@ -31,8 +31,8 @@ from converter.backends.base import (
 )
 from converter.backends.build_settings import allow_decomposed_attention, progress_monitor, set_options
 from converter.backends.engine_runtime import inspect_engine, refit_engine, run_engine
-from converter.backends.runtime_cache import RuntimeCache
-from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError, UnsupportedError
+from converter.backends.runtime_cache import RuntimeCache, require_support
+from converter.core.errors import BackendUnavailableError, BuildError, InvalidInputError
 from converter.core.gpu import gpu_status
 from converter.core.model_io import atomic_path, sha256_file
 
@@ -330,8 +330,8 @@ class NvinferBackend:
         self, engine_path: Path, feeds: dict[str, np.ndarray], runtime_cache: RuntimeCache | None = None
     ) -> dict[str, np.ndarray]:
         trt = self._require_runtime()
-        if runtime_cache is not None and not self.supports_runtime_cache:
-            raise UnsupportedError(f"--runtime-cache: backend '{self.name}' has no runtime cache (TensorRT-RTX has)")
+        if runtime_cache is not None:
+            require_support(self)
         return run_engine(trt, Path(engine_path).read_bytes(), feeds, make_logger(trt), runtime_cache)
 
     def refit(self, engine_path: Path, onnx_path: Path) -> bytes:

@@ -19,9 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter.core.errors import InvalidInputError
+from converter.core.errors import InvalidInputError, UnsupportedError
 from converter.core.limits import limit
 from converter.core.model_io import atomic_write_bytes
+
+
+def require_support(backend) -> None:
+    """Only a backend that keeps one (TensorRT-RTX) takes a runtime cache."""
+    if not backend.supports_runtime_cache:
+        raise UnsupportedError(
+            f"--runtime-cache: backend '{backend.name}' has no runtime cache (TensorRT-RTX's JIT kernel cache); "
+            "full TensorRT tunes at build time (--timing-cache)"
+        )
 
 
 @dataclass

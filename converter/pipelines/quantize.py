@@ -235,8 +235,8 @@ def _quantize(
     start = time.perf_counter()
     specs = _passes(opts.mode, alpha, method, options)
     if opts.embeddings:  # tables read by Gathers: the quantize pass leaves them float
-        block = opts.block_size if opts.block_size and opts.embeddings == 4 else 128
-        specs.append(PassSpec("quantize-embeddings", {"bits": opts.embeddings, "block_size": block}))
+        table_options = {"bits": opts.embeddings, **({"block_size": opts.block_size} if opts.block_size else {})}
+        specs.append(PassSpec("quantize-embeddings", table_options))
     if opts.precision != "fp32":  # what stays unquantized runs in fp16/bf16 (strongly typed engines)
         specs.append(PassSpec("precision", {"target": opts.precision}))
     quantized, records = run_passes(source, specs, PassContext(opset_of(source), calibration=data))

@@ -93,7 +93,7 @@ class QuantizeEmbeddings(Pass):
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         result = PassResult()
         graph = import_graph(model)
-        tables = self._tables(graph, result)
+        tables = self.tables(graph, result)
         if not tables:
             result.notes.append("no embedding table to quantize")
             return model, result
@@ -103,7 +103,7 @@ class QuantizeEmbeddings(Pass):
             result.opset = upgrade.opset
             result.count("opset_upgraded")
             graph = import_graph(model)
-            tables = self._tables(graph, PassResult())
+            tables = self.tables(graph)
         report = []
         for table in tables:
             shape = list(table.shape)
@@ -127,8 +127,10 @@ class QuantizeEmbeddings(Pass):
         result.details["embeddings"] = report
         return graph_to_model(graph, model), result
 
-    def _tables(self, graph: gs.Graph, result: PassResult) -> list[gs.Constant]:
-        """The float 2-D initializers read only by Gathers (others recorded with the reason)."""
+    def tables(self, graph: gs.Graph, result: PassResult | None = None) -> list[gs.Constant]:
+        """The tables this pass would quantize: float 2-D initializers read only by Gathers (the others
+        recorded in `result` with the reason)."""
+        result = result if result is not None else PassResult()
         found: dict[str, gs.Constant] = {}
         for node in graph.nodes:
             table = node.inputs[0] if node.op == "Gather" and node.inputs else None

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import onnx
 
 from calibration.data import CalibrationData
@@ -27,6 +26,7 @@ from converter.pipelines.budget.data import Validator
 from converter.pipelines.budget.spec import Budget
 from passes.base import PassContext
 from passes.manager import run_passes
+from passes.model_utils import import_graph
 from passes.quant.quantize_embeddings import QuantizeEmbeddings
 from passes.registry import PassSpec
 
@@ -85,10 +85,8 @@ class Config:
 
 
 def has_embedding_tables(model: onnx.ModelProto) -> bool:
-    """Whether a Gather reads an initializer as large as quantize-embeddings takes (its min_elements)."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    least = QuantizeEmbeddings().min_elements
-    return any(n.op_type == "Gather" and sizes.get(n.input[0], 0) >= least for n in model.graph.node)
+    """Whether quantize-embeddings (with its defaults) finds a table to quantize in `model`."""
+    return bool(QuantizeEmbeddings().tables(import_graph(model)))
 
 
 @dataclass
